@@ -1,0 +1,49 @@
+"""The configuration of one training run: plain data, validated before any work starts."""
+
+import dataclasses
+
+from cnn_jax.errors import UserError
+
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that decides what a run computes.
+
+    Defaults are the headline experiment of seed 000: the seed network on
+    Fashion-MNIST, Adam with learning rate 1e-3, softmax cross-entropy.
+    """
+
+    model: str = "convnet"
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 100
+    eval_batch_size: int = 1000
+    learning_rate: float = 1e-3  # Adam's (peak) learning rate.
+    lr_schedule: str = "cosine"  # "cosine": decays to 0 over the run; "constant": the seed's literal setup.
+    seed: int = 0
+    max_steps: int = 0  # 0 = no limit; otherwise stop after this many training steps.
+    max_train_examples: int = 0  # 0 = the whole training split; else its first N (for quick runs).
+    max_test_examples: int = 0  # 0 = the whole test split; else its first N.
+
+    def validate(self) -> "Config":
+        """Returns self, or raises UserError naming the first bad field."""
+        positive = ("epochs", "batch_size", "eval_batch_size")
+        non_negative = ("max_steps", "max_train_examples", "max_test_examples")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not self.learning_rate > 0:  # Also rejects NaN.
+            raise UserError(f"--learning_rate must be > 0, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

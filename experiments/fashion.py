@@ -1,0 +1,71 @@
+r"""The headline experiment: the seed-000 network on Fashion-MNIST.
+
+    python -m experiments.fashion                       # defaults: seed network, 10 epochs
+    python -m experiments.fashion --epochs=2 --workdir=runs/quick
+    python -m experiments.fashion --dataset=mnist --data_dir=~/data/mnist
+
+Prints one line per epoch and ends with the test accuracy; writes
+metrics.jsonl, TensorBoard events, a checkpoint and results.json to --workdir.
+"""
+
+import dataclasses
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+from cnn_jax.config import LR_SCHEDULES, Config
+from cnn_jax.errors import UserError
+
+_DEFAULTS = Config()
+
+flags.DEFINE_string("workdir", None, "Output directory (default: runs/<dataset>-<model>-<time>). Must not hold a run.")
+flags.DEFINE_string("model", _DEFAULTS.model, "Model name (see cnn_jax.models.MODELS).")
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "fashion_mnist, mnist, or a tensorflow-datasets name.")
+flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "Folder with IDX files, or tensorflow-datasets' data_dir.")
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training set.")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training examples per step.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam's (peak) learning rate.")
+flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Learning-rate schedule; constant is the seed's.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation and data order.")
+flags.DEFINE_integer("max_steps", _DEFAULTS.max_steps, "Stop after this many steps (0 = no limit).")
+flags.DEFINE_integer("max_train_examples", 0, "Train on the first N examples only (0 = all).")
+flags.DEFINE_integer("max_test_examples", 0, "Evaluate on the first N test examples only (0 = all).")
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> Config:
+    """The Config with every field that has a flag of the same name taken from the flags."""
+    names = {field.name for field in dataclasses.fields(Config)} & set(FLAGS)
+    return Config(**{name: FLAGS[name].value for name in names})
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a malformed flag reported in one line instead of absl's two."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Library INFO logs (orbax, JAX) drown the results; -v 0 shows them.
+    config = config_from_flags()
+    workdir = FLAGS.workdir or os.path.join("runs", f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from cnn_jax.train import train_and_evaluate  # Imports JAX: after the flags, so --help stays fast.
+
+    try:
+        results = train_and_evaluate(config, workdir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"test accuracy: {results['test_accuracy']:.4f}  (results in {os.path.join(workdir, 'results.json')})")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

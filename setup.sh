@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up cnn_jax on a Debian/Ubuntu machine: the Fashion-MNIST package and a
+# virtual environment in .venv with cnn_jax installed (editable).
+#   bash setup.sh        # what the experiments need
+#   bash setup.sh test   # plus what the tests need (TensorFlow for tensorflow-datasets, pytest)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+extras=""
+if [ "${1:-}" = "test" ]; then extras="[test]"; fi
+
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+need=()
+[ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+  else
+    echo "setup.sh: not a Debian system; install ${need[*]} yourself (or pass --data_dir to the experiments)" >&2
+  fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".${extras}"

@@ -1,0 +1,97 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn_jax import data, models, train
+from cnn_jax.config import Config
+from cnn_jax.errors import UserError
+
+
+def fixed_batch(size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, 256, (size, 28, 28, 1)).astype(np.uint8), "label": rng.integers(0, 10, size).astype(np.int32)}
+
+
+def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
+    state = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    step = jax.jit(train.train_step)
+    batch = fixed_batch()
+    state, before = step(state, batch)
+    _, after = step(state, batch)  # Metrics are computed before the update: this is the loss after one step.
+    assert float(after["loss"]) < float(before["loss"])
+    assert int(state.step) == 1
+
+
+def test_train_step_is_pure():
+    state = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    batch = fixed_batch()
+    (a, ma), (b, mb) = train.train_step(state, batch), train.train_step(state, batch)
+    assert float(ma["loss"]) == float(mb["loss"])
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+
+
+class PixelsAsLogits(nn.Module):
+    """Logits are the first three pixels of the image: a model whose predictions a test can choose."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        return x.reshape(x.shape[0], -1)[:, :3]
+
+
+def hand_made_state():
+    return train.TrainState.create(apply_fn=PixelsAsLogits().apply, params={}, batch_stats={}, tx=optax.sgd(0.1))
+
+
+def test_eval_step_counts_correct_predictions_and_ignores_masked_examples():
+    image = np.zeros((5, 1, 3, 1), np.uint8)
+    image[:, 0, :, 0] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 0, 0], [0, 255, 0]]  # argmax 0, 1, 2, 0, 1
+    batch = {"image": image, "label": np.array([0, 1, 0, 2, 2]), "mask": np.array([1, 1, 1, 1, 0], np.float32)}
+    sums = train.eval_step(hand_made_state(), batch)
+    assert float(sums["correct"]) == 2 and float(sums["count"]) == 4
+    logits = data.normalize(image).reshape(5, 3)[:4]
+    expected_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"][:4]).sum()
+    np.testing.assert_allclose(float(sums["loss"]), float(expected_loss), rtol=1e-6)
+
+
+def test_evaluate_gives_the_same_answer_for_any_batch_size():
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (23, 1, 3, 1)).astype(np.uint8), rng.integers(0, 3, 23).astype(np.int32)
+    state = hand_made_state()
+    results = [train.evaluate(jax.jit(train.eval_step), state, images, labels, size) for size in (1, 5, 23, 64)]
+    for result in results[1:]:
+        assert result["accuracy"] == results[0]["accuracy"]
+        np.testing.assert_allclose(result["loss"], results[0]["loss"], rtol=1e-6)
+    predictions = images.reshape(23, 3).argmax(-1)
+    assert results[0]["accuracy"] == pytest.approx(np.mean(predictions == labels))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("batch_size", 0, "--batch_size must be a positive integer, got 0"),
+        ("epochs", -1, "--epochs must be a positive integer, got -1"),
+        ("learning_rate", 0.0, "--learning_rate must be > 0, got 0.0"),
+        ("learning_rate", float("nan"), "--learning_rate must be > 0, got nan"),
+        ("max_steps", -5, "--max_steps must be >= 0, got -5"),
+    ],
+)
+def test_config_rejects_bad_values(field, value, message):
+    with pytest.raises(UserError, match=message):
+        Config(**{field: value}).validate()
+
+
+def test_batch_larger_than_the_training_set_is_refused_before_writing(tmp_path, idx_dir):
+    config = Config(data_dir=idx_dir, batch_size=1000)
+    with pytest.raises(UserError, match="--batch_size=1000 exceeds the 300 training examples"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_workdir_holding_a_run_is_refused(tmp_path, idx_dir):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds a run"):
+        train.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "run"))
