@@ -6,6 +6,7 @@ from cnn_jax.errors import UserError
 
 
 LR_SCHEDULES = ("cosine", "constant")
+AUGMENTATIONS = ("flip", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Config:
     eval_batch_size: int = 1000
     learning_rate: float = 1e-3  # Adam's (peak) learning rate.
     lr_schedule: str = "cosine"  # "cosine": decays to 0 over the run; "constant": the seed's literal setup.
+    augment: str = "flip"  # "flip": mirror each training image left-right with probability 1/2; "none".
     seed: int = 0
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many training steps.
     max_train_examples: int = 0  # 0 = the whole training split; else its first N (for quick runs).
@@ -41,8 +43,9 @@ class Config:
                 raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not self.learning_rate > 0:  # Also rejects NaN.
             raise UserError(f"--learning_rate must be > 0, got {self.learning_rate}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise UserError(f"--lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got '{self.lr_schedule}'")
+        for name, choices in (("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS)):
+            if getattr(self, name) not in choices:
+                raise UserError(f"--{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
         return self
 
     def to_dict(self) -> dict:

@@ -279,6 +279,14 @@ def normalize(images):
     return images.astype("float32") / 255.0
 
 
+def random_flip(images, key):
+    """Mirrors each image of `[b, h, w, c]` left-right with probability 1/2 (a JAX function)."""
+    import jax
+
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
+    return jax.numpy.where(flip, images[:, :, ::-1, :], images)
+
+
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """The order of the training examples in `epoch`: a pure function of (seed, epoch)."""
     return np.random.default_rng((seed, epoch)).permutation(num_examples)

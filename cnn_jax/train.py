@@ -6,6 +6,7 @@ their bodies, because every reduction (loss, gradients, BatchNorm statistics)
 is written over the whole batch.
 """
 
+import functools
 import os
 import sys
 import time
@@ -25,9 +26,13 @@ from cnn_jax.writers import MetricWriter, write_json_atomically
 
 
 class TrainState(train_state.TrainState):
-    """Parameters, optimizer state and step, plus BatchNorm's running statistics."""
+    """Parameters, optimizer state and step, plus BatchNorm's running statistics and the run's base key.
+
+    Randomness at step t uses `fold_in(rng, t)`, so it depends on nothing but the seed and the step.
+    """
 
     batch_stats: Any
+    rng: jax.Array
 
 
 def learning_rate_schedule(config: Config, total_steps: int) -> optax.Schedule:
@@ -39,10 +44,12 @@ def learning_rate_schedule(config: Config, total_steps: int) -> optax.Schedule:
 
 def create_train_state(model, config: Config, image_shape: tuple[int, int, int], total_steps: int = 1) -> TrainState:
     """Initialises `model` for images of `image_shape` (H, W, C), with Adam on a `total_steps` schedule."""
+    init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
     variables = jax.jit(model.init, static_argnames="train")(
-        jax.random.key(config.seed), jnp.zeros((1, *image_shape), jnp.float32), train=False
+        init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False
     )
     return TrainState.create(
+        rng=rng,
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
@@ -50,16 +57,20 @@ def create_train_state(model, config: Config, image_shape: tuple[int, int, int],
     )
 
 
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, augment: str = "none") -> tuple[TrainState, dict]:
     """One optimizer step on `batch` ({'image': uint8 [b, h, w, c], 'label': int [b]}).
 
-    Returns the new state and the batch's mean 'loss' and 'accuracy' (before the update).
+    `augment` is "none" or "flip" (random left-right mirroring). Returns the new
+    state and the batch's mean 'loss' and 'accuracy' (before the update).
     """
+    images = data.normalize(batch["image"])
+    if augment == "flip":
+        images = data.random_flip(images, jax.random.fold_in(state.rng, state.step))
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
-            data.normalize(batch["image"]),
+            images,
             train=True,
             mutable=["batch_stats"],
         )
@@ -158,7 +169,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
     compile_start = time.perf_counter()
     train_fn = (
-        jax.jit(train_step, donate_argnums=0)
+        jax.jit(functools.partial(train_step, augment=config.augment), donate_argnums=0)
         .lower(state, _abstract_batch(dataset.train_images, dataset.train_labels, config.batch_size, False))
         .compile()
     )

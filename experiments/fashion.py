@@ -15,7 +15,7 @@ import time
 
 from absl import app, flags, logging
 
-from cnn_jax.config import LR_SCHEDULES, Config
+from cnn_jax.config import AUGMENTATIONS, LR_SCHEDULES, Config
 from cnn_jax.errors import UserError
 
 _DEFAULTS = Config()
@@ -28,6 +28,7 @@ flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training set."
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training examples per step.")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam's (peak) learning rate.")
 flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Learning-rate schedule; constant is the seed's.")
+flags.DEFINE_enum("augment", _DEFAULTS.augment, AUGMENTATIONS, "Training-time augmentation; none is the seed's.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation and data order.")
 flags.DEFINE_integer("max_steps", _DEFAULTS.max_steps, "Stop after this many steps (0 = no limit).")
 flags.DEFINE_integer("max_train_examples", 0, "Train on the first N examples only (0 = all).")

@@ -168,3 +168,14 @@ def test_evaluation_batches_cover_every_example_once_with_a_mask():
     assert [b["label"].tolist() for b in got] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 0]]
     assert got[-1]["mask"].tolist() == [1, 1, 0, 0]
     assert all(b["image"].shape == (4, 1, 1, 1) for b in got)
+
+
+def test_random_flip_mirrors_each_image_or_leaves_it():
+    import jax
+
+    images = np.random.default_rng(0).normal(size=(1000, 4, 5, 2)).astype(np.float32)
+    flipped = np.asarray(data.random_flip(images, jax.random.PRNGKey(0)))
+    mirrored = np.all(flipped == images[:, :, ::-1, :], axis=(1, 2, 3))
+    kept = np.all(flipped == images, axis=(1, 2, 3))
+    assert np.all(mirrored ^ kept)
+    assert 0.45 < mirrored.mean() < 0.55

@@ -42,7 +42,9 @@ class PixelsAsLogits(nn.Module):
 
 
 def hand_made_state():
-    return train.TrainState.create(apply_fn=PixelsAsLogits().apply, params={}, batch_stats={}, tx=optax.sgd(0.1))
+    return train.TrainState.create(
+        apply_fn=PixelsAsLogits().apply, params={}, batch_stats={}, rng=jax.random.PRNGKey(0), tx=optax.sgd(0.1)
+    )
 
 
 def test_eval_step_counts_correct_predictions_and_ignores_masked_examples():
@@ -95,3 +97,21 @@ def test_a_workdir_holding_a_run_is_refused(tmp_path, idx_dir):
     (tmp_path / "run" / "results.json").write_text("{}")
     with pytest.raises(UserError, match="already holds a run"):
         train.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "run"))
+
+
+def test_cosine_schedule_decays_from_the_learning_rate_to_zero_and_constant_stays():
+    cosine = train.learning_rate_schedule(Config(learning_rate=0.01, lr_schedule="cosine"), total_steps=100)
+    assert float(cosine(0)) == pytest.approx(0.01)
+    assert float(cosine(50)) == pytest.approx(0.005)
+    assert float(cosine(100)) == pytest.approx(0.0)
+    constant = train.learning_rate_schedule(Config(learning_rate=0.01, lr_schedule="constant"), total_steps=100)
+    assert float(constant(0)) == float(constant(100)) == pytest.approx(0.01)
+
+
+def test_flip_augmentation_depends_only_on_seed_and_step():
+    state = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    batch = fixed_batch()
+    (a, _), (b, _) = train.train_step(state, batch, "flip"), train.train_step(state, batch, "flip")
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    c, _ = train.train_step(state, batch, "none")
+    assert not np.array_equal(a.params["DenseHead_0"]["Dense_0"]["kernel"], c.params["DenseHead_0"]["Dense_0"]["kernel"])
