@@ -21,7 +21,7 @@ class Config:
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     epochs: int = 10
-    batch_size: int = 100
+    batch_size: int = 50
     eval_batch_size: int = 1000
     learning_rate: float = 1e-3  # Adam's (peak) learning rate.
     lr_schedule: str = "cosine"  # "cosine": decays to 0 over the run; "constant": the seed's literal setup.

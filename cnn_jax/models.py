@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import ConvBlock, DenseHead, max_pool_2x2
+from cnn_jax.layers import ConvBlock, DenseHead, Pooling, max_pool_2x2
 
 
 class ConvNet(nn.Module):
@@ -24,11 +24,12 @@ class ConvNet(nn.Module):
     num_classes: int = 10
     features: Sequence[int] = (16, 32)
     kernel_size: int = 5
+    pool: Pooling = max_pool_2x2
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         for width in self.features:
-            x = ConvBlock(width, self.kernel_size, padding=self.kernel_size // 2, pool=max_pool_2x2)(x, train)
+            x = ConvBlock(width, self.kernel_size, padding=self.kernel_size // 2, pool=self.pool)(x, train)
         return DenseHead(self.num_classes)(x)
 
 

@@ -7,6 +7,7 @@ is written over the whole batch.
 """
 
 import functools
+import itertools
 import os
 import sys
 import time
@@ -115,6 +116,37 @@ def _abstract_batch(images: np.ndarray, labels: np.ndarray, batch_size: int, wit
     return batch
 
 
+def compile_steps(state: TrainState, dataset: data.Dataset, config: Config):
+    """`train_step` and `eval_step` for `dataset`'s shapes, jitted and compiled ahead of time.
+
+    The training step donates its input state, so its buffers are reused in place.
+    """
+    train_batch = _abstract_batch(dataset.train_images, dataset.train_labels, config.batch_size, False)
+    eval_batch = _abstract_batch(dataset.test_images, dataset.test_labels, config.eval_batch_size, True)
+    train_fn = jax.jit(functools.partial(train_step, augment=config.augment), donate_argnums=0)
+    return train_fn.lower(state, train_batch).compile(), jax.jit(eval_step).lower(state, eval_batch).compile()
+
+
+def _train_epoch(train_fn, state, dataset, config: Config, epoch: int, max_steps: int, progress):
+    """Runs epoch `epoch` (at most `max_steps` steps); returns the state and each step's metrics.
+
+    Returns once every step has finished, so timing it times the computation.
+    """
+    order = data.epoch_permutation(config.seed, epoch, len(dataset.train_labels))
+    batches = data.batches(dataset.train_images, dataset.train_labels, config.batch_size, order)
+    metrics, start = [], time.perf_counter()
+    for batch in itertools.islice(batches, max_steps):
+        state, step_metrics = train_fn(state, batch)
+        metrics.append(step_metrics)
+        progress.update()
+        if not progress.disable and len(metrics) % 50 == 0:  # Reading the loss waits for the step.
+            progress.set_postfix(
+                loss=f"{float(step_metrics['loss']):.4f}",
+                ex_per_s=f"{len(metrics) * config.batch_size / (time.perf_counter() - start):,.0f}",
+            )
+    return jax.block_until_ready(state), metrics
+
+
 def _prepare_workdir(workdir: str) -> None:
     """Creates `workdir`, or raises UserError if it cannot be written or already holds a run."""
     for name in ("metrics.jsonl", "results.json", checkpoint.CHECKPOINT_DIR):
@@ -168,40 +200,17 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     )
 
     compile_start = time.perf_counter()
-    train_fn = (
-        jax.jit(functools.partial(train_step, augment=config.augment), donate_argnums=0)
-        .lower(state, _abstract_batch(dataset.train_images, dataset.train_labels, config.batch_size, False))
-        .compile()
-    )
-    eval_fn = (
-        jax.jit(eval_step)
-        .lower(state, _abstract_batch(dataset.test_images, dataset.test_labels, config.eval_batch_size, True))
-        .compile()
-    )
+    train_fn, eval_fn = compile_steps(state, dataset, config)
     compile_seconds = time.perf_counter() - compile_start
 
     writer = MetricWriter(workdir)
     step, train_seconds, record = 0, 0.0, {}
     progress = tqdm(total=total_steps, unit="step", disable=None, dynamic_ncols=True, file=sys.stderr)
     for epoch in range(config.epochs):
-        order = data.epoch_permutation(config.seed, epoch, len(dataset.train_labels))
-        epoch_metrics = []
         epoch_start = time.perf_counter()
-        for batch in data.batches(dataset.train_images, dataset.train_labels, config.batch_size, order):
-            state, metrics = train_fn(state, batch)
-            epoch_metrics.append(metrics)
-            step += 1
-            progress.update()
-            if not progress.disable and step % 50 == 0:
-                seconds = time.perf_counter() - epoch_start
-                progress.set_postfix(
-                    loss=f"{float(metrics['loss']):.4f}",
-                    ex_per_s=f"{len(epoch_metrics) * config.batch_size / seconds:,.0f}",
-                )
-            if step == total_steps:
-                break
-        jax.block_until_ready(state)
+        state, epoch_metrics = _train_epoch(train_fn, state, dataset, config, epoch, total_steps - step, progress)
         epoch_seconds = time.perf_counter() - epoch_start
+        step += len(epoch_metrics)
         train_seconds += epoch_seconds
         train = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(epoch_metrics))
         test = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, config.eval_batch_size)

@@ -115,3 +115,9 @@ def test_flip_augmentation_depends_only_on_seed_and_step():
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
     c, _ = train.train_step(state, batch, "none")
     assert not np.array_equal(a.params["DenseHead_0"]["Dense_0"]["kernel"], c.params["DenseHead_0"]["Dense_0"]["kernel"])
+
+
+def test_an_unwritable_workdir_is_refused_before_training(tmp_path, idx_dir):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=r"--workdir=.*/file/run is not writable \(Not a directory\)"):
+        train.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "file" / "run"))
