@@ -1,7 +1,15 @@
 r"""Benchmarks: each compares variants side by side in one run, on one machine.
 
+    python -m experiments.benchmark                      # --what=torch: cnn_jax vs PyTorch
     python -m experiments.benchmark --what=input_pipeline
     python -m experiments.benchmark --what=max_pool
+
+torch: training throughput of the seed network in cnn_jax and in the PyTorch
+  reference (experiments/torch_reference.py: same architecture, initialisation,
+  optimizer, schedule, augmentation and batch), the model's FLOPs per image,
+  the fraction of this machine's measured float32 matmul rate each reaches,
+  and the wall time and test accuracy of a whole `--epochs` run of each
+  (start-up included), run one after the other as subprocesses.
 
 input_pipeline: training throughput of the seed network when batches are cut
   on the host (NumPy gather, copied to the device at each step: what
@@ -17,17 +25,23 @@ steps at `--batch_size`; the median is reported.
 
 import functools
 import itertools
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import flax.linen as nn
 import jax
+import numpy as np
 from absl import app, flags
 
 from cnn_jax import data, models, train
 from cnn_jax.config import Config
 
-flags.DEFINE_enum("what", "input_pipeline", ["input_pipeline", "max_pool"], "Which comparison to run.")
+flags.DEFINE_enum("what", "torch", ["torch", "input_pipeline", "max_pool"], "Which comparison to run.")
+flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs (0 skips them).")
 flags.DEFINE_integer("batch_size", 100, "Training examples per step.")
 flags.DEFINE_integer("steps", 200, "Timed steps per repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
@@ -83,6 +97,78 @@ def device_loop(model, dataset, batch_size: int, steps: int):
     return run
 
 
+def torch_loop(dataset, batch_size: int, steps: int):
+    """A function running `steps` training steps of the PyTorch reference."""
+    from experiments import torch_reference
+
+    trainer = torch_reference.Trainer(dataset, batch_size, Config().learning_rate, 0, total_steps=10**9)
+    order = data.epoch_permutation(0, 0, len(dataset.train_labels))
+    return lambda: trainer.epoch(order, steps)
+
+
+def forward_flops_per_image(model, image_shape, batch_size: int) -> float:
+    """FLOPs of one inference forward pass per image, from XLA's cost analysis of the compiled program."""
+    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, *image_shape), np.float32))
+    x = jax.ShapeDtypeStruct((batch_size, *image_shape), np.float32)
+    return jax.jit(model.apply).lower(variables, x).compile().cost_analysis()["flops"] / batch_size
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> dict:
+    """Measured float32 n×n matmul rate of JAX and of PyTorch on this machine."""
+    import torch
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    jax_matmul = jax.jit(lambda a: a @ a)
+    ta = torch.randn(n, n)
+    return {
+        "jax": 2 * n**3 / median_seconds(lambda: jax_matmul(a).block_until_ready(), repeats),
+        "torch": 2 * n**3 / median_seconds(lambda: ta @ ta, repeats),
+    }
+
+
+def whole_run(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, final test accuracy) of a whole training command, start-up included."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - start
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", result.stdout).group(1))
+    return seconds, accuracy
+
+
+def versus_torch(batch_size: int, steps: int, repeats: int, epochs: int) -> None:
+    dataset = data.load_dataset("fashion_mnist")
+    rates = {
+        "cnn_jax": steps * batch_size / median_seconds(host_loop(models.ConvNet(), dataset, batch_size, steps), repeats),
+        "PyTorch": steps * batch_size / median_seconds(torch_loop(dataset, batch_size, steps), repeats),
+    }
+    forward = forward_flops_per_image(models.ConvNet(), dataset.image_shape, batch_size)
+    training = 3 * forward  # Forward, plus backward to activations and to weights: the usual 3×.
+    peak = max(matmul_flops_per_second().values())
+    runs = {}
+    if epochs:
+        with tempfile.TemporaryDirectory() as workdir:
+            flags_ = [f"--epochs={epochs}", f"--batch_size={batch_size}"]
+            runs["cnn_jax"] = whole_run(["-m", "experiments.fashion", f"--workdir={workdir}/run", *flags_])
+            runs["PyTorch"] = whole_run(["-m", "experiments.torch_reference", *flags_])
+
+    import torch
+
+    print(f"seed network, batch {batch_size}, float32, {jax.devices()[0].device_kind}; JAX {jax.__version__}, "
+          f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"model: {forward / 1e6:.2f} MFLOP per image forward, {training / 1e6:.2f} MFLOP per training image (3x); "
+          f"measured matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"training steps: median of {repeats} x {steps} steps after a warm-up")
+    header = f"  {'':8s} {'examples/s':>11s} {'ratio':>6s} {'% of peak':>9s}"
+    if runs:
+        header += f" {f'{epochs}-epoch run (s)':>18s} {'test acc':>8s}"
+    print(header)
+    for name, rate in rates.items():
+        line = f"  {name:8s} {rate:11,.0f} {rate / rates['PyTorch']:6.2f} {100 * rate * training / peak:8.1f}%"
+        if runs:
+            line += f" {runs[name][0]:18.1f} {runs[name][1]:8.4f}"
+        print(line)
+
+
 def variants(what: str, batch_size: int, steps: int) -> dict:
     """{variant name: function running `steps` training steps} for comparison `what`."""
     dataset = data.load_dataset("fashion_mnist")
@@ -100,6 +186,8 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
 
 def main(argv):
     del argv
+    if FLAGS.what == "torch":
+        return versus_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.epochs)
     runs = variants(FLAGS.what, FLAGS.batch_size, FLAGS.steps)
     rates = {name: FLAGS.steps * FLAGS.batch_size / median_seconds(run, FLAGS.repeats) for name, run in runs.items()}
     print(f"{FLAGS.what} on {jax.devices()[0].device_kind} ({jax.default_backend()}): batch {FLAGS.batch_size}, "

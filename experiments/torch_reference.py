@@ -1,0 +1,122 @@
+r"""The seed network in PyTorch, trained exactly as cnn_jax trains it: the reference for benchmarks.
+
+    python -m experiments.torch_reference --epochs=1 --batch_size=100
+
+Same architecture (seed 000: conv 5×5/16 → BN → ReLU → pool → conv 5×5/32 → BN →
+ReLU → pool → dense), same initialisation scheme as Flax's defaults (kernels
+truncated-normal LeCun, biases zero), same BatchNorm momentum and epsilon, Adam
+with the same cosine schedule, the same left-right flips and the same data
+(cnn_jax.data). It needs PyTorch: pip install -e '.[bench]'.
+"""
+
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+from absl import app, flags
+from torch import nn
+
+from cnn_jax import data
+from cnn_jax.config import Config
+
+_DEFAULTS = Config()
+flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training set.")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training examples per step.")
+flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam's peak learning rate.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation, data order and flips.")
+FLAGS = flags.FLAGS
+
+
+def lecun_normal_(tensor: torch.Tensor, fan_in: int) -> None:
+    """Flax's default kernel init: truncated normal (±2σ) with variance 1/fan_in after truncation."""
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
+def seed_network(num_classes: int = 10, image_size: int = 28, channels: int = 1) -> nn.Sequential:
+    """The seed-000 network, initialised like cnn_jax.models.ConvNet."""
+    net = nn.Sequential(
+        nn.Conv2d(channels, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * (image_size // 4) ** 2, num_classes),
+    )
+    for layer in net:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            lecun_normal_(layer.weight, layer.weight[0].numel())
+            nn.init.zeros_(layer.bias)
+    return net
+
+
+def cosine_factor(total_steps: int):
+    """optax.cosine_decay_schedule's factor at step t, for torch's LambdaLR."""
+    return lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total_steps) / total_steps))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [0, 1]."""
+    return torch.from_numpy(data.normalize(images)).permute(0, 3, 1, 2).contiguous()
+
+
+class Trainer:
+    """The seed network, its optimizer and schedule, for `total_steps` steps of `batch_size`."""
+
+    def __init__(self, dataset: data.Dataset, batch_size: int, learning_rate: float, seed: int, total_steps: int):
+        torch.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        h, _, c = dataset.image_shape
+        self.net = seed_network(dataset.num_classes, h, c)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_factor(total_steps))
+        self.loss = nn.CrossEntropyLoss()
+        self.images, self.labels = to_tensor(dataset.train_images), torch.from_numpy(dataset.train_labels).long()
+        self.batch_size = batch_size
+
+    def step(self, idx: np.ndarray) -> float:
+        x, y = self.images[idx], self.labels[idx]
+        flip = torch.rand(len(idx), generator=self.generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(self.net(x), y)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss
+
+    def epoch(self, order: np.ndarray, max_steps: int | None = None) -> int:
+        """Trains on the batches of `order`; returns the number of steps taken."""
+        self.net.train()
+        steps = len(order) // self.batch_size if max_steps is None else max_steps
+        for i in range(steps):
+            self.step(order[i * self.batch_size : (i + 1) * self.batch_size])
+        return steps
+
+    @torch.no_grad()
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> float:
+        self.net.eval()
+        correct = 0
+        for start in range(0, len(labels), 1000):
+            logits = self.net(to_tensor(images[start : start + 1000]))
+            correct += int((logits.argmax(1).numpy() == labels[start : start + 1000]).sum())
+        return correct / len(labels)
+
+
+def main(argv):
+    del argv
+    dataset = data.load_dataset("fashion_mnist")
+    steps_per_epoch = len(dataset.train_labels) // FLAGS.batch_size
+    trainer = Trainer(dataset, FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed, FLAGS.epochs * steps_per_epoch)
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    for epoch in range(FLAGS.epochs):
+        start = time.perf_counter()
+        steps = trainer.epoch(data.epoch_permutation(FLAGS.seed, epoch, len(dataset.train_labels)))
+        seconds = time.perf_counter() - start
+        accuracy = trainer.evaluate(dataset.test_images, dataset.test_labels)
+        print(f"epoch {epoch + 1}: test acc {accuracy:.4f} | {steps * FLAGS.batch_size / seconds:,.0f} examples/s")
+    print(f"test accuracy: {accuracy:.4f}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)
