@@ -7,7 +7,9 @@ import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
 
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
 Pooling = Callable[[jnp.ndarray], jnp.ndarray]
@@ -33,6 +35,74 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)
 
 
+# Input channels up to which `conv_general_dilated` sums kernel taps instead of calling XLA's convolution.
+TAP_SUM_MAX_CHANNELS = 4
+
+
+def _conv_by_tap_sum(x, kernel, strides, padding):
+    """NHWC × HWIO convolution as a sum over kernel taps and input channels of shifted input × filter row.
+
+    With one to a few input channels (a network's first layer), XLA's CPU
+    convolution runs at a few GFLOP/s; this form is one fused elementwise loop.
+    """
+    x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    kh, kw, cin, _ = kernel.shape
+    (sh, sw) = strides
+    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    out = 0
+    for i in range(kh):
+        for j in range(kw):
+            tap = x[:, i : i + (oh - 1) * sh + 1 : sh, j : j + (ow - 1) * sw + 1 : sw, :]
+            for c in range(cin):
+                out = out + tap[..., c : c + 1] * kernel[i, j, c]
+    return out
+
+
+def _xla_conv(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _tap_sum_conv(x, kernel, strides, padding):
+    return _conv_by_tap_sum(x, kernel, strides, padding)
+
+
+def _tap_sum_conv_fwd(x, kernel, strides, padding):
+    return _conv_by_tap_sum(x, kernel, strides, padding), (x, kernel)
+
+
+def _tap_sum_conv_bwd(strides, padding, residuals, cotangent):
+    # XLA's own convolution gradients, which are fast for these shapes; autodiff of the tap sum is not.
+    _, vjp = jax.vjp(lambda x, kernel: _xla_conv(x, kernel, strides, padding), *residuals)
+    return vjp(cotangent)
+
+
+_tap_sum_conv.defvjp(_tap_sum_conv_fwd, _tap_sum_conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, **kwargs):
+    """`jax.lax.conv_general_dilated`, computed as a tap sum for NHWC inputs with few channels.
+
+    Drop-in for `flax.linen.Conv(conv_general_dilated=...)`; every other case
+    goes to XLA's convolution unchanged.
+    """
+    plain = (
+        rhs.ndim == 4
+        and rhs.shape[2] <= TAP_SUM_MAX_CHANNELS
+        and feature_group_count == 1
+        and not isinstance(padding, str)
+        and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+        and dimension_numbers is not None  # Flax always passes them; NHWC/HWIO is what the tap sum handles.
+        and tuple(dimension_numbers.lhs_spec) == tuple(dimension_numbers.out_spec) == (0, 3, 1, 2)
+        and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+    )
+    if plain:
+        return _tap_sum_conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, **kwargs)
+
+
 class ConvBlock(nn.Module):
     """Convolution -> optional BatchNorm -> activation -> optional pooling.
 
@@ -52,7 +122,13 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         padding = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * 2
-        x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides, padding=padding)(x)
+        x = nn.Conv(
+            self.features,
+            (self.kernel_size, self.kernel_size),
+            strides=self.strides,
+            padding=padding,
+            conv_general_dilated=conv_general_dilated,
+        )(x)
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
         x = self.activation(x)

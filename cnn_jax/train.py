@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from cnn_jax import checkpoint, data, models
@@ -106,25 +107,42 @@ def evaluate(eval_fn, state: TrainState, images: np.ndarray, labels: np.ndarray,
     return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
 
 
-def _abstract_batch(images: np.ndarray, labels: np.ndarray, batch_size: int, with_mask: bool) -> dict:
+def data_mesh(*batch_sizes: int) -> Mesh:
+    """A one-axis ('data') mesh of the most devices that every batch size divides over evenly."""
+    devices = jax.devices()
+    count = max(n for n in range(1, len(devices) + 1) if all(size % n == 0 for size in batch_sizes))
+    return Mesh(np.array(devices[:count]), ("data",))
+
+
+def _abstract_batch(images: np.ndarray, labels: np.ndarray, batch_size: int, with_mask: bool, sharding) -> dict:
     batch = {
-        "image": jax.ShapeDtypeStruct((batch_size, *images.shape[1:]), images.dtype),
-        "label": jax.ShapeDtypeStruct((batch_size,), labels.dtype),
+        "image": jax.ShapeDtypeStruct((batch_size, *images.shape[1:]), images.dtype, sharding=sharding),
+        "label": jax.ShapeDtypeStruct((batch_size,), labels.dtype, sharding=sharding),
     }
     if with_mask:
-        batch["mask"] = jax.ShapeDtypeStruct((batch_size,), np.float32)
+        batch["mask"] = jax.ShapeDtypeStruct((batch_size,), np.float32, sharding=sharding)
     return batch
 
 
-def compile_steps(state: TrainState, dataset: data.Dataset, config: Config):
-    """`train_step` and `eval_step` for `dataset`'s shapes, jitted and compiled ahead of time.
+def compile_steps(state: TrainState, dataset: data.Dataset, config: Config, mesh: Mesh):
+    """`train_step` and `eval_step` for `dataset`'s shapes on `mesh`, jitted and compiled ahead of time.
 
-    The training step donates its input state, so its buffers are reused in place.
+    Batches are split over the mesh's 'data' axis and the state is replicated,
+    so XLA computes the mean loss, its gradients and BatchNorm's statistics over
+    the whole batch. The training step donates its input state, so its buffers
+    are reused in place. `state` must already be replicated on `mesh`.
     """
-    train_batch = _abstract_batch(dataset.train_images, dataset.train_labels, config.batch_size, False)
-    eval_batch = _abstract_batch(dataset.test_images, dataset.test_labels, config.eval_batch_size, True)
-    train_fn = jax.jit(functools.partial(train_step, augment=config.augment), donate_argnums=0)
-    return train_fn.lower(state, train_batch).compile(), jax.jit(eval_step).lower(state, eval_batch).compile()
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    train_batch = _abstract_batch(dataset.train_images, dataset.train_labels, config.batch_size, False, split)
+    eval_batch = _abstract_batch(dataset.test_images, dataset.test_labels, config.eval_batch_size, True, split)
+    train_fn = jax.jit(
+        functools.partial(train_step, augment=config.augment),
+        in_shardings=(replicated, split),
+        out_shardings=replicated,
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(eval_step, in_shardings=(replicated, split), out_shardings=replicated)
+    return train_fn.lower(state, train_batch).compile(), eval_fn.lower(state, eval_batch).compile()
 
 
 def _train_epoch(train_fn, state, dataset, config: Config, epoch: int, max_steps: int, progress):
@@ -189,18 +207,22 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     model = model_cls(num_classes=dataset.num_classes)
     _prepare_workdir(workdir)
 
-    state = create_train_state(model, config, dataset.image_shape, total_steps)
+    mesh = data_mesh(config.batch_size, config.eval_batch_size)
+    state = jax.device_put(
+        create_train_state(model, config, dataset.image_shape, total_steps), NamedSharding(mesh, PartitionSpec())
+    )
     schedule = learning_rate_schedule(config, total_steps)
     num_params = models.count_params(state.params)
     print(
         f"{config.model}: {num_params:,} parameters | {config.dataset} from {dataset.source}: "
         f"{len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test | "
-        f"{total_steps:,} steps of {config.batch_size} | workdir {workdir}",
+        f"{total_steps:,} steps of {config.batch_size} on {mesh.size} {jax.devices()[0].platform} device(s) | "
+        f"workdir {workdir}",
         flush=True,
     )
 
     compile_start = time.perf_counter()
-    train_fn, eval_fn = compile_steps(state, dataset, config)
+    train_fn, eval_fn = compile_steps(state, dataset, config, mesh)
     compile_seconds = time.perf_counter() - compile_start
 
     writer = MetricWriter(workdir)
@@ -253,7 +275,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         "train_examples_per_second": step * config.batch_size / train_seconds,
         "compile_seconds": compile_seconds,
         "wall_seconds": time.perf_counter() - wall_start,
-        "devices": [str(d) for d in jax.devices()],
+        "devices": [str(d) for d in mesh.devices.flat],
         "jax_version": jax.__version__,
         "config": config.to_dict(),
     }

@@ -21,12 +21,16 @@ from torch import nn
 from cnn_jax import data
 from cnn_jax.config import Config
 
-_DEFAULTS = Config()
-flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training set.")
-flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training examples per step.")
-flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam's peak learning rate.")
-flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation, data order and flips.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags; defined only when run as a program, so the module imports cleanly."""
+    defaults = Config()
+    flags.DEFINE_integer("epochs", defaults.epochs, "Passes over the training set.")
+    flags.DEFINE_integer("batch_size", defaults.batch_size, "Training examples per step.")
+    flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam's peak learning rate.")
+    flags.DEFINE_integer("seed", defaults.seed, "Seed for initialisation, data order and flips.")
 
 
 def lecun_normal_(tensor: torch.Tensor, fan_in: int) -> None:
@@ -119,4 +123,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,3 +1,5 @@
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -85,3 +87,42 @@ def test_dense_head_flattens_and_stacks_hidden_layers():
     head = layers.DenseHead(3, hidden=(7,))
     params = head.init(jax.random.key(0), jnp.zeros((2, 2, 2, 5)))["params"]
     assert models.count_params(params) == (20 * 7 + 7) + (7 * 3 + 3)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides, padding",
+    [
+        ((3, 28, 28, 1), (5, 5, 1, 16), (1, 1), ((2, 2), (2, 2))),
+        ((2, 9, 11, 3), (3, 3, 3, 8), (2, 2), ((1, 1), (1, 1))),
+        ((2, 10, 10, 2), (4, 2, 2, 5), (3, 1), ((0, 2), (1, 0))),
+    ],
+)
+def test_tap_sum_convolution_equals_xla_convolution_in_value_and_gradient(shape, kernel, strides, padding):
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), kernel)
+    dn = jax.lax.conv_dimension_numbers(shape, kernel, ("NHWC", "HWIO", "NHWC"))
+
+    def conv(impl, x, w):
+        return impl(x, w, strides, padding, dimension_numbers=dn)
+
+    fast = functools.partial(conv, layers.conv_general_dilated)
+    plain = functools.partial(conv, jax.lax.conv_general_dilated)
+    out = plain(x, w)
+    np.testing.assert_allclose(fast(x, w), out, rtol=1e-5, atol=1e-5)
+    cotangent = jax.random.normal(jax.random.key(2), out.shape)
+    grads_fast = jax.grad(lambda x, w: jnp.sum(fast(x, w) * cotangent), (0, 1))(x, w)
+    grads_plain = jax.grad(lambda x, w: jnp.sum(plain(x, w) * cotangent), (0, 1))(x, w)
+    for got, want in zip(grads_fast, grads_plain):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_convolutions_with_many_channels_or_string_padding_go_to_xla(monkeypatch):
+    calls = []
+    monkeypatch.setattr(layers, "_tap_sum_conv", lambda *args: calls.append(args))
+    dn = jax.lax.conv_dimension_numbers((1, 8, 8, 16), (3, 3, 16, 4), ("NHWC", "HWIO", "NHWC"))
+    layers.conv_general_dilated(jnp.zeros((1, 8, 8, 16)), jnp.zeros((3, 3, 16, 4)), (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    dn = jax.lax.conv_dimension_numbers((1, 8, 8, 1), (3, 3, 1, 4), ("NHWC", "HWIO", "NHWC"))
+    layers.conv_general_dilated(jnp.zeros((1, 8, 8, 1)), jnp.zeros((3, 3, 1, 4)), (1, 1), "SAME", dimension_numbers=dn)
+    assert calls == []
+    layers.conv_general_dilated(jnp.zeros((1, 8, 8, 1)), jnp.zeros((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    assert len(calls) == 1
