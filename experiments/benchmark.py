@@ -1,6 +1,7 @@
 r"""Benchmarks: each compares variants side by side in one run, on one machine.
 
     python -m experiments.benchmark                      # --what=torch: cnn_jax vs PyTorch
+    python -m experiments.benchmark --what=conv_ops
     python -m experiments.benchmark --what=input_pipeline
     python -m experiments.benchmark --what=max_pool
 
@@ -11,6 +12,10 @@ torch: training throughput of the seed network in cnn_jax and in the PyTorch
   and the wall time and test accuracy of a whole `--epochs` run of each
   (start-up included), run one after the other as subprocesses.
 
+conv_ops: each convolution of the seed network's training step on its own
+  (forward, gradient to the weights, gradient to the input), in JAX (XLA's
+  convolution and cnn_jax.layers.conv_general_dilated) and in PyTorch, as ms
+  per batch and GFLOP/s: where the time of a step goes.
 input_pipeline: training throughput of the seed network when batches are cut
   on the host (NumPy gather, copied to the device at each step: what
   cnn_jax.train does) versus when the whole training set lives on the device
@@ -41,7 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from cnn_jax import data, models, train
 from cnn_jax.config import Config
 
-flags.DEFINE_enum("what", "torch", ["torch", "input_pipeline", "max_pool"], "Which comparison to run.")
+flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool"], "Which comparison to run.")
 flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs (0 skips them).")
 flags.DEFINE_integer("batch_size", 100, "Training examples per step.")
 flags.DEFINE_integer("steps", 200, "Timed steps per repeat.")
@@ -172,6 +177,45 @@ def versus_torch(batch_size: int, steps: int, repeats: int, epochs: int) -> None
         print(line)
 
 
+def conv_ops(batch_size: int, repeats: int) -> None:
+    """Times the seed network's convolutions and their gradients in JAX and PyTorch."""
+    import torch
+
+    from cnn_jax import layers
+
+    def jax_ms(fn, *args):
+        fn = jax.jit(fn)
+        return 1e3 * median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats) 
+
+    def torch_ms(fn):
+        return 1e3 * median_seconds(fn, repeats)
+
+    print(f"seed network convolutions, batch {batch_size}, float32, median of {repeats}: ms per batch (GFLOP/s)")
+    print(f"  {'':22s} {'XLA conv':>16s} {'cnn_jax conv':>16s} {'PyTorch':>16s}")
+    for name, (size, cin, cout) in {"conv1 5x5 1->16": (28, 1, 16), "conv2 5x5 16->32": (14, 16, 32)}.items():
+        x = jax.random.normal(jax.random.PRNGKey(0), (batch_size, size, size, cin))
+        w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, cin, cout))
+        g = jax.random.normal(jax.random.PRNGKey(2), (batch_size, size, size, cout))
+        dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+        tx = torch.randn(batch_size, cin, size, size, requires_grad=True)
+        tconv = torch.nn.Conv2d(cin, cout, 5, padding=2, bias=False)
+        tg = torch.randn(batch_size, cout, size, size)
+        flops = 2 * batch_size * size * size * cout * 25 * cin
+        rows = {}
+        for impl_name, impl in (("XLA conv", jax.lax.conv_general_dilated), ("cnn_jax conv", layers.conv_general_dilated)):
+            conv = functools.partial(impl, window_strides=(1, 1), padding=((2, 2), (2, 2)), dimension_numbers=dn)
+            rows.setdefault("forward", []).append(jax_ms(conv, x, w))
+            rows.setdefault("weight gradient", []).append(jax_ms(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g), x, w, g))
+            rows.setdefault("input gradient", []).append(jax_ms(lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g), x, w, g))
+        out = tconv(tx)
+        rows["forward"].append(torch_ms(lambda: tconv(tx.detach())))
+        rows["weight gradient"].append(torch_ms(lambda: torch.autograd.grad(out, tconv.weight, tg, retain_graph=True)))
+        rows["input gradient"].append(torch_ms(lambda: torch.autograd.grad(out, tx, tg, retain_graph=True)))
+        for op, times in rows.items():
+            cells = " ".join(f"{t:7.2f} ({flops / t / 1e6:5.1f})" for t in times)
+            print(f"  {name + ' ' + op:34s} {cells}")
+
+
 def variants(what: str, batch_size: int, steps: int) -> dict:
     """{variant name: function running `steps` training steps} for comparison `what`."""
     dataset = data.load_dataset("fashion_mnist")
@@ -191,6 +235,8 @@ def main(argv):
     del argv
     if FLAGS.what == "torch":
         return versus_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.epochs)
+    if FLAGS.what == "conv_ops":
+        return conv_ops(FLAGS.batch_size, FLAGS.repeats * 10)
     runs = variants(FLAGS.what, FLAGS.batch_size, FLAGS.steps)
     rates = {name: FLAGS.steps * FLAGS.batch_size / median_seconds(run, FLAGS.repeats) for name, run in runs.items()}
     print(f"{FLAGS.what} on {jax.devices()[0].device_kind} ({jax.default_backend()}): batch {FLAGS.batch_size}, "
