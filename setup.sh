@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up cnn_jax on a Debian/Ubuntu machine: the Fashion-MNIST package and a
-# virtual environment in .venv with cnn_jax installed (editable).
+# Sets up cnn_jax on a Debian/Ubuntu machine: the Fashion-MNIST package, oneDNN and a C++
+# compiler (for cnn_jax's fast CPU convolutions), and a virtual environment in .venv with
+# cnn_jax installed (editable).
 #   bash setup.sh        # what the experiments need
 #   bash setup.sh test   # plus what the tests need (TensorFlow for tensorflow-datasets, pytest)
 set -euo pipefail
@@ -14,6 +15,8 @@ if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
+[ -f /usr/include/oneapi/dnnl/dnnl.hpp ] || need+=(libdnnl-dev)
+command -v g++ >/dev/null || need+=(g++)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     $sudo apt-get update -qq
@@ -26,3 +29,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extras}"
+# Compile the oneDNN convolutions now rather than on the first run (it warns, and cnn_jax
+# falls back to XLA's convolutions, if it cannot).
+.venv/bin/python -c "from cnn_jax import onednn; onednn.load()"

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import layers, models
+from cnn_jax import layers, models, onednn
 from cnn_jax.errors import UserError
 
 
@@ -116,13 +116,45 @@ def test_tap_sum_convolution_equals_xla_convolution_in_value_and_gradient(shape,
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-def test_convolutions_with_many_channels_or_string_padding_go_to_xla(monkeypatch):
+def test_convolution_dispatch_by_channels_and_padding(monkeypatch):
     calls = []
-    monkeypatch.setattr(layers, "_tap_sum_conv", lambda *args: calls.append(args))
-    dn = jax.lax.conv_dimension_numbers((1, 8, 8, 16), (3, 3, 16, 4), ("NHWC", "HWIO", "NHWC"))
-    layers.conv_general_dilated(jnp.zeros((1, 8, 8, 16)), jnp.zeros((3, 3, 16, 4)), (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
-    dn = jax.lax.conv_dimension_numbers((1, 8, 8, 1), (3, 3, 1, 4), ("NHWC", "HWIO", "NHWC"))
-    layers.conv_general_dilated(jnp.zeros((1, 8, 8, 1)), jnp.zeros((3, 3, 1, 4)), (1, 1), "SAME", dimension_numbers=dn)
-    assert calls == []
-    layers.conv_general_dilated(jnp.zeros((1, 8, 8, 1)), jnp.zeros((3, 3, 1, 4)), (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
-    assert len(calls) == 1
+    monkeypatch.setattr(layers, "_tap_sum_conv", lambda *args: calls.append("tap sum"))
+    monkeypatch.setattr(onednn, "conv", lambda *args: calls.append("onednn"))
+    monkeypatch.setattr(jax.lax, "conv_general_dilated", lambda *args, **kwargs: calls.append("xla"))
+    pads = ((1, 1), (1, 1))
+    for cin, padding in ((1, pads), (16, pads), (16, "SAME")):
+        dn = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+        layers.conv_general_dilated(jnp.zeros((1, 8, 8, cin)), jnp.zeros((3, 3, cin, 4)), (1, 1), padding, dimension_numbers=dn)
+    assert calls == ["tap sum", "onednn", "xla"]
+
+
+def test_onednn_is_available_here():
+    assert onednn.load(), "apt-get install libdnnl-dev g++ (setup.sh does)"
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides, padding",
+    [
+        ((4, 14, 14, 16), (5, 5, 16, 32), (1, 1), ((2, 2), (2, 2))),
+        ((3, 11, 9, 8), (3, 3, 8, 5), (2, 1), ((1, 0), (2, 1))),
+        ((2, 7, 7, 5), (1, 1, 5, 6), (1, 1), ((0, 0), (0, 0))),
+    ],
+)
+def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient(shape, kernel, strides, padding):
+    assert onednn.load()
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), kernel)
+
+    def plain(x, w):
+        return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def fast(x, w):
+        return onednn.conv(x, w, strides, padding)
+
+    out = plain(x, w)
+    np.testing.assert_allclose(jax.jit(fast)(x, w), out, rtol=1e-5, atol=1e-4)
+    cotangent = jax.random.normal(jax.random.key(2), out.shape)
+    got = jax.jit(jax.grad(lambda x, w: jnp.sum(fast(x, w) * cotangent), (0, 1)))(x, w)
+    want = jax.grad(lambda x, w: jnp.sum(plain(x, w) * cotangent), (0, 1))(x, w)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-3)

@@ -1,0 +1,154 @@
+// 2-D convolution and its two gradients on the CPU through oneDNN, as XLA FFI handlers.
+//
+// Tensors arrive in JAX's layouts: activations NHWC, kernels HWIO, float32.
+// oneDNN picks its own (blocked) layouts for speed; the handlers reorder into
+// them and back. Primitives and reorders are built once per shape and cached.
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = memory::format_tag;
+
+namespace {
+
+enum class Direction { kForward, kInputGradient, kWeightGradient };
+
+struct Geometry {
+  memory::dims src, weights, dst, strides, pad_l, pad_r;
+};
+
+// One convolution direction for one geometry: its primitive and, for each of
+// its three operands, the reorder between JAX's plain layout and oneDNN's.
+struct Plan {
+  dnnl::primitive conv;
+  memory::desc plain[3], chosen[3];  // src (or diff_src), weights (or diff_weights), dst (or diff_dst)
+  int args[3];
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g) {
+  auto& engine = Engine();
+  const auto f32 = memory::data_type::f32;
+  memory::desc src_any(g.src, f32, tag::any), w_any(g.weights, f32, tag::any), dst_any(g.dst, f32, tag::any);
+  auto algo = dnnl::algorithm::convolution_direct;
+  dnnl::convolution_forward::desc fwd_desc(dnnl::prop_kind::forward_training, algo, src_any, w_any, dst_any,
+                                           g.strides, g.pad_l, g.pad_r);
+  dnnl::convolution_forward::primitive_desc fwd_pd(fwd_desc, engine);
+  auto plan = std::make_unique<Plan>();
+  plan->plain[0] = memory::desc(g.src, f32, tag::nhwc);
+  plan->plain[1] = memory::desc(g.weights, f32, tag::hwio);
+  plan->plain[2] = memory::desc(g.dst, f32, tag::nhwc);
+  if (direction == Direction::kForward) {
+    plan->conv = dnnl::convolution_forward(fwd_pd);
+    plan->chosen[0] = fwd_pd.src_desc();
+    plan->chosen[1] = fwd_pd.weights_desc();
+    plan->chosen[2] = fwd_pd.dst_desc();
+    plan->args[0] = DNNL_ARG_SRC, plan->args[1] = DNNL_ARG_WEIGHTS, plan->args[2] = DNNL_ARG_DST;
+  } else if (direction == Direction::kInputGradient) {
+    dnnl::convolution_backward_data::desc desc(algo, src_any, w_any, dst_any, g.strides, g.pad_l, g.pad_r);
+    dnnl::convolution_backward_data::primitive_desc pd(desc, engine, fwd_pd);
+    plan->conv = dnnl::convolution_backward_data(pd);
+    plan->chosen[0] = pd.diff_src_desc();
+    plan->chosen[1] = pd.weights_desc();
+    plan->chosen[2] = pd.diff_dst_desc();
+    plan->args[0] = DNNL_ARG_DIFF_SRC, plan->args[1] = DNNL_ARG_WEIGHTS, plan->args[2] = DNNL_ARG_DIFF_DST;
+  } else {
+    dnnl::convolution_backward_weights::desc desc(algo, src_any, w_any, dst_any, g.strides, g.pad_l, g.pad_r);
+    dnnl::convolution_backward_weights::primitive_desc pd(desc, engine, fwd_pd);
+    plan->conv = dnnl::convolution_backward_weights(pd);
+    plan->chosen[0] = pd.src_desc();
+    plan->chosen[1] = pd.diff_weights_desc();
+    plan->chosen[2] = pd.diff_dst_desc();
+    plan->args[0] = DNNL_ARG_SRC, plan->args[1] = DNNL_ARG_DIFF_WEIGHTS, plan->args[2] = DNNL_ARG_DIFF_DST;
+  }
+  return plan;
+}
+
+// Runs `direction` on plain-layout buffers; `output` is the index (0, 1 or 2) of the operand it writes.
+void Run(Direction direction, const Geometry& g, float* buffers[3], int output) {
+  static std::mutex mutex;
+  static std::map<std::string, std::unique_ptr<Plan>> plans;
+  std::string key = std::to_string(static_cast<int>(direction));
+  for (const auto* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r})
+    for (auto d : *dims) key += "," + std::to_string(d);
+  std::lock_guard<std::mutex> lock(mutex);  // oneDNN parallelises inside each call; calls run one at a time.
+  auto& plan = plans[key];
+  if (!plan) plan = MakePlan(direction, g);
+  auto& engine = Engine();
+  dnnl::stream stream(engine);
+  std::unordered_map<int, memory> args;
+  memory plain[3], chosen[3];
+  for (int i = 0; i < 3; ++i) {
+    plain[i] = memory(plan->plain[i], engine, buffers[i]);
+    chosen[i] = plan->chosen[i] == plan->plain[i] ? plain[i] : memory(plan->chosen[i], engine);
+    if (i != output && chosen[i] != plain[i]) dnnl::reorder(plain[i], chosen[i]).execute(stream, plain[i], chosen[i]);
+    args[plan->args[i]] = chosen[i];
+  }
+  plan->conv.execute(stream, args);
+  if (chosen[output] != plain[output]) dnnl::reorder(chosen[output], plain[output]).execute(stream, chosen[output], plain[output]);
+  stream.wait();
+}
+
+Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
+                      int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                      int64_t pad_right) {
+  // oneDNN's logical dims are NCHW / OIHW whatever the memory layout.
+  return Geometry{{x[0], x[3], x[1], x[2]}, {w[3], w[2], w[0], w[1]}, {y[0], y[3], y[1], y[2]},
+                  {stride_h, stride_w}, {pad_top, pad_left}, {pad_bottom, pad_right}};
+}
+
+#define CONV_ATTRS                                                                               \
+  int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left, \
+      int64_t pad_right
+#define BIND_CONV_ATTRS                                                                                   \
+  .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom") \
+      .Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+
+using F32 = ffi::Buffer<ffi::F32, 4>;
+using F32Out = ffi::ResultBuffer<ffi::F32, 4>;
+
+ffi::Error Forward(F32 x, F32 w, F32Out y, CONV_ATTRS) {
+  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride_h, stride_w, pad_top, pad_bottom,
+                        pad_left, pad_right);
+  float* buffers[3] = {x.typed_data(), w.typed_data(), y->typed_data()};
+  Run(Direction::kForward, g, buffers, 2);
+  return ffi::Error::Success();
+}
+
+ffi::Error InputGradient(F32 dy, F32 w, F32Out dx, CONV_ATTRS) {
+  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride_h, stride_w, pad_top, pad_bottom,
+                        pad_left, pad_right);
+  float* buffers[3] = {dx->typed_data(), w.typed_data(), dy.typed_data()};
+  Run(Direction::kInputGradient, g, buffers, 0);
+  return ffi::Error::Success();
+}
+
+ffi::Error WeightGradient(F32 x, F32 dy, F32Out dw, CONV_ATTRS) {
+  auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride_h, stride_w, pad_top, pad_bottom,
+                        pad_left, pad_right);
+  float* buffers[3] = {x.typed_data(), dw->typed_data(), dy.typed_data()};
+  Run(Direction::kWeightGradient, g, buffers, 1);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>() BIND_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGradient, InputGradient,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>() BIND_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvWeightGradient, WeightGradient,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>() BIND_CONV_ATTRS);
