@@ -37,15 +37,16 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)
 
 
-# Input channels up to which `conv_general_dilated` sums kernel taps instead of calling XLA's convolution.
-TAP_SUM_MAX_CHANNELS = 4
+# Input channels up to which a convolution (a network's first layer, say) keeps XLA's gradients on CPU:
+# for so few channels XLA's weight gradient beats oneDNN's, and without oneDNN the forward pass is a tap sum.
+FEW_CHANNELS = 4
 
 
 def _conv_by_tap_sum(x, kernel, strides, padding):
     """NHWC × HWIO convolution as a sum over kernel taps and input channels of shifted input × filter row.
 
-    With one to a few input channels (a network's first layer), XLA's CPU
-    convolution runs at a few GFLOP/s; this form is one fused elementwise loop.
+    With one to a few input channels, XLA's CPU convolution runs at a few
+    GFLOP/s; this form is one fused elementwise loop.
     """
     x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     kh, kw, cin, _ = kernel.shape
@@ -64,22 +65,26 @@ def _xla_conv(x, kernel, strides, padding):
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _tap_sum_conv(x, kernel, strides, padding):
-    return _conv_by_tap_sum(x, kernel, strides, padding)
+def _with_xla_gradients(forward):
+    """The convolution `forward(x, kernel, strides, padding)`, differentiated by XLA's convolution gradients."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+    def conv(x, kernel, strides, padding):
+        return forward(x, kernel, strides, padding)
+
+    def conv_fwd(x, kernel, strides, padding):
+        return forward(x, kernel, strides, padding), (x, kernel)
+
+    def conv_bwd(strides, padding, residuals, cotangent):
+        _, vjp = jax.vjp(lambda x, kernel: _xla_conv(x, kernel, strides, padding), *residuals)
+        return vjp(cotangent)
+
+    conv.defvjp(conv_fwd, conv_bwd)
+    return conv
 
 
-def _tap_sum_conv_fwd(x, kernel, strides, padding):
-    return _conv_by_tap_sum(x, kernel, strides, padding), (x, kernel)
-
-
-def _tap_sum_conv_bwd(strides, padding, residuals, cotangent):
-    # XLA's own convolution gradients, which are fast for these shapes; autodiff of the tap sum is not.
-    _, vjp = jax.vjp(lambda x, kernel: _xla_conv(x, kernel, strides, padding), *residuals)
-    return vjp(cotangent)
-
-
-_tap_sum_conv.defvjp(_tap_sum_conv_fwd, _tap_sum_conv_bwd)
+_tap_sum_conv = _with_xla_gradients(_conv_by_tap_sum)
+_onednn_forward_conv = _with_xla_gradients(lambda *args: onednn.conv(*args))
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -87,13 +92,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`jax.lax.conv_general_dilated`, computed the fastest way we know for plain NHWC convolutions on CPU.
 
     A drop-in for `flax.linen.Conv(conv_general_dilated=...)`. Plain means
-    NHWC × HWIO, explicit padding, no dilation, no groups, float32. With few
-    input channels it is a tap sum (`TAP_SUM_MAX_CHANNELS`). Otherwise, on the
-    CPU backend, it runs oneDNN (`cnn_jax.onednn`) when that is available.
-    Every other case goes to XLA's convolution unchanged.
+    NHWC × HWIO, explicit padding, no dilation, no groups, float32. On the CPU
+    backend a plain convolution runs on oneDNN (`cnn_jax.onednn`), forward and
+    gradients, except that up to `FEW_CHANNELS` input channels its gradients
+    are XLA's; without oneDNN, such a convolution's forward pass is a tap sum.
+    Every other case, and every other backend, goes to XLA's convolution.
     """
     plain = (
-        rhs.ndim == 4
+        jax.default_backend() == "cpu"
+        and rhs.ndim == 4
         and lhs.dtype == rhs.dtype == jnp.float32
         and feature_group_count == 1
         and not isinstance(padding, str)
@@ -104,10 +111,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     )
     if plain:
         strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
-        if rhs.shape[2] <= TAP_SUM_MAX_CHANNELS:
+        few_channels = rhs.shape[2] <= FEW_CHANNELS
+        if onednn.load():
+            return (_onednn_forward_conv if few_channels else onednn.conv)(lhs, rhs, strides, pads)
+        if few_channels:
             return _tap_sum_conv(lhs, rhs, strides, pads)
-        if jax.default_backend() == "cpu" and onednn.load():
-            return onednn.conv(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, **kwargs)
 

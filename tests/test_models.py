@@ -89,6 +89,7 @@ def test_dense_head_flattens_and_stacks_hidden_layers():
     assert models.count_params(params) == (20 * 7 + 7) + (7 * 3 + 3)
 
 
+@pytest.mark.parametrize("implementation", ["_tap_sum_conv", "_onednn_forward_conv"])
 @pytest.mark.parametrize(
     "shape, kernel, strides, padding",
     [
@@ -97,35 +98,43 @@ def test_dense_head_flattens_and_stacks_hidden_layers():
         ((2, 10, 10, 2), (4, 2, 2, 5), (3, 1), ((0, 2), (1, 0))),
     ],
 )
-def test_tap_sum_convolution_equals_xla_convolution_in_value_and_gradient(shape, kernel, strides, padding):
+def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(implementation, shape, kernel, strides,
+                                                                            padding):
+    assert onednn.load()
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kernel)
-    dn = jax.lax.conv_dimension_numbers(shape, kernel, ("NHWC", "HWIO", "NHWC"))
 
-    def conv(impl, x, w):
-        return impl(x, w, strides, padding, dimension_numbers=dn)
+    def fast(x, w):
+        return getattr(layers, implementation)(x, w, strides, padding)
 
-    fast = functools.partial(conv, layers.conv_general_dilated)
-    plain = functools.partial(conv, jax.lax.conv_general_dilated)
+    def plain(x, w):
+        return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
     out = plain(x, w)
-    np.testing.assert_allclose(fast(x, w), out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(fast)(x, w), out, rtol=1e-5, atol=1e-5)
     cotangent = jax.random.normal(jax.random.key(2), out.shape)
-    grads_fast = jax.grad(lambda x, w: jnp.sum(fast(x, w) * cotangent), (0, 1))(x, w)
+    grads_fast = jax.jit(jax.grad(lambda x, w: jnp.sum(fast(x, w) * cotangent), (0, 1)))(x, w)
     grads_plain = jax.grad(lambda x, w: jnp.sum(plain(x, w) * cotangent), (0, 1))(x, w)
     for got, want in zip(grads_fast, grads_plain):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-def test_convolution_dispatch_by_channels_and_padding(monkeypatch):
+@pytest.mark.parametrize(
+    "onednn_available, expected",
+    [(True, ["onednn forward, xla gradients", "onednn", "xla"]), (False, ["tap sum", "xla", "xla"])],
+)
+def test_convolution_dispatch_by_channels_padding_and_onednn(monkeypatch, onednn_available, expected):
     calls = []
+    monkeypatch.setattr(onednn, "load", lambda: onednn_available)
     monkeypatch.setattr(layers, "_tap_sum_conv", lambda *args: calls.append("tap sum"))
+    monkeypatch.setattr(layers, "_onednn_forward_conv", lambda *args: calls.append("onednn forward, xla gradients"))
     monkeypatch.setattr(onednn, "conv", lambda *args: calls.append("onednn"))
     monkeypatch.setattr(jax.lax, "conv_general_dilated", lambda *args, **kwargs: calls.append("xla"))
     pads = ((1, 1), (1, 1))
     for cin, padding in ((1, pads), (16, pads), (16, "SAME")):
         dn = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
         layers.conv_general_dilated(jnp.zeros((1, 8, 8, cin)), jnp.zeros((3, 3, cin, 4)), (1, 1), padding, dimension_numbers=dn)
-    assert calls == ["tap sum", "onednn", "xla"]
+    assert calls == expected
 
 
 def test_onednn_is_available_here():
