@@ -31,4 +31,4 @@ fi
 .venv/bin/python -m pip install -q -e ".${extras}"
 # Compile the oneDNN convolutions now rather than on the first run (it warns, and cnn_jax
 # falls back to XLA's convolutions, if it cannot).
-.venv/bin/python -c "from cnn_jax import onednn; onednn.load()"
+.venv/bin/python -c "from cnn_jax import cpu_kernels; cpu_kernels.load()"

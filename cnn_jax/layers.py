@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax import onednn
+from cnn_jax import cpu_kernels
 
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
 Pooling = Callable[[jnp.ndarray], jnp.ndarray]
@@ -84,7 +84,7 @@ def _with_xla_gradients(forward):
 
 
 _tap_sum_conv = _with_xla_gradients(_conv_by_tap_sum)
-_onednn_forward_conv = _with_xla_gradients(lambda *args: onednn.conv(*args))
+_onednn_forward_conv = _with_xla_gradients(lambda *args: cpu_kernels.conv(*args))
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -93,7 +93,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
     A drop-in for `flax.linen.Conv(conv_general_dilated=...)`. Plain means
     NHWC × HWIO, explicit padding, no dilation, no groups, float32. On the CPU
-    backend a plain convolution runs on oneDNN (`cnn_jax.onednn`), forward and
+    backend a plain convolution runs on oneDNN (`cnn_jax.cpu_kernels`), forward and
     gradients, except that up to `FEW_CHANNELS` input channels its gradients
     are XLA's; without oneDNN, such a convolution's forward pass is a tap sum.
     Every other case, and every other backend, goes to XLA's convolution.
@@ -112,12 +112,38 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if plain:
         strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
         few_channels = rhs.shape[2] <= FEW_CHANNELS
-        if onednn.load():
-            return (_onednn_forward_conv if few_channels else onednn.conv)(lhs, rhs, strides, pads)
+        if cpu_kernels.load():
+            return (_onednn_forward_conv if few_channels else cpu_kernels.conv)(lhs, rhs, strides, pads)
         if few_channels:
             return _tap_sum_conv(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, **kwargs)
+
+
+class BatchNormReluMaxPool(nn.Module):
+    """Training-mode `nn.BatchNorm` -> ReLU -> `max_pool_2x2`, fused in one compiled CPU kernel.
+
+    Its variables are exactly `nn.BatchNorm`'s (params `scale`, `bias`;
+    batch_stats `mean`, `var`), so a `ConvBlock` uses it under BatchNorm's
+    name while training and `nn.BatchNorm` itself otherwise. Needs
+    `cpu_kernels.load()`, float32 NHWC input and even height and width.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,))
+        bias = self.param("bias", nn.initializers.zeros, (features,))
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
+        y, mean, var = cpu_kernels.batch_norm_relu_max_pool(x, scale, bias, self.epsilon)
+        if not self.is_initializing():
+            running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+            running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
+        return y
 
 
 class ConvBlock(nn.Module):
@@ -125,7 +151,9 @@ class ConvBlock(nn.Module):
 
     BatchNorm uses PyTorch's defaults (momentum 0.1 in PyTorch's sense, eps
     1e-5) so results compare with the PyTorch code the seeds show. `padding` is
-    the number of zeros added on each side, or "SAME"/"VALID".
+    the number of zeros added on each side, or "SAME"/"VALID". On the CPU,
+    training-mode BatchNorm -> ReLU -> `max_pool_2x2` runs as one fused kernel
+    (`BatchNormReluMaxPool`).
     """
 
     features: int
@@ -146,12 +174,27 @@ class ConvBlock(nn.Module):
             padding=padding,
             conv_general_dilated=conv_general_dilated,
         )(x)
+        if train and self._fusable(x):
+            return BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="BatchNorm_0")(x)
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
         x = self.activation(x)
         if self.pool is not None:
             x = self.pool(x)
         return x
+
+    def _fusable(self, x: jnp.ndarray) -> bool:
+        """Whether BatchNorm, activation and pooling are what `BatchNormReluMaxPool` computes, on its backend."""
+        return (
+            self.batch_norm
+            and self.activation is nn.relu
+            and self.pool is max_pool_2x2
+            and x.dtype == jnp.float32
+            and x.shape[1] % 2 == 0
+            and x.shape[2] % 2 == 0
+            and jax.default_backend() == "cpu"
+            and cpu_kernels.load()
+        )
 
 
 class DenseHead(nn.Module):

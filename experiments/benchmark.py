@@ -4,6 +4,7 @@ r"""Benchmarks: each compares variants side by side in one run, on one machine.
     python -m experiments.benchmark --what=conv_ops
     python -m experiments.benchmark --what=input_pipeline
     python -m experiments.benchmark --what=max_pool
+    python -m experiments.benchmark --what=fusion
 
 torch: training throughput of the seed network in cnn_jax and in the PyTorch
   reference (experiments/torch_reference.py: same architecture, initialisation,
@@ -21,8 +22,13 @@ input_pipeline: training throughput of the seed network when batches are cut
   cnn_jax.train does) versus when the whole training set lives on the device
   and each step gathers its batch there from a device-resident permutation.
 max_pool: training throughput of the seed network with cnn_jax's max-pooling
-  (reshape and max where windows tile the input) versus flax.linen.max_pool
-  (XLA's windowed reduction, whose gradient is select-and-scatter).
+  (reshape and max where windows tile the input; on CPU, fused with BatchNorm
+  and ReLU, see fusion) versus flax.linen.max_pool (XLA's windowed reduction,
+  whose gradient is select-and-scatter).
+fusion: training throughput of the seed network with training-mode BatchNorm,
+  ReLU and 2x2 max-pooling fused in one compiled CPU kernel
+  (cnn_jax.layers.BatchNormReluMaxPool) versus the same three layers left to
+  XLA (the same max_pool, passed as a different function, is not fused).
 
 Each variant runs a warm-up, then `--repeats` timed runs of `--steps` training
 steps at `--batch_size`; the median is reported.
@@ -40,13 +46,14 @@ import time
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cnn_jax import data, models, train
+from cnn_jax import data, layers, models, train
 from cnn_jax.config import Config
 
-flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool"], "Which comparison to run.")
+flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion"],
+                  "Which comparison to run.")
 flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs (0 skips them).")
 flags.DEFINE_integer("batch_size", 100, "Training examples per step.")
 flags.DEFINE_integer("steps", 200, "Timed steps per repeat.")
@@ -197,11 +204,9 @@ def conv_ops(batch_size: int, repeats: int) -> None:
     """Times the seed network's convolutions and their gradients in JAX and PyTorch."""
     import torch
 
-    from cnn_jax import layers
-
     def jax_ms(fn, *args):
         fn = jax.jit(fn)
-        return 1e3 * median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats) 
+        return 1e3 * median_seconds(lambda: jax.block_until_ready(fn(*args)), repeats)
 
     def torch_ms(fn):
         return 1e3 * median_seconds(fn, repeats)
@@ -240,6 +245,12 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
             "host batches": host_loop(models.ConvNet(), dataset, batch_size, steps),
             "device-resident data": device_loop(models.ConvNet(), dataset, batch_size, steps),
         }
+    if what == "fusion":
+        return {
+            "fused kernel": host_loop(models.ConvNet(), dataset, batch_size, steps),
+            "XLA": host_loop(models.ConvNet(pool=functools.partial(layers.max_pool, window=2)), dataset, batch_size,
+                             steps),
+        }
     windowed = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
     return {
         "cnn_jax max_pool": host_loop(models.ConvNet(), dataset, batch_size, steps),
@@ -249,6 +260,8 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Library INFO logs (JAX's backend probing) would clutter the tables.
     if FLAGS.what == "torch":
         return versus_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.epochs)
     if FLAGS.what == "conv_ops":

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import layers, models, onednn
+from cnn_jax import cpu_kernels, layers, models
 from cnn_jax.errors import UserError
 
 
@@ -100,7 +100,7 @@ def test_dense_head_flattens_and_stacks_hidden_layers():
 )
 def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(implementation, shape, kernel, strides,
                                                                             padding):
-    assert onednn.load()
+    assert cpu_kernels.load()
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kernel)
 
@@ -125,10 +125,10 @@ def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(im
 )
 def test_convolution_dispatch_by_channels_padding_and_onednn(monkeypatch, onednn_available, expected):
     calls = []
-    monkeypatch.setattr(onednn, "load", lambda: onednn_available)
+    monkeypatch.setattr(cpu_kernels, "load", lambda: onednn_available)
     monkeypatch.setattr(layers, "_tap_sum_conv", lambda *args: calls.append("tap sum"))
     monkeypatch.setattr(layers, "_onednn_forward_conv", lambda *args: calls.append("onednn forward, xla gradients"))
-    monkeypatch.setattr(onednn, "conv", lambda *args: calls.append("onednn"))
+    monkeypatch.setattr(cpu_kernels, "conv", lambda *args: calls.append("onednn"))
     monkeypatch.setattr(jax.lax, "conv_general_dilated", lambda *args, **kwargs: calls.append("xla"))
     pads = ((1, 1), (1, 1))
     for cin, padding in ((1, pads), (16, pads), (16, "SAME")):
@@ -138,7 +138,7 @@ def test_convolution_dispatch_by_channels_padding_and_onednn(monkeypatch, onednn
 
 
 def test_onednn_is_available_here():
-    assert onednn.load(), "apt-get install libdnnl-dev g++ (setup.sh does)"
+    assert cpu_kernels.load(), "apt-get install libdnnl-dev g++ (setup.sh does)"
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_onednn_is_available_here():
     ],
 )
 def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient(shape, kernel, strides, padding):
-    assert onednn.load()
+    assert cpu_kernels.load()
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kernel)
 
@@ -158,7 +158,7 @@ def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient(shape, 
         return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def fast(x, w):
-        return onednn.conv(x, w, strides, padding)
+        return cpu_kernels.conv(x, w, strides, padding)
 
     out = plain(x, w)
     np.testing.assert_allclose(jax.jit(fast)(x, w), out, rtol=1e-5, atol=1e-4)
@@ -167,3 +167,36 @@ def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient(shape, 
     want = jax.grad(lambda x, w: jnp.sum(plain(x, w) * cotangent), (0, 1))(x, w)
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(8, 12, 10, 6), (3, 28, 28, 16), (2, 2, 4, 1)])
+def test_fused_batch_norm_relu_max_pool_equals_flax_layers(monkeypatch, shape):
+    """The fused kernel against nn.BatchNorm -> relu -> max_pool_2x2: outputs, running statistics, gradients."""
+    assert cpu_kernels.load()
+    x = 3 * jax.random.normal(jax.random.key(0), shape) + 1
+    block = layers.ConvBlock(5, 3, padding=1, pool=layers.max_pool_2x2)
+    variables = block.init(jax.random.key(1), x)
+    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(jax.random.key(2), v.shape), variables)
+    weights = jax.random.normal(jax.random.key(3), block.apply(variables, x).shape)
+
+    def step(fused):
+        monkeypatch.setattr(layers.ConvBlock, "_fusable", lambda self, x: fused)
+
+        def loss(params):
+            y, updates = block.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                                     mutable=["batch_stats"])
+            return jnp.sum(y * weights), (y, updates)
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+    fused, plain = step(True), step(False)
+    for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_seed_network_trains_through_the_fused_kernel_on_cpu():
+    x = jnp.zeros((2, 28, 28, 1))
+    assert layers.ConvBlock(16, 5, padding=2, pool=layers.max_pool_2x2)._fusable(x)
+    assert not layers.ConvBlock(16, 5, padding=2, pool=None)._fusable(x)
+    assert not layers.ConvBlock(16, 5, padding=2, pool=layers.max_pool_2x2, activation=jnp.tanh)._fusable(x)
+    assert not layers.ConvBlock(16, 5, padding=2, pool=layers.max_pool_2x2)._fusable(jnp.zeros((2, 7, 7, 1)))

@@ -1,0 +1,151 @@
+"""Compiled kernels for XLA's CPU backend, called through XLA's FFI: oneDNN convolutions, and
+BatchNorm -> ReLU -> 2×2 max-pooling fused.
+
+XLA:CPU's own convolutions (Eigen) run the seed network's second convolution
+and its gradients 2-4× slower than oneDNN (BENCHMARKS.md), and it computes a
+training-mode BatchNorm, ReLU and max-pool as several passes over the
+activations, mostly on one core. `csrc/onednn_conv.cc` wraps oneDNN's
+forward, input-gradient and weight-gradient convolutions;
+`csrc/batch_norm_relu_max_pool.cc` computes the other three in two passes
+forward and two backward, on every core. `load()` compiles both on first use
+(g++, Debian's libdnnl-dev, JAX's FFI headers) into a cache folder and
+registers them. Where that cannot be done, `load()` returns False and cnn_jax
+uses XLA's operations.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sysconfig
+
+import jax
+import numpy as np
+from absl import logging
+
+_SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
+            for name in ("onednn_conv.cc", "batch_norm_relu_max_pool.cc")]
+_TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
+            "BatchNormReluMaxPoolForward", "BatchNormReluMaxPoolBackward")
+
+
+def _cpu_features() -> bytes:
+    """This CPU's feature flags: the library is compiled for them (-march=native), so they are part of its name."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return next((line for line in f if line.startswith(b"flags")), b"")
+    except OSError:
+        return platform.processor().encode()
+
+
+def _library_path() -> str:
+    digest = hashlib.sha256(jax.__version__.encode() + _cpu_features())
+    for source in _SOURCES:
+        with open(source, "rb") as f:
+            digest.update(f.read())
+    cache = os.environ.get("CNN_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "cnn_jax"))
+    return os.path.join(cache, f"cpu_kernels-{digest.hexdigest()[:16]}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}")
+
+
+def build() -> str:
+    """Compiles the FFI library if it is not cached yet; returns its path. Raises on failure."""
+    path = _library_path()
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        command = ["g++", "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-w",
+                   f"-I{jax.ffi.include_dir()}", *_SOURCES, "-ldnnl", "-o", tmp]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        os.replace(tmp, path)  # Atomic: concurrent builders never see half a library.
+    return path
+
+
+@functools.cache
+def load() -> bool:
+    """Builds and registers the FFI targets once; False (with a warning) where that fails."""
+    try:
+        library = ctypes.cdll.LoadLibrary(build())
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        logging.warning("cnn_jax's CPU kernels are unavailable, using XLA's (slower) operations: %s. "
+                        "Install them with: apt-get install libdnnl-dev g++", detail.strip().splitlines()[-1:])
+        return False
+    for name in _TARGETS:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
+    return True
+
+
+def _attributes(strides, padding) -> dict:
+    (stride_h, stride_w), ((top, bottom), (left, right)) = strides, padding
+    values = dict(stride_h=stride_h, stride_w=stride_w, pad_top=top, pad_bottom=bottom, pad_left=left, pad_right=right)
+    return {name: np.int64(value) for name, value in values.items()}
+
+
+def _output_shape(x_shape, kernel_shape, strides, padding) -> tuple:
+    (n, h, w, _), (kh, kw, _, out) = x_shape, kernel_shape
+    return (n, (h + sum(padding[0]) - kh) // strides[0] + 1, (w + sum(padding[1]) - kw) // strides[1] + 1, out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x, kernel, strides, padding):
+    """NHWC × HWIO float32 convolution on oneDNN; `strides` (sh, sw), `padding` ((top, bottom), (left, right)).
+
+    Call `load()` first (and only use it where it returned True).
+    """
+    shape = jax.ShapeDtypeStruct(_output_shape(x.shape, kernel.shape, strides, padding), x.dtype)
+    return jax.ffi.ffi_call("OnednnConvForward", shape)(x, kernel, **_attributes(strides, padding))
+
+
+def _conv_fwd(x, kernel, strides, padding):
+    return conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, cotangent):
+    x, kernel = residuals
+    attributes = _attributes(strides, padding)
+    dx = jax.ffi.ffi_call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x.shape, x.dtype))(
+        cotangent, kernel, **attributes)
+    dkernel = jax.ffi.ffi_call("OnednnConvWeightGradient", jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))(
+        x, cotangent, **attributes)
+    return dx, dkernel
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _epsilon(epsilon) -> dict:
+    return {"epsilon": np.float32(epsilon)}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_relu_max_pool(x, scale, bias, epsilon):
+    """max_pool_2x2(relu(BatchNorm(x))) in training mode, and the batch's per-channel mean and variance.
+
+    `x` is float32 NHWC with even height and width; `scale` and `bias` are
+    BatchNorm's [C] parameters; the variance is the biased one, as Flax's
+    BatchNorm uses. Returns (y, mean, var), y `[n, h/2, w/2, c]`. Among tied
+    maxima of a window the first (row-major) takes the gradient. Call `load()`
+    first (and only use it where it returned True).
+    """
+    return _batch_norm_relu_max_pool_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_relu_max_pool_fwd(x, scale, bias, epsilon):
+    n, h, w, c = x.shape
+    shapes = (jax.ShapeDtypeStruct((n, h // 2, w // 2, c), x.dtype), jax.ShapeDtypeStruct((c,), x.dtype),
+              jax.ShapeDtypeStruct((c,), x.dtype), jax.ShapeDtypeStruct((n, h // 2, w // 2, c), np.int32))
+    y, mean, var, argmax = jax.ffi.ffi_call("BatchNormReluMaxPoolForward", shapes)(x, scale, bias, **_epsilon(epsilon))
+    return (y, mean, var), (x, scale, mean, var, argmax, y)
+
+
+def _batch_norm_relu_max_pool_bwd(epsilon, residuals, cotangents):
+    x, scale, *_ = residuals
+    dy = cotangents[0]  # The statistics' cotangents are zero: they only feed BatchNorm's running averages.
+    shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(scale.shape, x.dtype),
+              jax.ShapeDtypeStruct(scale.shape, x.dtype))
+    return jax.ffi.ffi_call("BatchNormReluMaxPoolBackward", shapes)(*residuals, dy, **_epsilon(epsilon))
+
+
+batch_norm_relu_max_pool.defvjp(_batch_norm_relu_max_pool_fwd, _batch_norm_relu_max_pool_bwd)
