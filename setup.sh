@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up cnn_jax on a Debian/Ubuntu machine: the Fashion-MNIST package, oneDNN and a C++
-# compiler (for cnn_jax's fast CPU convolutions), and a virtual environment in .venv with
+# compiler (for cnn_jax's compiled CPU kernels), and a virtual environment in .venv with
 # cnn_jax installed (editable).
 #   bash setup.sh        # what the experiments need
 #   bash setup.sh test   # plus what the tests need (TensorFlow for tensorflow-datasets, pytest)
@@ -29,6 +29,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".${extras}"
-# Compile the oneDNN convolutions now rather than on the first run (it warns, and cnn_jax
-# falls back to XLA's convolutions, if it cannot).
+# Compile the CPU kernels now rather than on the first run (it warns, and cnn_jax
+# falls back to XLA's operations, if it cannot).
 .venv/bin/python -c "from cnn_jax import cpu_kernels; cpu_kernels.load()"
