@@ -30,11 +30,13 @@ template <typename RowTerm>
 void ChannelSums(int64_t rows, int64_t channels, std::vector<double>& sum_a, std::vector<double>& sum_b,
                  RowTerm term) {
   constexpr int64_t kBlock = 64;
-  sum_a.assign(channels, 0.0);
-  sum_b.assign(channels, 0.0);
+  std::vector<std::vector<double>> partial_a(omp_get_max_threads()), partial_b(omp_get_max_threads());
 #pragma omp parallel
   {
-    std::vector<double> local_a(channels, 0.0), local_b(channels, 0.0);
+    std::vector<double>& local_a = partial_a[omp_get_thread_num()];
+    std::vector<double>& local_b = partial_b[omp_get_thread_num()];
+    local_a.assign(channels, 0.0);
+    local_b.assign(channels, 0.0);
     std::vector<float> block_a(channels), block_b(channels);
 #pragma omp for schedule(static)
     for (int64_t start = 0; start < rows; start += kBlock) {
@@ -43,9 +45,13 @@ void ChannelSums(int64_t rows, int64_t channels, std::vector<double>& sum_a, std
       for (int64_t r = start; r < std::min(rows, start + kBlock); ++r) term(r, block_a.data(), block_b.data());
       for (int64_t c = 0; c < channels; ++c) local_a[c] += block_a[c], local_b[c] += block_b[c];
     }
-#pragma omp critical
-    for (int64_t c = 0; c < channels; ++c) sum_a[c] += local_a[c], sum_b[c] += local_b[c];
   }
+  // Summed in thread order, so the result does not depend on which thread finished first.
+  sum_a.assign(channels, 0.0);
+  sum_b.assign(channels, 0.0);
+  for (size_t t = 0; t < partial_a.size(); ++t)
+    for (int64_t c = 0; c < static_cast<int64_t>(partial_a[t].size()); ++c)
+      sum_a[c] += partial_a[t][c], sum_b[c] += partial_b[t][c];
 }
 
 // x's shape, and where the 2×2 windows of pooled pixel p = (n·H/2 + i)·W/2 + j lie in x.
