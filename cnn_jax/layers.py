@@ -84,7 +84,7 @@ def _with_xla_gradients(forward):
 
 
 _tap_sum_conv = _with_xla_gradients(_conv_by_tap_sum)
-_onednn_forward_conv = _with_xla_gradients(lambda *args: cpu_kernels.conv(*args))
+_onednn_forward_conv = _with_xla_gradients(cpu_kernels.conv)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
