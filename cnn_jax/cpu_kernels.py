@@ -1,13 +1,15 @@
-"""Compiled kernels for XLA's CPU backend, called through XLA's FFI: oneDNN convolutions, and
-BatchNorm -> ReLU -> 2×2 max-pooling fused.
+"""Compiled kernels for XLA's CPU backend, called through XLA's FFI: oneDNN convolutions, a
+few-input-channel weight gradient, and BatchNorm -> ReLU -> 2×2 max-pooling fused.
 
 XLA:CPU's own convolutions (Eigen) run the seed network's second convolution
 and its gradients 2-4× slower than oneDNN (BENCHMARKS.md), and it computes a
 training-mode BatchNorm, ReLU and max-pool as several passes over the
 activations, mostly on one core. `csrc/onednn_conv.cc` wraps oneDNN's
 forward, input-gradient and weight-gradient convolutions;
-`csrc/batch_norm_relu_max_pool.cc` computes the other three in two passes
-forward and two backward, on every core. `load()` compiles both on first use
+`csrc/few_channel_weight_gradient.cc` computes the weight gradient of a
+first layer (one to a few input channels) with its accumulators in vector
+registers; `csrc/batch_norm_relu_max_pool.cc` computes the other three layers
+in two passes forward and two backward, on every core. `load()` compiles them on first use
 (g++, Debian's libdnnl-dev, JAX's FFI headers) into a cache folder and
 registers them. Where that cannot be done, `load()` returns False and cnn_jax
 uses XLA's operations.
@@ -26,9 +28,14 @@ import numpy as np
 from absl import logging
 
 _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
-            for name in ("onednn_conv.cc", "batch_norm_relu_max_pool.cc")]
+            for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc")]
 _TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
-            "BatchNormReluMaxPoolForward", "BatchNormReluMaxPoolBackward")
+            "FewChannelConvWeightGradient", "BatchNormReluMaxPoolForward", "BatchNormReluMaxPoolBackward")
+
+# Input channels up to which `conv`'s weight gradient is `csrc/few_channel_weight_gradient.cc` (when the output
+# channels are a multiple of 8) rather than oneDNN's, whose kernels are made for many input channels. (Without
+# these kernels, `cnn_jax.layers` computes such a convolution's forward pass as a tap sum.)
+FEW_CHANNELS = 4
 
 
 def _cpu_features() -> bytes:
@@ -90,7 +97,10 @@ def _output_shape(x_shape, kernel_shape, strides, padding) -> tuple:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x, kernel, strides, padding):
-    """NHWC × HWIO float32 convolution on oneDNN; `strides` (sh, sw), `padding` ((top, bottom), (left, right)).
+    """NHWC × HWIO float32 convolution on oneDNN; `strides` (sh, sw), `padding` ((top, bottom), (left, right)) ≥ 0.
+
+    Its gradients are oneDNN's too, except the weight gradient for up to
+    `FEW_CHANNELS` input channels (see there).
 
     Call `load()` first (and only use it where it returned True).
     """
@@ -107,8 +117,12 @@ def _conv_bwd(strides, padding, residuals, cotangent):
     attributes = _attributes(strides, padding)
     dx = jax.ffi.ffi_call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x.shape, x.dtype))(
         cotangent, kernel, **attributes)
-    dkernel = jax.ffi.ffi_call("OnednnConvWeightGradient", jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))(
-        x, cotangent, **attributes)
+    dkernel_shape = jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
+    if kernel.shape[2] <= FEW_CHANNELS and kernel.shape[3] % 8 == 0:
+        dkernel = jax.ffi.ffi_call("FewChannelConvWeightGradient", dkernel_shape)(
+            x, cotangent, **{k: attributes[k] for k in ("stride_h", "stride_w", "pad_top", "pad_left")})
+    else:
+        dkernel = jax.ffi.ffi_call("OnednnConvWeightGradient", dkernel_shape)(x, cotangent, **attributes)
     return dx, dkernel
 
 

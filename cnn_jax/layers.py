@@ -37,11 +37,6 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)
 
 
-# Input channels up to which a convolution (a network's first layer, say) keeps XLA's gradients on CPU:
-# for so few channels XLA's weight gradient beats oneDNN's, and without oneDNN the forward pass is a tap sum.
-FEW_CHANNELS = 4
-
-
 def _conv_by_tap_sum(x, kernel, strides, padding):
     """NHWC × HWIO convolution as a sum over kernel taps and input channels of shifted input × filter row.
 
@@ -84,7 +79,6 @@ def _with_xla_gradients(forward):
 
 
 _tap_sum_conv = _with_xla_gradients(_conv_by_tap_sum)
-_onednn_forward_conv = _with_xla_gradients(cpu_kernels.conv)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -92,11 +86,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     """`jax.lax.conv_general_dilated`, computed the fastest way we know for plain NHWC convolutions on CPU.
 
     A drop-in for `flax.linen.Conv(conv_general_dilated=...)`. Plain means
-    NHWC × HWIO, explicit padding, no dilation, no groups, float32. On the CPU
-    backend a plain convolution runs on oneDNN (`cnn_jax.cpu_kernels`), forward and
-    gradients, except that up to `FEW_CHANNELS` input channels its gradients
-    are XLA's; without oneDNN, such a convolution's forward pass is a tap sum.
-    Every other case, and every other backend, goes to XLA's convolution.
+    NHWC × HWIO, explicit padding ≥ 0, no dilation, no groups, float32. On the
+    CPU backend a plain convolution runs on `cnn_jax.cpu_kernels.conv`
+    (oneDNN, and a weight gradient of our own for few input channels); without
+    oneDNN, one with up to `cpu_kernels.FEW_CHANNELS` input channels runs as a tap sum
+    (with XLA's gradients). Every other case, and every other backend, goes to
+    XLA's convolution.
     """
     plain = (
         jax.default_backend() == "cpu"
@@ -104,6 +99,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         and lhs.dtype == rhs.dtype == jnp.float32
         and feature_group_count == 1
         and not isinstance(padding, str)
+        and all(p >= 0 for pair in padding for p in pair)
         and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
         and dimension_numbers is not None  # Flax always passes them; NHWC/HWIO is what the fast paths handle.
         and tuple(dimension_numbers.lhs_spec) == tuple(dimension_numbers.out_spec) == (0, 3, 1, 2)
@@ -111,10 +107,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     )
     if plain:
         strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
-        few_channels = rhs.shape[2] <= FEW_CHANNELS
         if cpu_kernels.load():
-            return (_onednn_forward_conv if few_channels else cpu_kernels.conv)(lhs, rhs, strides, pads)
-        if few_channels:
+            return cpu_kernels.conv(lhs, rhs, strides, pads)
+        if rhs.shape[2] <= cpu_kernels.FEW_CHANNELS:
             return _tap_sum_conv(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, **kwargs)

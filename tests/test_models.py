@@ -89,23 +89,25 @@ def test_dense_head_flattens_and_stacks_hidden_layers():
     assert models.count_params(params) == (20 * 7 + 7) + (7 * 3 + 3)
 
 
-@pytest.mark.parametrize("implementation", ["_tap_sum_conv", "_onednn_forward_conv"])
+@pytest.mark.parametrize("implementation", ["tap sum", "cpu_kernels"])
 @pytest.mark.parametrize(
     "shape, kernel, strides, padding",
     [
-        ((3, 28, 28, 1), (5, 5, 1, 16), (1, 1), ((2, 2), (2, 2))),
+        ((3, 28, 28, 1), (5, 5, 1, 16), (1, 1), ((2, 2), (2, 2))),  # The seed network's first layer.
         ((2, 9, 11, 3), (3, 3, 3, 8), (2, 2), ((1, 1), (1, 1))),
-        ((2, 10, 10, 2), (4, 2, 2, 5), (3, 1), ((0, 2), (1, 0))),
+        ((2, 10, 10, 2), (4, 2, 2, 5), (3, 1), ((0, 2), (1, 0))),  # Output channels not a multiple of 8: oneDNN.
+        ((2, 10, 13, 4), (4, 7, 4, 24), (3, 2), ((0, 2), (3, 0))),  # Kernel columns in blocks 5 + 2; last column unused.
     ],
 )
 def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(implementation, shape, kernel, strides,
                                                                             padding):
+    """The tap sum (without oneDNN) and `cpu_kernels.conv`, whose weight gradient is its own for few channels."""
     assert cpu_kernels.load()
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kernel)
 
     def fast(x, w):
-        return getattr(layers, implementation)(x, w, strides, padding)
+        return (layers._tap_sum_conv if implementation == "tap sum" else cpu_kernels.conv)(x, w, strides, padding)
 
     def plain(x, w):
         return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -121,17 +123,16 @@ def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(im
 
 @pytest.mark.parametrize(
     "onednn_available, expected",
-    [(True, ["onednn forward, xla gradients", "onednn", "xla"]), (False, ["tap sum", "xla", "xla"])],
+    [(True, ["cpu kernels", "cpu kernels", "xla", "xla"]), (False, ["tap sum", "xla", "xla", "xla"])],
 )
 def test_convolution_dispatch_by_channels_padding_and_onednn(monkeypatch, onednn_available, expected):
     calls = []
     monkeypatch.setattr(cpu_kernels, "load", lambda: onednn_available)
     monkeypatch.setattr(layers, "_tap_sum_conv", lambda *args: calls.append("tap sum"))
-    monkeypatch.setattr(layers, "_onednn_forward_conv", lambda *args: calls.append("onednn forward, xla gradients"))
-    monkeypatch.setattr(cpu_kernels, "conv", lambda *args: calls.append("onednn"))
+    monkeypatch.setattr(cpu_kernels, "conv", lambda *args: calls.append("cpu kernels"))
     monkeypatch.setattr(jax.lax, "conv_general_dilated", lambda *args, **kwargs: calls.append("xla"))
     pads = ((1, 1), (1, 1))
-    for cin, padding in ((1, pads), (16, pads), (16, "SAME")):
+    for cin, padding in ((1, pads), (16, pads), (16, "SAME"), (16, ((-1, 1), (1, 1)))):
         dn = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
         layers.conv_general_dilated(jnp.zeros((1, 8, 8, cin)), jnp.zeros((3, 3, cin, 4)), (1, 1), padding, dimension_numbers=dn)
     assert calls == expected
