@@ -22,7 +22,7 @@ class Config:
     data_dir: str | None = None
     epochs: int = 10
     batch_size: int = 50
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 200  # Small enough that a batch's activations stay in a CPU's cache (2× faster than 1000).
     learning_rate: float = 1e-3  # Adam's (peak) learning rate.
     lr_schedule: str = "cosine"  # "cosine": decays to 0 over the run; "constant": the seed's literal setup.
     augment: str = "flip"  # "flip": mirror each training image left-right with probability 1/2; "none".

@@ -46,17 +46,21 @@ def learning_rate_schedule(config: Config, total_steps: int) -> optax.Schedule:
 
 def create_train_state(model, config: Config, image_shape: tuple[int, int, int], total_steps: int = 1) -> TrainState:
     """Initialises `model` for images of `image_shape` (H, W, C), with Adam on a `total_steps` schedule."""
-    init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    variables = jax.jit(model.init, static_argnames="train")(
-        init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False
-    )
-    return TrainState.create(
-        rng=rng,
-        apply_fn=model.apply,
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
-        tx=optax.adam(learning_rate_schedule(config, total_steps)),
-    )
+
+    def create():
+        init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+        variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+        return TrainState.create(
+            rng=rng,
+            apply_fn=model.apply,
+            params=variables["params"],
+            batch_stats=variables.get("batch_stats", {}),
+            tx=optax.adam(learning_rate_schedule(config, total_steps)),
+        )
+
+    # One program, run once: unoptimised, it compiles in a fraction of the time (0.25 s vs 1.2 s for the seed
+    # network; its dozen small operations run one by one would each be compiled too).
+    return jax.jit(create).lower().compile({"xla_backend_optimization_level": 0})()
 
 
 def train_step(state: TrainState, batch: dict, augment: str = "none") -> tuple[TrainState, dict]:

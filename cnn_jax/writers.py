@@ -2,8 +2,15 @@
 
 import json
 import os
+import socket
+import time
 
-from tensorboardX import SummaryWriter
+# TensorBoard's own record format and protos, written to a local file: without the TensorFlow import that
+# tf.summary and TensorBoard's EventFileWriter (through tf.io.gfile) cost where TensorFlow is installed, or the
+# PyTorch import of tensorboardX: 1-2 s of start-up each.
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 
 def write_json_atomically(path: str, obj) -> None:
@@ -28,14 +35,19 @@ class MetricWriter:
 
     def __init__(self, workdir: str):
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self._tensorboard = SummaryWriter(logdir=workdir)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+        self._tensorboard = RecordWriter(open(os.path.join(workdir, name), "wb"))
+        self._write_event(Event(file_version="brain.Event:2"))
 
     def write(self, record: dict) -> None:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        for name, value in record.items():
-            if name != "step":
-                self._tensorboard.add_scalar(name, value, record["step"])
+        values = [Summary.Value(tag=name, simple_value=value) for name, value in record.items() if name != "step"]
+        self._write_event(Event(step=record["step"], summary=Summary(value=values)))
+
+    def _write_event(self, event: Event) -> None:
+        event.wall_time = time.time()
+        self._tensorboard.write(event.SerializeToString())
         self._tensorboard.flush()
 
     def close(self) -> None:
