@@ -1,4 +1,4 @@
-"""Reusable building blocks: pooling and the conv and dense blocks the models are made of.
+"""Reusable building blocks: the convolution, and the conv and dense blocks the models are made of.
 
 All tensors are NHWC: `[batch, height, width, channels]`.
 """
@@ -12,29 +12,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from cnn_jax import cpu_kernels
+from cnn_jax.pooling import Pooling, apply_pool, max_pool_2x2
 
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
-Pooling = Callable[[jnp.ndarray], jnp.ndarray]
-
-
-def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding: int = 0) -> jnp.ndarray:
-    """Max-pooling over `window`×`window` patches, `[b, h, w, c] -> [b, h', w', c]`.
-
-    `stride` defaults to `window` (PyTorch's convention); `padding` pads each
-    side with -inf. Output size is floor((h + 2·padding − window) / stride) + 1.
-
-    Non-overlapping windows that tile the input exactly (the common 2×2,
-    stride 2 case) are computed as a reshape and a max: XLA fuses that and its
-    gradient into a few elementwise loops, where the general windowed reduction
-    (and its select-and-scatter gradient) is about twice as slow on CPU. The
-    two differ only in how a gradient is shared between tied maxima.
-    """
-    stride = window if stride is None else stride
-    b, h, w, c = x.shape
-    if stride == window and padding == 0 and h % window == 0 and w % window == 0:
-        return x.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
-    pad = ((padding, padding), (padding, padding))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)
 
 
 def _conv_by_tap_sum(x, kernel, strides, padding):
@@ -115,6 +95,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                     dimension_numbers, feature_group_count, **kwargs)
 
 
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+"""`flax.linen.Conv` on `conv_general_dilated`: the convolution every cnn_jax model uses (same variables and arguments)."""
+
+
 class BatchNormReluMaxPool(nn.Module):
     """Training-mode `nn.BatchNorm` -> ReLU -> `max_pool_2x2`, fused in one compiled CPU kernel.
 
@@ -162,21 +146,13 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         padding = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * 2
-        x = nn.Conv(
-            self.features,
-            (self.kernel_size, self.kernel_size),
-            strides=self.strides,
-            padding=padding,
-            conv_general_dilated=conv_general_dilated,
-        )(x)
+        x = Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides, padding=padding)(x)
         if train and self._fusable(x):
             return BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="BatchNorm_0")(x)
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
         x = self.activation(x)
-        if self.pool is not None:
-            x = self.pool(x)
-        return x
+        return apply_pool(self.pool, x, train)
 
     def _fusable(self, x: jnp.ndarray) -> bool:
         """Whether BatchNorm, activation and pooling are what `BatchNormReluMaxPool` computes, on its backend."""
@@ -205,6 +181,3 @@ class DenseHead(nn.Module):
         for width in self.hidden:
             x = self.activation(nn.Dense(width)(x))
         return nn.Dense(self.num_classes)(x)
-
-
-max_pool_2x2 = functools.partial(max_pool, window=2, stride=2)

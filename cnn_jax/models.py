@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import ConvBlock, DenseHead, Pooling, max_pool_2x2
+from cnn_jax.layers import ConvBlock, DenseHead
+from cnn_jax.pooling import Pooling, max_pool_2x2
 
 
 class ConvNet(nn.Module):

@@ -49,7 +49,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cnn_jax import data, layers, models, train
+from cnn_jax import data, layers, models, pooling, train
 from cnn_jax.config import Config
 
 flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion"],
@@ -248,7 +248,7 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
     if what == "fusion":
         return {
             "fused kernel": host_loop(models.ConvNet(), dataset, batch_size, steps),
-            "XLA": host_loop(models.ConvNet(pool=functools.partial(layers.max_pool, window=2)), dataset, batch_size,
+            "XLA": host_loop(models.ConvNet(pool=functools.partial(pooling.max_pool, window=2)), dataset, batch_size,
                              steps),
         }
     windowed = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))

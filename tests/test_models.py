@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import cpu_kernels, layers, models
+from cnn_jax import cpu_kernels, layers, models, pooling
 from cnn_jax.errors import UserError
 
 
@@ -52,9 +52,9 @@ def test_fast_max_pool_equals_windowed_max_pool_in_value_and_gradient(shape):
     def loss(pool, x):
         return jnp.sum(pool(x) * cotangent)
 
-    np.testing.assert_array_equal(layers.max_pool(x, 2), reference(x))
+    np.testing.assert_array_equal(pooling.max_pool(x, 2), reference(x))
     np.testing.assert_array_equal(
-        jax.grad(loss, 1)(lambda v: layers.max_pool(v, 2), x), jax.grad(loss, 1)(reference, x)
+        jax.grad(loss, 1)(lambda v: pooling.max_pool(v, 2), x), jax.grad(loss, 1)(reference, x)
     )
 
 
@@ -72,7 +72,7 @@ def numpy_max_pool(x, window, stride, padding):
 @pytest.mark.parametrize("window, stride, padding", [(2, 2, 0), (3, 2, 0), (3, 2, 1), (2, 1, 0), (2, 2, 1)])
 def test_max_pool_matches_numpy(window, stride, padding):
     x = np.random.default_rng(0).normal(size=(2, 7, 9, 3)).astype(np.float32)
-    np.testing.assert_array_equal(layers.max_pool(jnp.asarray(x), window, stride, padding), numpy_max_pool(x, window, stride, padding))
+    np.testing.assert_array_equal(pooling.max_pool(jnp.asarray(x), window, stride, padding), numpy_max_pool(x, window, stride, padding))
 
 
 def test_conv_block_padding_is_per_side():
@@ -175,7 +175,7 @@ def test_fused_batch_norm_relu_max_pool_equals_flax_layers(monkeypatch, shape):
     """The fused kernel against nn.BatchNorm -> relu -> max_pool_2x2: outputs, running statistics, gradients."""
     assert cpu_kernels.load()
     x = 3 * jax.random.normal(jax.random.key(0), shape) + 1
-    block = layers.ConvBlock(5, 3, padding=1, pool=layers.max_pool_2x2)
+    block = layers.ConvBlock(5, 3, padding=1, pool=pooling.max_pool_2x2)
     variables = block.init(jax.random.key(1), x)
     variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(jax.random.key(2), v.shape), variables)
     weights = jax.random.normal(jax.random.key(3), block.apply(variables, x).shape)
@@ -197,7 +197,7 @@ def test_fused_batch_norm_relu_max_pool_equals_flax_layers(monkeypatch, shape):
 
 def test_seed_network_trains_through_the_fused_kernel_on_cpu():
     x = jnp.zeros((2, 28, 28, 1))
-    assert layers.ConvBlock(16, 5, padding=2, pool=layers.max_pool_2x2)._fusable(x)
+    assert layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2)._fusable(x)
     assert not layers.ConvBlock(16, 5, padding=2, pool=None)._fusable(x)
-    assert not layers.ConvBlock(16, 5, padding=2, pool=layers.max_pool_2x2, activation=jnp.tanh)._fusable(x)
-    assert not layers.ConvBlock(16, 5, padding=2, pool=layers.max_pool_2x2)._fusable(jnp.zeros((2, 7, 7, 1)))
+    assert not layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2, activation=jnp.tanh)._fusable(x)
+    assert not layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2)._fusable(jnp.zeros((2, 7, 7, 1)))

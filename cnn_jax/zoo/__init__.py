@@ -1,0 +1,19 @@
+"""The classic architectures, one module per family; `cnn_jax.models` gathers them by name.
+
+Each module defines `MODELS: dict[str, Entry]`. A model is a linen module
+called as `model.apply(variables, images, train)` on `[batch, height, width,
+channels]` images, giving logits `[batch, num_classes]`.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import flax.linen as nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A named model: how to build it, and what it teaches (one line, for the README's zoo table)."""
+
+    build: Callable[..., nn.Module]  # Called with num_classes=N.
+    lesson: str
