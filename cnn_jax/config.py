@@ -26,6 +26,8 @@ class Config:
     learning_rate: float = 1e-3  # Adam's (peak) learning rate.
     lr_schedule: str = "cosine"  # "cosine": decays to 0 over the run; "constant": the seed's literal setup.
     augment: str = "flip"  # "flip": mirror each training image left-right with probability 1/2; "none".
+    loss: str = "softmax_cross_entropy"  # Or "sigmoid_cross_entropy", "l2" (cnn_jax.losses).
+    label_smoothing: float = 0.0  # Softmax cross-entropy's ε: targets (1 − ε)·one_hot + ε/k.
     seed: int = 0
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many training steps.
     max_train_examples: int = 0  # 0 = the whole training split; else its first N (for quick runs).
@@ -46,6 +48,11 @@ class Config:
         for name, choices in (("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"--{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        from cnn_jax import losses  # Imports JAX: not at module level, so the command line stays fast.
+
+        losses.lookup(self.loss, self.label_smoothing)
         return self
 
     def to_dict(self) -> dict:

@@ -21,7 +21,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from cnn_jax import checkpoint, data, models
+from cnn_jax import checkpoint, data, losses, models
 from cnn_jax.config import Config
 from cnn_jax.errors import UserError
 from cnn_jax.writers import MetricWriter, write_json_atomically
@@ -63,15 +63,19 @@ def create_train_state(model, config: Config, image_shape: tuple[int, int, int],
     return jax.jit(create).lower().compile({"xla_backend_optimization_level": 0})()
 
 
-def train_step(state: TrainState, batch: dict, augment: str = "none") -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, augment: str = "none",
+               loss: losses.Loss = losses.softmax_cross_entropy) -> tuple[TrainState, dict]:
     """One optimizer step on `batch` ({'image': uint8 [b, h, w, c], 'label': int [b]}).
 
-    `augment` is "none" or "flip" (random left-right mirroring). Returns the new
-    state and the batch's mean 'loss' and 'accuracy' (before the update).
+    `augment` is "none" or "flip" (random left-right mirroring); `loss` gives
+    per-example losses (`cnn_jax.losses`). Layers with randomness (dropout,
+    stochastic pooling) draw from the "dropout" stream. Returns the new state
+    and the batch's mean 'loss' and 'accuracy' (before the update).
     """
+    step_key = jax.random.fold_in(state.rng, state.step)
     images = data.normalize(batch["image"])
     if augment == "flip":
-        images = data.random_flip(images, jax.random.fold_in(state.rng, state.step))
+        images = data.random_flip(images, step_key)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -79,17 +83,17 @@ def train_step(state: TrainState, batch: dict, augment: str = "none") -> tuple[T
             images,
             train=True,
             mutable=["batch_stats"],
+            rngs={"dropout": jax.random.fold_in(step_key, 1)},
         )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (logits, updates)
+        return loss(logits, batch["label"]).mean(), (logits, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (mean_loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return state, {"loss": loss, "accuracy": accuracy}
+    return state, {"loss": mean_loss, "accuracy": accuracy}
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
+def eval_step(state: TrainState, batch: dict, loss: losses.Loss = losses.softmax_cross_entropy) -> dict:
     """Sums of loss and correct predictions over the examples of `batch` whose 'mask' is 1.
 
     Returns {'loss': sum, 'correct': count, 'count': count}, so batches of any
@@ -99,9 +103,8 @@ def eval_step(state: TrainState, batch: dict) -> dict:
         {"params": state.params, "batch_stats": state.batch_stats}, data.normalize(batch["image"]), train=False
     )
     mask = batch["mask"]
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    return {"loss": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+    return {"loss": jnp.sum(loss(logits, batch["label"]) * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
 
 
 def evaluate(eval_fn, state: TrainState, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict:
@@ -139,13 +142,14 @@ def compile_steps(state: TrainState, dataset: data.Dataset, config: Config, mesh
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
     train_batch = _abstract_batch(dataset.train_images, dataset.train_labels, config.batch_size, False, split)
     eval_batch = _abstract_batch(dataset.test_images, dataset.test_labels, config.eval_batch_size, True, split)
+    loss = losses.lookup(config.loss, config.label_smoothing)
     train_fn = jax.jit(
-        functools.partial(train_step, augment=config.augment),
+        functools.partial(train_step, augment=config.augment, loss=loss),
         in_shardings=(replicated, split),
         out_shardings=replicated,
         donate_argnums=0,
     )
-    eval_fn = jax.jit(eval_step, in_shardings=(replicated, split), out_shardings=replicated)
+    eval_fn = jax.jit(functools.partial(eval_step, loss=loss), in_shardings=(replicated, split), out_shardings=replicated)
     return train_fn.lower(state, train_batch).compile(), eval_fn.lower(state, eval_batch).compile()
 
 

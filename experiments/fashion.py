@@ -21,7 +21,8 @@ from cnn_jax.errors import UserError
 _DEFAULTS = Config()
 
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<dataset>-<model>-<time>). Must not hold a run.")
-flags.DEFINE_string("model", _DEFAULTS.model, "Model name (see cnn_jax.models.MODELS).")
+flags.DEFINE_string("model", _DEFAULTS.model, "A zoo name (see README: convnet, lenet5, vgg16, resnet18, ...) or a "
+                    "text spec of a conv stack (cnn_jax.spec).")
 flags.DEFINE_string("dataset", _DEFAULTS.dataset, "fashion_mnist, mnist, or a tensorflow-datasets name.")
 flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "Folder with IDX files, or tensorflow-datasets' data_dir.")
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training set.")
@@ -29,6 +30,8 @@ flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training examples per 
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam's (peak) learning rate.")
 flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Learning-rate schedule; constant is the seed's.")
 flags.DEFINE_enum("augment", _DEFAULTS.augment, AUGMENTATIONS, "Training-time augmentation; none is the seed's.")
+flags.DEFINE_string("loss", _DEFAULTS.loss, "softmax_cross_entropy, sigmoid_cross_entropy or l2 (cnn_jax.losses).")
+flags.DEFINE_float("label_smoothing", _DEFAULTS.label_smoothing, "Softmax cross-entropy's label smoothing epsilon.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation and data order.")
 flags.DEFINE_integer("max_steps", _DEFAULTS.max_steps, "Stop after this many steps (0 = no limit).")
 flags.DEFINE_integer("max_train_examples", 0, "Train on the first N examples only (0 = all).")

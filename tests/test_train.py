@@ -121,3 +121,18 @@ def test_an_unwritable_workdir_is_refused_before_training(tmp_path, idx_dir):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match=r"--workdir=.*/file/run is not writable \(Not a directory\)"):
         train.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "file" / "run"))
+
+
+@pytest.mark.parametrize("loss_name", ["sigmoid_cross_entropy", "l2"])
+def test_train_and_eval_steps_use_the_configured_loss(loss_name):
+    from cnn_jax import losses
+
+    loss = losses.lookup(loss_name)
+    image = np.zeros((2, 1, 3, 1), np.uint8)
+    image[:, 0, :, 0] = [[255, 0, 0], [0, 128, 0]]
+    batch = {"image": image, "label": np.array([0, 2]), "mask": np.ones(2, np.float32)}
+    logits = data.normalize(image).reshape(2, 3)
+    sums = train.eval_step(hand_made_state(), batch, loss=loss)
+    np.testing.assert_allclose(float(sums["loss"]), float(loss(logits, batch["label"]).sum()), rtol=1e-6)
+    _, metrics = train.train_step(hand_made_state(), batch, loss=loss)
+    np.testing.assert_allclose(float(metrics["loss"]), float(loss(logits, batch["label"]).mean()), rtol=1e-6)
