@@ -168,16 +168,50 @@ class ConvBlock(nn.Module):
         )
 
 
+kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's conv init.
+
+
+class ConvBN(nn.Module):
+    """Convolution (no bias) -> BatchNorm -> optional ReLU, `[b, h, w, c] -> [b, h/s, w/s, features]`.
+
+    Pads `kernel // 2` zeros on each side (PyTorch's padding for odd kernels),
+    so a stride-s convolution gives ceil(h / s) rows. The BatchNorm's bias
+    makes a convolution bias redundant.
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: int = 1
+    relu: bool = True
+    epsilon: float = 1e-5
+    kernel_init: nn.initializers.Initializer = kaiming_normal
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        padding = [(k // 2, k // 2) for k in self.kernel_size]
+        x = Conv(self.features, self.kernel_size, strides=self.strides, padding=padding, use_bias=False,
+                 kernel_init=self.kernel_init)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.epsilon,
+                         scale_init=self.scale_init)(x)
+        return nn.relu(x) if self.relu else x
+
+
 class DenseHead(nn.Module):
-    """Flatten -> [Dense -> activation] * len(hidden) -> Dense(num_classes), giving logits."""
+    """Flatten -> [Dense -> activation -> Dropout] * len(hidden) -> Dense(num_classes), giving logits.
+
+    Dropout (rate `dropout`, training only) follows each hidden layer, as in
+    AlexNet's and VGG's papers.
+    """
 
     num_classes: int
     hidden: Sequence[int] = ()
     activation: Activation = nn.relu
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            x = self.activation(nn.Dense(width)(x))
+            x = nn.Dropout(self.dropout, deterministic=not train)(self.activation(nn.Dense(width)(x)))
         return nn.Dense(self.num_classes)(x)

@@ -1,15 +1,29 @@
 """Pooling layers: downsampling a `[batch, height, width, channels]` map window by window.
 
-A pooling layer is a function of the map, or a linen module called as
-`pool(x, train=...)` when it has parameters or randomness (`apply_pool` calls
-either).
+Every pooling the seed documents name: max, average, L2 (Lp), Gaussian
+distance-weighted average, mixed max-average, stochastic (Zeiler & Fergus
+2013), spatial pyramid (He et al. 2014), fractional max (Graham 2014) and
+global average. A pooling layer is a function of the map, or a linen module
+called as `pool(x, train=...)` when it has parameters or randomness
+(`apply_pool` calls either); `lookup(name, ...)` builds one from a name.
+
+Windowed poolings take `window`, `stride` (default `window`) and `padding`
+(added on each side) and give out = floor((in + 2·padding − window)/stride) + 1
+per spatial axis; an impossible setting raises `UserError` when the pooling
+first sees a shape.
 """
 
 import functools
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+
+from cnn_jax.errors import UserError
 
 Pooling = Callable[[jnp.ndarray], jnp.ndarray] | nn.Module
 """A pooling layer: a function of `[b, h, w, c]`, or a linen module called as `pool(x, train=...)`."""
@@ -20,6 +34,39 @@ def apply_pool(pool: Pooling | None, x: jnp.ndarray, train: bool) -> jnp.ndarray
     if pool is None:
         return x
     return pool(x, train=train) if isinstance(pool, nn.Module) else pool(x)
+
+
+def _output_size(layer: str, size: int, window: int, stride: int, padding: int) -> int:
+    """floor((size + 2·padding − window)/stride) + 1, or a UserError naming the setting that makes it impossible."""
+    if window < 1:
+        problem, fix = f"window {window} is below 1", "use a window of at least 1"
+    elif stride < 1:
+        problem, fix = f"stride {stride} is below 1", "use a stride of at least 1"
+    elif not 0 <= padding < window:
+        problem, fix = f"padding {padding} is outside [0, window)", f"use a padding from 0 to {window - 1}"
+    elif window > size + 2 * padding:
+        problem = f"window {window} is larger than the padded input {size} + 2·{padding} = {size + 2 * padding}"
+        fix = f"use a window of at most {size + 2 * padding}, more padding, or pool earlier in the network"
+    else:
+        return (size + 2 * padding - window) // stride + 1
+    settings = f"in={size}, window={window}, stride={stride}, padding={padding}"
+    formula = f"out = floor((in + 2·padding − window)/stride) + 1 with {settings}"
+    raise UserError(f"{layer}: {problem} ({formula}); {fix}")
+
+
+def _output_shape(layer: str, x: jnp.ndarray, window: int, stride: int, padding: int) -> tuple[int, int]:
+    """The pooled (height, width) of `x` `[b, h, w, c]`, checked by `_output_size`."""
+    return tuple(_output_size(layer, size, window, stride, padding) for size in x.shape[1:3])
+
+
+def _patches(layer: str, x: jnp.ndarray, window: int, stride: int | None, padding: int) -> jnp.ndarray:
+    """The zero-padded windows of `x`, `[b, h, w, c] -> [b, h', w', c, window²]` (row-major within a window)."""
+    stride = window if stride is None else stride
+    out_h, out_w = _output_shape(layer, x, window, stride, padding)
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+    offsets = [(i, j) for i in range(window) for j in range(window)]
+    return jnp.stack([x[:, i : i + span_h : stride, j : j + span_w : stride] for i, j in offsets], axis=-1)
 
 
 def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding: int = 0) -> jnp.ndarray:
@@ -35,6 +82,7 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     two differ only in how a gradient is shared between tied maxima.
     """
     stride = window if stride is None else stride
+    _output_shape("max_pool", x, window, stride, padding)
     b, h, w, c = x.shape
     if stride == window and padding == 0 and h % window == 0 and w % window == 0:
         return x.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
@@ -43,3 +91,295 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
 
 
 max_pool_2x2 = functools.partial(max_pool, window=2, stride=2)
+
+
+def avg_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding: int = 0) -> jnp.ndarray:
+    """Average over `window`×`window` patches, `[b, h, w, c] -> [b, h', w', c]`.
+
+    Padding is zeros that count in the average (PyTorch's default
+    `count_include_pad=True`), so every output divides by window².
+    """
+    return _patches("avg_pool", x, window, stride, padding).mean(axis=-1)
+
+
+def lp_pool(
+    x: jnp.ndarray, window: int = 2, stride: int | None = None, padding: int = 0, p: float = 2.0
+) -> jnp.ndarray:
+    """Lp-pooling, (Σ |x|^p)^(1/p) over each `window`×`window` patch, `[b, h, w, c] -> [b, h', w', c]`.
+
+    p = 2 is the seeds' L2-norm pooling; p → ∞ approaches max-pooling. Padding
+    is zeros, which add nothing to the sum. Needs p ≥ 1.
+    """
+    if p < 1:
+        raise UserError(f"lp_pool: p={p} is below 1, where |x|^p has no gradient at 0; use p ≥ 1")
+    total = (jnp.abs(_patches("lp_pool", x, window, stride, padding)) ** p).sum(axis=-1)
+    # An all-zero window (common after ReLU) has an infinite slope of the root; keep its gradient 0, not NaN.
+    nonzero = total > 0
+    return jnp.where(nonzero, jnp.where(nonzero, total, 1.0) ** (1 / p), 0.0)
+
+
+def gaussian_weights(window: int, sigma: float) -> np.ndarray:
+    """Weights exp(−d²/(2σ²)) of each cell by its distance d from the window centre, summing to 1, `[window²]`."""
+    centre = (window - 1) / 2
+    rows, cols = np.meshgrid(np.arange(window) - centre, np.arange(window) - centre, indexing="ij")
+    weights = np.exp(-(rows**2 + cols**2) / (2 * sigma**2)).ravel()
+    return weights / weights.sum()
+
+
+def gaussian_pool(
+    x: jnp.ndarray, window: int = 3, stride: int | None = None, padding: int = 0, sigma: float = 1.0
+) -> jnp.ndarray:
+    """Distance-weighted average around each window's centre, `[b, h, w, c] -> [b, h', w', c]`.
+
+    Weights are `gaussian_weights(window, sigma)`, σ in pixels; σ = 1 on the
+    default 3×3 window gives the corners e^−1 of the centre's weight, and σ → ∞
+    is `avg_pool`. Padding is zeros that take their weight, as in `avg_pool`.
+    (A 2×2 window has all cells equally far from its centre: any σ averages.)
+    """
+    if sigma <= 0:
+        raise UserError(f"gaussian_pool: sigma={sigma} must be positive; use a width in pixels such as 1.0")
+    patches = _patches("gaussian_pool", x, window, stride, padding)
+    return patches @ jnp.asarray(gaussian_weights(window, sigma), patches.dtype)
+
+
+def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
+    """Mean over all positions, `[b, h, w, c] -> [b, c]`: the head of networks without FC layers."""
+    return x.mean(axis=(1, 2))
+
+
+def _ceil_div(a, m):
+    """ceil(a / m) for integers (NumPy or JAX), without going through floats."""
+    return -(-a // m)
+
+
+def _max_over_intervals(x: jnp.ndarray, starts, ends, width: int, axis: int) -> jnp.ndarray:
+    """Max of `x` over index intervals [starts[k], ends[k]) along `axis`, which becomes len(starts) long.
+
+    `starts`/`ends` are integer arrays (static or traced); `width` bounds
+    ends − starts. Each interval is gathered as `width` indices, those past
+    its end masked to −inf so they neither win nor take gradient.
+    """
+    indices = starts[:, None] + jnp.arange(width)  # [n, width]
+    gathered = jnp.take(x, jnp.minimum(indices, x.shape[axis] - 1), axis=axis)
+    inside = (indices < ends[:, None]).reshape(indices.shape + (1,) * (x.ndim - axis - 1))
+    return jnp.where(inside, gathered, -jnp.inf).max(axis=axis + 1)
+
+
+def _max_over_grid(x: jnp.ndarray, row_bounds, col_bounds) -> jnp.ndarray:
+    """Max of `x` `[..., h, w, c]` over a grid of (start, end, width) row and column intervals; max is separable."""
+    x = _max_over_intervals(x, *row_bounds, axis=x.ndim - 3)
+    return _max_over_intervals(x, *col_bounds, axis=x.ndim - 2)
+
+
+def _adaptive_bins(size: int, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Starts, ends and widest width of the n bins [floor(i·size/n), ceil((i+1)·size/n)) covering 0..size."""
+    i = np.arange(n)
+    starts, ends = i * size // n, _ceil_div((i + 1) * size, n)
+    return starts, ends, int((ends - starts).max())
+
+
+def spatial_pyramid_pool(x: jnp.ndarray, levels: Sequence[int] = (1, 2, 4)) -> jnp.ndarray:
+    """Spatial pyramid pooling (He et al. 2014): a fixed-length vector from a map of any size.
+
+    `[b, h, w, c] -> [b, c·Σ n²]`. Level n max-pools into an n×n grid of bins;
+    each level's `[b, n, n, c]` is flattened row-major and the levels are
+    concatenated in order. Bins are the exact adaptive partition (as PyTorch's
+    `AdaptiveMaxPool2d`): bin i spans [floor(i·h/n), ceil((i+1)·h/n)), so there
+    are always n bins covering the input, for any h ≥ 1. The paper's
+    window ceil(h/n), stride floor(h/n) gives fewer than n bins for some sizes
+    (h = 7, n = 4 gives 6).
+    """
+    if not levels or min(levels) < 1:
+        raise UserError(f"spatial_pyramid_pool: levels {tuple(levels)} must be positive grid sizes, such as (1, 2, 4)")
+    b, h, w, c = x.shape
+    pooled = [_max_over_grid(x, _adaptive_bins(h, n), _adaptive_bins(w, n)).reshape(b, -1) for n in levels]
+    return jnp.concatenate(pooled, axis=-1)
+
+
+class MixedPool(nn.Module):
+    """Mixed pooling, mix·max + (1 − mix)·avg over each window, `[b, h, w, c] -> [b, h', w', c]`.
+
+    Max pads with −inf and average with counted zeros, as `max_pool` and
+    `avg_pool`. With `learned`, mix = sigmoid(a parameter "mix_logit") starting
+    at `mix`, trained with the network.
+    """
+
+    window: int = 2
+    stride: int | None = None
+    padding: int = 0
+    mix: float = 0.5
+    learned: bool = False
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        if not (0 < self.mix < 1 if self.learned else 0 <= self.mix <= 1):
+            bounds = "(0, 1) when learned" if self.learned else "[0, 1]"
+            raise UserError(f"MixedPool: mix={self.mix} must be in {bounds}; use e.g. 0.5")
+        stride = self.window if self.stride is None else self.stride
+        _output_shape("MixedPool", x, self.window, stride, self.padding)  # So an error names MixedPool.
+        mix = self.mix
+        if self.learned:
+            logit = math.log(self.mix / (1 - self.mix))
+            mix = nn.sigmoid(self.param("mix_logit", lambda _: jnp.asarray(logit, jnp.float32)))
+        pooled_max = max_pool(x, self.window, stride, self.padding)
+        return mix * pooled_max + (1 - mix) * avg_pool(x, self.window, stride, self.padding)
+
+
+class StochasticPool(nn.Module):
+    """Stochastic pooling (Zeiler & Fergus 2013), `[b, h, w, c] -> [b, h', w', c]`.
+
+    Within each window, activation a_i has probability p_i = a_i / Σ a_j. In
+    training one activation per window (and channel) is sampled with those
+    probabilities from the "dropout" RNG stream; at test the output is the
+    expectation Σ p_i a_i. Activations are meant to be non-negative (after
+    ReLU): negative ones count as 0, as does padding, and an all-zero window
+    gives 0.
+    """
+
+    window: int = 2
+    stride: int | None = None
+    padding: int = 0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        a = nn.relu(_patches("StochasticPool", x, self.window, self.stride, self.padding))
+        if train:
+            # log 0 = −inf: a zero is never drawn unless the whole window is 0, and then any draw is 0.
+            chosen = jax.random.categorical(self.make_rng("dropout"), jnp.log(a), axis=-1)
+            return jnp.take_along_axis(a, chosen[..., None], axis=-1)[..., 0]
+        total = a.sum(axis=-1)
+        return (a**2).sum(axis=-1) / jnp.where(total > 0, total, 1.0)
+
+
+def fractional_boundaries(size: int, out: int, offset: int | jnp.ndarray) -> jnp.ndarray:
+    """Graham's increasing sequence 0 = b_0 < … < b_out = size, `[out + 1]`.
+
+    Graham's b_i = ceil(α(i + u)) − ceil(αu), α = size/out, u in [0, 1),
+    depends on u only through offset = ceil(size·u) mod out; written as
+    ceil((size·i + offset)/out) − ceil(offset/out) it stays in integers, so
+    rounding can never make a step 0 or 3. Every step is floor(α) or ceil(α).
+    """
+    return _ceil_div(size * jnp.arange(out + 1) + offset, out) - _ceil_div(offset, out)
+
+
+class FractionalMaxPool(nn.Module):
+    """Fractional max-pooling (Graham 2014), `[b, h, w, c] -> [b, floor(h/ratio), floor(w/ratio), c]`.
+
+    Rows (and columns) are split at `fractional_boundaries` into disjoint
+    regions of 1 or 2 cells, each max-pooled (α = h/out lies in [ratio, 2)
+    except on inputs of a few pixels, which get regions of 2 or 3); with
+    `overlapping` each region also takes the next boundary's cell (Graham's
+    overlapping variant). In training every image draws its own row and column
+    offsets uniformly from the "dropout" RNG stream; at test every image uses
+    the fixed offset 0, b_i = ceil(i·h/out).
+    """
+
+    ratio: float = math.sqrt(2)
+    overlapping: bool = False
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        if not 1 < self.ratio < 2:
+            raise UserError(f"FractionalMaxPool: ratio={self.ratio} must be in (1, 2); use e.g. sqrt(2) ≈ 1.414")
+        b, h, w, c = x.shape
+        out_h, out_w = math.floor(h / self.ratio), math.floor(w / self.ratio)
+        if min(out_h, out_w) < 1:
+            raise UserError(
+                f"FractionalMaxPool: input {h}×{w} gives out = floor(in/ratio) = "
+                f"floor({min(h, w)}/{self.ratio:.4g}) = 0; "
+                f"needs inputs of at least {math.ceil(self.ratio)} pixels per side, so pool less earlier"
+            )
+        outs = jnp.array([out_h, out_w])
+        offsets = jax.random.randint(self.make_rng("dropout"), (b, 2), 0, outs) if train else jnp.zeros((b, 2), int)
+        grow = int(self.overlapping)
+
+        def bounds(size, out, offset):
+            edges = fractional_boundaries(size, out, offset)
+            return edges[:-1], jnp.minimum(edges[1:] + grow, size), _ceil_div(size, out) + grow
+
+        def pool_image(image, offset):  # image [h, w, c], offset [2]
+            return _max_over_grid(image, bounds(h, out_h, offset[0]), bounds(w, out_w, offset[1]))
+
+        return jax.vmap(pool_image)(x, offsets)
+
+
+POOLINGS: dict[str, Callable[..., Pooling]] = {
+    "max": max_pool,
+    "avg": avg_pool,
+    "l2": lp_pool,  # p = 2 unless the option p says otherwise.
+    "gaussian": gaussian_pool,
+    "mixed": MixedPool,
+    "mixed_learned": functools.partial(MixedPool, learned=True),
+    "stochastic": StochasticPool,
+    "spp": spatial_pyramid_pool,
+    "fractional": FractionalMaxPool,
+    "global_avg": global_avg_pool,
+}
+"""Each pooling by name: a function of `x` (and its settings), or a linen module class."""
+
+
+def lookup(name: str, window: int = 2, stride: int | None = None, padding: int = 0, **options) -> Pooling:
+    """The pooling registered as `name`, set to `window`, `stride`, `padding` and its own `options`.
+
+    Functions come back with their settings bound (a function of `x`), modules
+    as instances. "spp", "fractional" and "global_avg" have no window, so those
+    must stay at their defaults. Options are the pooling's own keywords: `p`
+    ("l2"), `sigma` ("gaussian"), `mix` ("mixed", "mixed_learned"), `levels`
+    ("spp"), `ratio` and `overlapping` ("fractional"). "max" with window 2,
+    stride 2 and no padding is `max_pool_2x2` itself, which ConvBlock fuses.
+    "gaussian" at the default window 2 is plain averaging (all four cells are
+    equally far from the centre): give it window=3 or more.
+    """
+    if name not in POOLINGS:
+        raise UserError(f"unknown pooling '{name}': choose one of {', '.join(POOLINGS)}")
+    if name == "max" and window == 2 and stride in (None, 2) and padding == 0 and not options:
+        return max_pool_2x2
+    pooling = POOLINGS[name]
+    arguments = set(inspect.signature(pooling).parameters)
+    parameters = arguments - {"x", "parent", "name"}
+    settings = {"window": window, "stride": stride, "padding": padding}
+    if "window" not in parameters:
+        if (window, stride, padding) != (2, None, 0):
+            raise UserError(f"pooling '{name}' has no window, stride or padding; leave them unset")
+        settings = {}
+    unknown = sorted(set(options) - parameters)
+    if unknown:
+        choices = ", ".join(sorted(parameters - set(settings))) or "none"
+        raise UserError(f"pooling '{name}' has no option {', '.join(unknown)}; its options are: {choices}")
+    built = functools.partial(pooling, **settings, **options)
+    # Functions stay functions of `x`; module classes (which take no `x`) are built now.
+    return built if "x" in arguments else built()
+
+
+def max_pool_ceil(x: jnp.ndarray, window: int, stride: int) -> jnp.ndarray:
+    """PyTorch's `MaxPool2d(window, stride, ceil_mode=True)`: ceil((h − window) / stride) + 1 rows.
+
+    The last window may hang over the bottom and right edges; the overhang is
+    padding that never wins the max.
+    """
+    pads = []
+    for size in x.shape[1:3]:
+        out = max(math.ceil((size - window) / stride), 0) + 1
+        pads.append((0, max((out - 1) * stride + window - size, 0)))
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+
+
+def adaptive_avg_pool(x: jnp.ndarray, size: int) -> jnp.ndarray:
+    """PyTorch's `adaptive_avg_pool2d(x, size)`: `[b, h, w, c] -> [b, size, size, c]`.
+
+    Output cell i averages rows floor(i·h/size) to ceil((i+1)·h/size); windows
+    may overlap, and a map smaller than `size` is repeated. It gives a
+    classifier a fixed grid whatever the input size (AlexNet, VGG).
+    """
+    if min(x.shape[1:3]) < 1:
+        raise UserError(f"adaptive_avg_pool: the feature map is {x.shape[1]}×{x.shape[2]}, nothing is left to pool; "
+                        "the input image is too small for this network: use a larger image")
+
+    def averaging(n: int) -> np.ndarray:
+        weights = np.zeros((size, n), np.float32)
+        for i in range(size):
+            start, stop = (i * n) // size, -((-(i + 1) * n) // size)
+            weights[i, start:stop] = 1.0 / (stop - start)
+        return weights
+
+    return jnp.einsum("ih,bhwc,jw->bijc", averaging(x.shape[1]), x, averaging(x.shape[2]))

@@ -1,4 +1,3 @@
-import functools
 
 import flax.linen as nn
 import jax

@@ -10,6 +10,9 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+SMALL_INPUT = 64
+"""Images below this height or width (MNIST, CIFAR) are small: the ImageNet models adapt to them (see each model)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Entry:

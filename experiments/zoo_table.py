@@ -1,0 +1,64 @@
+r"""The README's model-zoo table, generated from the code: every model's parameters at three input sizes.
+
+    python -m experiments.zoo_table            # prints the table (Markdown)
+    python -m experiments.zoo_table --write    # replaces the table in README.md
+
+Parameter counts are trainable parameters (`params`, not BatchNorm's
+statistics), traced with `jax.eval_shape`, so nothing is allocated.
+"""
+
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from cnn_jax import models
+
+flags.DEFINE_bool("write", False, "Replace the table between its markers in README.md instead of printing it.")
+FLAGS = flags.FLAGS
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+BEGIN, END = "<!-- zoo table: python -m experiments.zoo_table --write -->", "<!-- end of zoo table -->"
+SIZES = {"28×28×1, 10 classes": ((28, 28, 1), 10), "32×32×3, 10 classes": ((32, 32, 3), 10),
+         "224×224×3, 1000 classes": ((224, 224, 3), 1000)}
+
+
+def parameter_count(name: str, image_shape: tuple[int, int, int], num_classes: int) -> int:
+    """Trainable parameters of model `name` built for `num_classes` and images of `image_shape`."""
+    model = models.lookup(name)(num_classes=num_classes)
+    key = jax.random.key(0)
+    variables = jax.eval_shape(model.init, {"params": key, "dropout": key}, jnp.zeros((1, *image_shape)))
+    return models.count_params(variables["params"])
+
+
+def table() -> str:
+    """One Markdown row per model: its name, parameters at each of SIZES, and what it teaches."""
+    lines = ["| model | " + " | ".join(SIZES) + " | what it teaches |", "|---" * (len(SIZES) + 2) + "|"]
+    for name, entry in models.MODELS.items():
+        counts = [f"{parameter_count(name, *size):,}" for size in SIZES.values()]
+        lines.append(f"| `{name}` | " + " | ".join(counts) + f" | {entry.lesson} |")
+    return "\n".join(lines)
+
+
+def readme_table(text: str) -> str:
+    """The table between the markers of README text."""
+    return re.search(re.escape(BEGIN) + r"\n(.*?)\n" + re.escape(END), text, re.S).group(1)
+
+
+def main(argv):
+    del argv
+    if not FLAGS.write:
+        print(table())
+        return
+    with open(README) as f:
+        text = f.read()
+    new = text.replace(readme_table(text), table())
+    with open(README + ".tmp", "w") as f:
+        f.write(new)
+    os.replace(README + ".tmp", README)
+
+
+if __name__ == "__main__":
+    app.run(main)

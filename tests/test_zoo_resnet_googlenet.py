@@ -1,0 +1,171 @@
+"""ResNet-18/34/50/101, GoogLeNet and the block variants: sizes, parameter counts, and one training step.
+
+Reference counts are torchvision 0.28's (`sum(p.numel() for p in model.parameters())`,
+224×224×3, 1000 classes).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cnn_jax.errors import UserError
+from cnn_jax.models import count_params
+from cnn_jax.zoo import googlenet, resnet, variants
+
+ZOO = {**resnet.MODELS, **googlenet.MODELS, **variants.MODELS}
+
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "googlenet": 6_624_904,
+}
+GOOGLENET_WITH_AUX_PARAMS = 13_004_888
+FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "googlenet": 1024}
+
+SMALL_IMAGES = [(28, 28, 1), (32, 32, 3)]
+IMAGENET = (224, 224, 3)
+
+
+def abstract_variables(model, image_shape):
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
+
+
+def stem_weight_change(image_shape):
+    """Weights the small-input stem (3×3/1 conv, 64 filters) has minus the ImageNet one (7×7/2, 3 channels)."""
+    return 64 * 9 * image_shape[2] - 64 * 49 * 3
+
+
+def head_change(features, num_classes):
+    """Parameters an FC head from `features` to `num_classes` has minus a 1000-class one."""
+    return (features + 1) * (num_classes - 1000)
+
+
+# Each graph here runs once or twice: XLA's backend optimisations would cost more compile time than they save.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0,
+                                                   "xla_llvm_disable_expensive_passes": True})
+
+
+@functools.cache
+def initial_logits_and_variables(name, image_shape, num_classes=10):
+    """Model `name`'s logits for a fixed batch of 2 random images, and the variables it was initialised with.
+
+    `init_with_output` runs the model (train=False) on the batch it initialises from: one compilation for both.
+    """
+    model = ZOO[name].build(num_classes=num_classes)
+    images = jax.random.normal(jax.random.key(1), (2, *image_shape))
+    return jit(model.init_with_output)(jax.random.key(0), images)
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_imagenet_size_gives_1000_logits_with_torchvision_parameter_count(name):
+    model = ZOO[name].build(num_classes=1000)
+    variables = abstract_variables(model, IMAGENET)
+    logits = jax.eval_shape(model.apply, variables, jnp.zeros((2, *IMAGENET)))
+    assert logits.shape == (2, 1000)
+    assert count_params(variables["params"]) == TORCHVISION_PARAMS[name]
+
+
+def test_googlenet_auxiliary_heads_match_torchvision_and_are_sown_only_in_training():
+    model = googlenet.GoogLeNet(num_classes=1000, aux_logits=True)
+    variables = abstract_variables(model, IMAGENET)
+    assert count_params(variables["params"]) == GOOGLENET_WITH_AUX_PARAMS
+    images = jnp.zeros((2, *IMAGENET))
+    train = functools.partial(model.apply, train=True, rngs={"dropout": jax.random.key(0)},
+                              mutable=["batch_stats", "intermediates"])
+    logits, state = jax.eval_shape(train, variables, images)
+    assert logits.shape == (2, 1000)
+    assert jax.tree.map(lambda a: a.shape, state["intermediates"]) == {
+        "aux1_logits": ((2, 1000),), "aux2_logits": ((2, 1000),)}
+    _, state = jax.eval_shape(functools.partial(model.apply, mutable=["intermediates"]), variables, images)
+    assert state == {}
+
+
+@pytest.mark.parametrize("image_shape", SMALL_IMAGES)
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_small_images_change_only_the_stem_and_head_parameter_counts(name, image_shape):
+    variables = abstract_variables(ZOO[name].build(num_classes=10), image_shape)
+    expected = TORCHVISION_PARAMS[name] + stem_weight_change(image_shape) + head_change(FEATURES[name], 10)
+    assert count_params(variables["params"]) == expected
+    # resnet18 at 32×32×3: 11,689,512 − 64·3·(49 − 9) − 513·990 = 11,173,962.
+
+
+def test_googlenet_with_auxiliary_heads_on_small_images_changes_stem_and_three_heads():
+    variables = abstract_variables(googlenet.GoogLeNet(num_classes=10, aux_logits=True), (32, 32, 3))
+    expected = GOOGLENET_WITH_AUX_PARAMS + stem_weight_change((32, 32, 3)) + head_change(1024, 10) * 3
+    assert count_params(variables["params"]) == expected == 9_952_958
+
+
+@pytest.mark.parametrize("name", ["resnet18", "googlenet"])
+def test_imagenet_size_forward_pass_gives_finite_logits(name):
+    model = ZOO[name].build(num_classes=1000)
+    images = jax.random.normal(jax.random.key(1), (1, *IMAGENET))
+    logits, _ = jit(model.init_with_output)(jax.random.key(0), images)
+    assert logits.shape == (1, 1000)
+    assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("image_shape", SMALL_IMAGES)
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_small_images_give_finite_10_class_logits(name, image_shape):
+    logits, _ = initial_logits_and_variables(name, image_shape)
+    assert logits.shape == (2, 10)
+    assert np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_one_adam_step_lowers_the_training_loss_on_a_small_batch(name):
+    image_shape = (32, 32, 3)
+    model = ZOO[name].build(num_classes=10)
+    _, variables = initial_logits_and_variables(name, image_shape)
+    images = jax.random.normal(jax.random.key(1), (2, *image_shape))
+    labels = jnp.array([3, 7])
+
+    @jit
+    @jax.value_and_grad
+    def loss_and_gradients(params):
+        logits, _ = model.apply({**variables, "params": params}, images, train=True,
+                                rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    params = variables["params"]
+    loss, grads = loss_and_gradients(params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    first_layer = "conv1" if name == "googlenet" else "stem"
+    assert np.any(grads[first_layer]["Conv_0"]["kernel"] != 0)
+    adam = optax.adam(1e-4)
+    updates, _ = adam.update(grads, adam.init(params), params)
+    new_loss, _ = loss_and_gradients(optax.apply_updates(params, updates))
+    assert new_loss < loss
+
+
+@pytest.mark.parametrize("width", [8, 32])
+@pytest.mark.parametrize(("name", "weights_per_width_squared"), [
+    ("conv7x7", 49), ("conv3x3x3", 27), ("plain3x3", 9), ("bottleneck", 3.25), ("factorised", 6)])
+def test_variant_block_weight_count(name, weights_per_width_squared, width):
+    model = ZOO[name].build(num_classes=10, width=width)
+    block = abstract_variables(model, (32, 32, 3))["params"]["block"]
+    kernels = [layer["Conv_0"]["kernel"] for layer in block.values()]  # Weights only: no BatchNorm scale/bias.
+    assert sum(k.size for k in kernels) == weights_per_width_squared * width**2
+
+
+@pytest.mark.parametrize("image_shape", [*SMALL_IMAGES, IMAGENET])
+def test_variants_share_stem_and_head_and_differ_only_in_the_block(image_shape):
+    width, channels, num_classes = 32, image_shape[2], 1000 if image_shape == IMAGENET else 10
+    for name in variants.BLOCKS:
+        model = ZOO[name].build(num_classes=num_classes, width=width)
+        variables = abstract_variables(model, image_shape)
+        assert count_params(variables["params"]["stem"]) == 9 * channels * width + 2 * width
+        assert count_params(variables["params"]["head"]) == (width + 1) * num_classes
+        assert jax.eval_shape(model.apply, variables, jnp.zeros((2, *image_shape))).shape == (2, num_classes)
+
+
+def test_bottleneck_with_odd_width_names_the_divisor():
+    model = ZOO["bottleneck"].build(num_classes=10, width=7)
+    with pytest.raises(UserError, match="width 7 does not divide by 2"):
+        abstract_variables(model, (28, 28, 1))
