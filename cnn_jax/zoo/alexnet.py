@@ -14,6 +14,7 @@ from cnn_jax.layers import Conv, DenseHead
 from cnn_jax.pooling import adaptive_avg_pool, max_pool
 from cnn_jax.zoo import SMALL_INPUT, Entry
 
+
 class ConvLayer(NamedTuple):
     """One convolution -> ReLU, then a 3×3 stride-2 max-pool padded by `pool_padding` (None: no pool)."""
 

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import Conv, ConvBlock
+from cnn_jax.pooling import global_avg_pool
 from cnn_jax.zoo import Entry
 
 
@@ -44,7 +45,7 @@ class AllConvNet(nn.Module):
         x = ConvBlock(self.widths[-1], 3, padding=0, batch_norm=False)(x, train)
         x = ConvBlock(self.widths[-1], 1, padding=0, batch_norm=False)(x, train)
         x = Conv(self.num_classes, (1, 1))(x)
-        return x.mean(axis=(1, 2))
+        return global_avg_pool(x)
 
 
 MODELS = {

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import ConvBN
-from cnn_jax.pooling import adaptive_avg_pool, max_pool, max_pool_ceil
+from cnn_jax.pooling import adaptive_avg_pool, global_avg_pool, max_pool, max_pool_ceil
 from cnn_jax.zoo import SMALL_INPUT, Entry
 
 # torchvision draws every weight from N(0, 0.01²) truncated to [-2, 2], i.e. 200 standard deviations: a normal.
@@ -111,7 +111,7 @@ class GoogLeNet(nn.Module):
                     aux_logits = InceptionAux(self.num_classes, name=aux)(x, train)
                     if train:
                         self.sow("intermediates", f"{aux}_logits", aux_logits)
-        x = nn.Dropout(self.dropout, deterministic=not train)(jnp.mean(x, axis=(1, 2)))
+        x = nn.Dropout(self.dropout, deterministic=not train)(global_avg_pool(x))
         return nn.Dense(self.num_classes, kernel_init=init, name="fc")(x)
 
 

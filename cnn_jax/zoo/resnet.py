@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import ConvBN
-from cnn_jax.pooling import max_pool
+from cnn_jax.pooling import global_avg_pool, max_pool
 from cnn_jax.zoo import SMALL_INPUT, Entry
+
 
 class ResidualBlock(nn.Module):
     """relu(F(x) + shortcut(x)); the shortcut is a 1×1 conv + BN wherever F changes the shape, else x."""
@@ -80,7 +81,7 @@ class ResNet(nn.Module):
             for i in range(num_blocks):
                 strides = 2 if stage > 0 and i == 0 else 1
                 x = self.block(64 * 2**stage, strides, name=f"stage{stage + 1}_block{i + 1}")(x, train)
-        x = jnp.mean(x, axis=(1, 2))
+        x = global_avg_pool(x)
         return nn.Dense(self.num_classes)(x)
 
 
