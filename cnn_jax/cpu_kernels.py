@@ -133,33 +133,37 @@ def _epsilon(epsilon) -> dict:
     return {"epsilon": np.float32(epsilon)}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_relu_max_pool(x, scale, bias, epsilon):
-    """max_pool_2x2(relu(BatchNorm(x))) in training mode, and the batch's per-channel mean and variance.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def batch_norm_relu_max_pool(x, offset, scale, bias, epsilon):
+    """max_pool_2x2(relu(BatchNorm(x + offset))) in training mode, and the batch's per-channel mean and variance.
 
-    `x` is float32 NHWC with even height and width; `scale` and `bias` are
-    BatchNorm's [C] parameters; the variance is the biased one, as Flax's
-    BatchNorm uses. Returns (y, mean, var), y `[n, h/2, w/2, c]`. Among tied
-    maxima of a window the first (row-major) takes the gradient. Call `load()`
-    first (and only use it where it returned True).
+    `x` is float32 NHWC with even height and width; `offset` (a convolution's
+    bias, which BatchNorm cancels but its running mean keeps), `scale` and
+    `bias` are [C]; the variance is the biased one, as Flax's BatchNorm uses.
+    Returns (y, mean, var), y `[n, h/2, w/2, c]`. Among tied maxima of a window
+    the first (row-major) takes the gradient. Call `load()` first (and only
+    use it where it returned True).
     """
-    return _batch_norm_relu_max_pool_fwd(x, scale, bias, epsilon)[0]
+    return _batch_norm_relu_max_pool_fwd(x, offset, scale, bias, epsilon)[0]
 
 
-def _batch_norm_relu_max_pool_fwd(x, scale, bias, epsilon):
+def _batch_norm_relu_max_pool_fwd(x, offset, scale, bias, epsilon):
     n, h, w, c = x.shape
     shapes = (jax.ShapeDtypeStruct((n, h // 2, w // 2, c), x.dtype), jax.ShapeDtypeStruct((c,), x.dtype),
               jax.ShapeDtypeStruct((c,), x.dtype), jax.ShapeDtypeStruct((n, h // 2, w // 2, c), np.int32))
+    # The offset moves the mean and nothing else: normalised, x + offset is x.
     y, mean, var, argmax = jax.ffi.ffi_call("BatchNormReluMaxPoolForward", shapes)(x, scale, bias, **_epsilon(epsilon))
-    return (y, mean, var), (x, scale, mean, var, argmax, y)
+    return (y, mean + offset, var), (x, scale, mean, var, argmax, y)
 
 
 def _batch_norm_relu_max_pool_bwd(epsilon, residuals, cotangents):
     x, scale, *_ = residuals
     dy = cotangents[0]  # The statistics' cotangents are zero: they only feed BatchNorm's running averages.
-    shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(scale.shape, x.dtype),
-              jax.ShapeDtypeStruct(scale.shape, x.dtype))
-    return jax.ffi.ffi_call("BatchNormReluMaxPoolBackward", shapes)(*residuals, dy, **_epsilon(epsilon))
+    vector = jax.ShapeDtypeStruct(scale.shape, x.dtype)
+    dx, doffset, dscale, dbias = jax.ffi.ffi_call(
+        "BatchNormReluMaxPoolBackward", (jax.ShapeDtypeStruct(x.shape, x.dtype), vector, vector, vector))(
+        *residuals, dy, **_epsilon(epsilon))
+    return dx, doffset, dscale, dbias
 
 
 batch_norm_relu_max_pool.defvjp(_batch_norm_relu_max_pool_fwd, _batch_norm_relu_max_pool_bwd)

@@ -99,26 +99,40 @@ Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 """`flax.linen.Conv` on `conv_general_dilated`: the convolution every cnn_jax model uses (same variables and arguments)."""
 
 
+class ConvWithoutBias(nn.Conv):
+    """`nn.Conv`'s variables (`kernel`, `bias`), returning the convolution and the bias separately.
+
+    Construct it with `use_bias=False` (the bias is then declared here, after
+    the kernel, as nn.Conv declares it): for a consumer that adds the bias
+    itself, such as `BatchNormReluMaxPool`, saving a pass over the output.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        return super().__call__(inputs), self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+
+
 class BatchNormReluMaxPool(nn.Module):
-    """Training-mode `nn.BatchNorm` -> ReLU -> `max_pool_2x2`, fused in one compiled CPU kernel.
+    """Training-mode `nn.BatchNorm` of x + offset -> ReLU -> `max_pool_2x2`, fused in one compiled CPU kernel.
 
     Its variables are exactly `nn.BatchNorm`'s (params `scale`, `bias`;
     batch_stats `mean`, `var`), so a `ConvBlock` uses it under BatchNorm's
-    name while training and `nn.BatchNorm` itself otherwise. Needs
-    `cpu_kernels.load()`, float32 NHWC input and even height and width.
+    name while training and `nn.BatchNorm` itself otherwise; `offset` is the
+    convolution's bias, which the kernel adds. Needs `cpu_kernels.load()`,
+    float32 NHWC input and even height and width.
     """
 
     momentum: float = 0.9
     epsilon: float = 1e-5
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, offset: jnp.ndarray) -> jnp.ndarray:
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
-        y, mean, var = cpu_kernels.batch_norm_relu_max_pool(x, scale, bias, self.epsilon)
+        y, mean, var = cpu_kernels.batch_norm_relu_max_pool(x, offset, scale, bias, self.epsilon)
         if not self.is_initializing():
             running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
             running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
@@ -132,7 +146,8 @@ class ConvBlock(nn.Module):
     1e-5) so results compare with the PyTorch code the seeds show. `padding` is
     the number of zeros added on each side, or "SAME"/"VALID". On the CPU,
     training-mode BatchNorm -> ReLU -> `max_pool_2x2` runs as one fused kernel
-    (`BatchNormReluMaxPool`).
+    (`BatchNormReluMaxPool`), which also adds the convolution's bias. The
+    variables are those of `nn.Conv` and `nn.BatchNorm` either way.
     """
 
     features: int
@@ -146,9 +161,12 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         padding = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * 2
-        x = Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides, padding=padding)(x)
+        x, bias = ConvWithoutBias(self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
+                                  padding=padding, use_bias=False, conv_general_dilated=conv_general_dilated,
+                                  name="Conv_0")(x)
         if train and self._fusable(x):
-            return BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="BatchNorm_0")(x)
+            return BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="BatchNorm_0")(x, bias)
+        x = x + bias
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
         x = self.activation(x)

@@ -31,7 +31,8 @@ fusion: training throughput of the seed network with training-mode BatchNorm,
   XLA (the same max_pool, passed as a different function, is not fused).
 
 Each variant runs a warm-up, then `--repeats` timed runs of `--steps` training
-steps at `--batch_size`; the median is reported.
+steps at `--batch_size`, the variants taking turns run by run; the median of
+each is reported.
 """
 
 import functools
@@ -63,13 +64,25 @@ FLAGS = flags.FLAGS
 
 def median_seconds(run, repeats: int) -> float:
     """Median wall time of `run()` over `repeats` calls, after one warm-up call."""
-    run()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return interleaved_median_seconds({"run": run}, repeats)["run"]
+
+
+def interleaved_median_seconds(runs: dict, repeats: int) -> dict:
+    """{name: median wall time of run()} over `repeats` rounds, each timing every run once, after a warm-up each.
+
+    Taking turns round by round means a drift in the machine's speed (this
+    project's virtual machines drift by ±10% within minutes) slows every
+    variant alike instead of whichever happened to run during it.
+    """
+    for run in runs.values():
         run()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
+    seconds = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in seconds.items()}
 
 
 def host_loop(model, dataset, batch_size: int, steps: int):
@@ -132,7 +145,9 @@ def forward_flops_per_image(model, image_shape) -> float:
     def count(next_fun, args, kwargs, context):
         nonlocal flops
         out = next_fun(*args, **kwargs)
-        if isinstance(context.module, (nn.Conv, nn.Dense)) and context.method_name == "__call__":
+        # A tuple is layers.ConvWithoutBias's (conv, bias): its convolution is the nn.Conv call inside it, counted there.
+        if isinstance(context.module, (nn.Conv, nn.Dense)) and context.method_name == "__call__" and not isinstance(
+                out, tuple):
             kernel = context.module.variables["params"]["kernel"]
             flops += 2 * kernel.size * (out.size // out.shape[-1])  # Each output position uses the whole kernel.
         return out
@@ -167,10 +182,9 @@ def whole_run(command: list[str]) -> tuple[float, float]:
 
 def versus_torch(batch_size: int, steps: int, repeats: int, epochs: int) -> None:
     dataset = data.load_dataset("fashion_mnist")
-    rates = {
-        "cnn_jax": steps * batch_size / median_seconds(host_loop(models.ConvNet(), dataset, batch_size, steps), repeats),
-        "PyTorch": steps * batch_size / median_seconds(torch_loop(dataset, batch_size, steps), repeats),
-    }
+    loops = {"cnn_jax": host_loop(models.ConvNet(), dataset, batch_size, steps),
+             "PyTorch": torch_loop(dataset, batch_size, steps)}
+    rates = {name: steps * batch_size / t for name, t in interleaved_median_seconds(loops, repeats).items()}
     forward = forward_flops_per_image(models.ConvNet(), dataset.image_shape)
     training = 3 * forward  # Forward, plus backward to activations and to weights: the usual 3×.
     peak = max(matmul_flops_per_second().values())
@@ -188,7 +202,7 @@ def versus_torch(batch_size: int, steps: int, repeats: int, epochs: int) -> None
     print(f"model: {forward / 1e6:.2f} MFLOP per image forward (conv and dense multiply-adds x2), "
           f"{training / 1e6:.2f} MFLOP per training image (3x); "
           f"measured matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"training steps: median of {repeats} x {steps} steps after a warm-up")
+    print(f"training steps: median of {repeats} x {steps} steps after a warm-up, the two taking turns")
     header = f"  {'':8s} {'examples/s':>11s} {'ratio':>6s} {'% of peak':>9s}"
     if runs:
         header += f" {f'{epochs}-epoch run (s)':>18s} {'test acc':>8s}"
@@ -267,7 +281,7 @@ def main(argv):
     if FLAGS.what == "conv_ops":
         return conv_ops(FLAGS.batch_size, FLAGS.repeats * 10)
     runs = variants(FLAGS.what, FLAGS.batch_size, FLAGS.steps)
-    rates = {name: FLAGS.steps * FLAGS.batch_size / median_seconds(run, FLAGS.repeats) for name, run in runs.items()}
+    rates = {name: FLAGS.steps * FLAGS.batch_size / t for name, t in interleaved_median_seconds(runs, FLAGS.repeats).items()}
     print(f"{FLAGS.what} on {jax.devices()[0].device_kind} ({jax.default_backend()}): batch {FLAGS.batch_size}, "
           f"median of {FLAGS.repeats} x {FLAGS.steps} steps")
     baseline = next(iter(rates.values()))

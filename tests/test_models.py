@@ -200,3 +200,21 @@ def test_seed_network_trains_through_the_fused_kernel_on_cpu():
     assert not layers.ConvBlock(16, 5, padding=2, pool=None)._fusable(x)
     assert not layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2, activation=jnp.tanh)._fusable(x)
     assert not layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2)._fusable(jnp.zeros((2, 7, 7, 1)))
+
+
+def test_fused_kernel_takes_the_conv_bias_as_an_offset_that_moves_only_the_mean():
+    assert cpu_kernels.load()
+    x = 2 * jax.random.normal(jax.random.key(0), (4, 6, 8, 8)) + 1
+    offset, scale, bias = (jax.random.normal(jax.random.key(i), (8,)) for i in (1, 2, 3))
+
+    def fused(x, offset):
+        return cpu_kernels.batch_norm_relu_max_pool(x, offset, scale, bias, 1e-5)
+
+    (y, mean, var), vjp = jax.vjp(fused, x, offset)
+    y0, mean0, var0 = fused(x, jnp.zeros(8))
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_allclose(mean, mean0 + offset, rtol=1e-6)
+    np.testing.assert_array_equal(var, var0)
+    dy = jax.random.normal(jax.random.key(4), y.shape)
+    dx, doffset = vjp((dy, jnp.zeros(8), jnp.zeros(8)))
+    np.testing.assert_allclose(doffset, dx.sum(axis=(0, 1, 2)), atol=1e-5)  # The gradient of x + offset.

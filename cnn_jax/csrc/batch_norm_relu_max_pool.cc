@@ -109,10 +109,11 @@ ffi::Error Forward(Tensor x, Vector scale, Vector bias,
   return ffi::Error::Success();
 }
 
-// The gradients of Forward's y with respect to x, scale and bias, given dy and what Forward computed.
+// The gradients of Forward's y with respect to x, an offset added to x (Σ dx), scale and bias, given dy and what
+// Forward computed.
 ffi::Error Backward(Tensor x, Vector scale, Vector mean_in,
                     Vector var_in, Argmax argmax, Tensor y,
-                    Tensor dy, ffi::Result<Tensor> dx,
+                    Tensor dy, ffi::Result<Tensor> dx, ffi::Result<Vector> doffset,
                     ffi::Result<Vector> dscale, ffi::Result<Vector> dbias, float epsilon) {
   const Shape s = ShapeOf(x.dimensions());
   const int64_t C = s.c;
@@ -145,10 +146,12 @@ ffi::Error Backward(Tensor x, Vector scale, Vector mean_in,
     mean_du[c] = float(sum_du[c] / s.count());
     mean_du_xhat[c] = float(sum_du_xhat[c] / s.count());
   }
+  // Writes dx and sums it per channel: that sum is the gradient of an offset added to x before BatchNorm (a
+  // convolution's bias), so its gradient needs no second pass over dx.
   float* grad = dx->typed_data();
   const float *__restrict ml = mul.data(), *__restrict md = mean_du.data(), *__restrict mdx = mean_du_xhat.data();
-#pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < s.pooled(); ++p) {
+  std::vector<double> sum_dx, unused;  // ChannelSums keeps two sums; this pass needs one.
+  ChannelSums(s.pooled(), C, sum_dx, unused, [&](int64_t p, float* __restrict a, float*) {
     const float *__restrict o = out + p * C, *__restrict gp = g + p * C;
     const int32_t* __restrict k = arg + p * C;
     for (int q = 0; q < 4; ++q) {
@@ -157,9 +160,11 @@ ffi::Error Backward(Tensor x, Vector scale, Vector mean_in,
       for (int64_t c = 0; c < C; ++c) {
         const float du = gp[c] * float((k[c] == q) & (o[c] > 0.0f));
         gs[c] = ml[c] * (du - md[c] - (xs[c] - mu[c]) * is[c] * mdx[c]);
+        a[c] += gs[c];
       }
     }
-  }
+  });
+  for (int64_t c = 0; c < C; ++c) doffset->typed_data()[c] = float(sum_dx[c]);
   return ffi::Error::Success();
 }
 
@@ -185,6 +190,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackward, Backward,
                                   .Arg<Tensor>()
                                   .Arg<Tensor>()
                                   .Ret<Tensor>()
+                                  .Ret<Vector>()
                                   .Ret<Vector>()
                                   .Ret<Vector>()
                                   .Attr<float>("epsilon"));
