@@ -46,11 +46,10 @@ import time
 
 import flax.linen as nn
 import jax
-import numpy as np
 from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cnn_jax import data, layers, models, pooling, train
+from cnn_jax import data, layers, models, pooling, summary, train
 from cnn_jax.config import Config
 
 flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion"],
@@ -134,30 +133,6 @@ def torch_loop(dataset, batch_size: int, steps: int):
     return lambda: trainer.epoch(order, steps)
 
 
-def forward_flops_per_image(model, image_shape) -> float:
-    """2 × the multiply-adds of the convolution and dense layers in one forward pass, per image.
-
-    Counted from the shapes each layer sees while the model runs (BatchNorm,
-    activations and pooling are not counted).
-    """
-    flops = 0
-
-    def count(next_fun, args, kwargs, context):
-        nonlocal flops
-        out = next_fun(*args, **kwargs)
-        # A tuple is layers.ConvWithoutBias's (conv, bias): its convolution is the nn.Conv call inside it, counted there.
-        if isinstance(context.module, (nn.Conv, nn.Dense)) and context.method_name == "__call__" and not isinstance(
-                out, tuple):
-            kernel = context.module.variables["params"]["kernel"]
-            flops += 2 * kernel.size * (out.size // out.shape[-1])  # Each output position uses the whole kernel.
-        return out
-
-    variables = model.init(jax.random.PRNGKey(0), np.zeros((1, *image_shape), np.float32))
-    with nn.intercept_methods(count):
-        model.apply(variables, np.zeros((1, *image_shape), np.float32))
-    return flops
-
-
 def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> dict:
     """Measured float32 n×n matmul rate of JAX and of PyTorch on this machine."""
     import torch
@@ -185,7 +160,7 @@ def versus_torch(batch_size: int, steps: int, repeats: int, epochs: int) -> None
     loops = {"cnn_jax": host_loop(models.ConvNet(), dataset, batch_size, steps),
              "PyTorch": torch_loop(dataset, batch_size, steps)}
     rates = {name: steps * batch_size / t for name, t in interleaved_median_seconds(loops, repeats).items()}
-    forward = forward_flops_per_image(models.ConvNet(), dataset.image_shape)
+    forward = summary.summarize(models.ConvNet(), dataset.image_shape)["total_flops"]
     training = 3 * forward  # Forward, plus backward to activations and to weights: the usual 3×.
     peak = max(matmul_flops_per_second().values())
     runs = {}

@@ -1,0 +1,93 @@
+"""CNN arithmetic: output sizes, parameter and FLOP counts, receptive fields and activation memory.
+
+Sizes are in pixels along one spatial axis; apply a function to height and
+width separately. FLOPs count a multiply-add as 2.
+"""
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from cnn_jax.errors import UserError
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
+                     layer: str = "conv") -> int:
+    """Output size of a convolution: floor((size + 2·padding − dilation·(kernel − 1) − 1)/stride) + 1.
+
+    `padding` is zeros added on each side. Raises `UserError` naming `layer`,
+    the input size and the formula when the (dilated) kernel is larger than
+    the padded input, or a setting is out of range.
+    """
+    span = dilation * (kernel - 1) + 1  # Pixels the dilated kernel covers.
+    if min(kernel, stride, dilation) < 1 or padding < 0:
+        problem = f"kernel {kernel}, stride {stride} and dilation {dilation} must be ≥ 1 and padding {padding} ≥ 0"
+        fix = "use positive settings"
+    elif span > size + 2 * padding:
+        problem = f"kernel spans {span} pixels, more than the padded input {size} + 2·{padding} = {size + 2 * padding}"
+        fix = "use a smaller kernel, more padding, a larger input, or downsample less before this layer"
+    else:
+        return (size + 2 * padding - span) // stride + 1
+    settings = f"in={size}, kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}"
+    raise UserError(f"{layer}: {problem} (out = floor((in + 2·padding − dilation·(kernel − 1) − 1)/stride) + 1 "
+                    f"with {settings}); {fix}")
+
+
+def pool_output_size(size: int, window: int, stride: int | None = None, padding: int = 0, layer: str = "pool") -> int:
+    """Output size of a pooling: floor((size + 2·padding − window)/stride) + 1, stride defaulting to the window.
+
+    The seed documents' (W1 − F)/S + 1 is this with padding 0. It is
+    `conv_output_size` with dilation 1 (and raises the same `UserError`).
+    """
+    return conv_output_size(size, window, window if stride is None else stride, padding, layer=layer)
+
+
+def conv_params(kernel_h: int, kernel_w: int, in_ch: int, out_ch: int, bias: bool = True) -> int:
+    """Trainable scalars of a convolution: kernel_h·kernel_w·in_ch·out_ch weights, plus out_ch biases."""
+    return kernel_h * kernel_w * in_ch * out_ch + (out_ch if bias else 0)
+
+
+def dense_params(in_features: int, out_features: int, bias: bool = True) -> int:
+    """Trainable scalars of a fully connected layer: in·out weights, plus out biases."""
+    return conv_params(1, 1, in_features, out_features, bias)
+
+
+def conv_flops(kernel_h: int, kernel_w: int, in_ch: int, out_ch: int, out_h: int, out_w: int) -> int:
+    """FLOPs of one image through a convolution: 2 · (kernel_h·kernel_w·in_ch multiply-adds) per output value.
+
+    Counts padding taps as multiplies (XLA's cost analysis skips them) and no bias additions.
+    """
+    return 2 * kernel_h * kernel_w * in_ch * out_ch * out_h * out_w
+
+
+def dense_flops(in_features: int, out_features: int) -> int:
+    """FLOPs of one example through a fully connected layer: 2·in·out (no bias additions)."""
+    return conv_flops(1, 1, in_features, out_features, 1, 1)
+
+
+def receptive_field(layers: Iterable[Sequence[int]], field: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """(size, jump) in input pixels after a chain of (kernel, stride, dilation) layers, from `field`.
+
+    R_k = R_{k−1} + (K_k − 1)·d_k·J_{k−1} and J_k = J_{k−1}·S_k, starting from
+    `field` = (R_0, J_0) = (1, 1) at the input. A pooling is (window, stride,
+    1). Size is how many input pixels one output unit sees along the axis;
+    jump is the input distance between neighbouring output units.
+    """
+    size, jump = field
+    for kernel, stride, dilation in layers:
+        size, jump = size + (kernel - 1) * dilation * jump, jump * stride
+    return size, jump
+
+
+def activation_values(shape: Sequence[int]) -> int:
+    """Number of values in an activation of `shape` (e.g. `[batch, height, width, channels]`)."""
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def activation_bytes(shape: Sequence[int], dtype="float32", training: bool = False) -> int:
+    """Bytes of an activation of `shape` in `dtype`; `training` doubles it to hold its gradient too.
+
+    The convention: a forward pass keeps each value once; training keeps it
+    for the backward pass and also holds a gradient of the same size.
+    """
+    return activation_values(shape) * np.dtype(dtype).itemsize * (2 if training else 1)

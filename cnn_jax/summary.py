@@ -1,0 +1,227 @@
+r"""Per-layer summary of a model: shapes, parameters, FLOPs, activation memory and receptive fields.
+
+    python -m cnn_jax.summary convnet
+    python -m cnn_jax.summary resnet18 --input_shape=32,32,3 --num_classes=100 --json
+
+The model is traced once with `jax.eval_shape` inside `nn.intercept_methods`,
+so nothing is allocated. Rows are the `nn.Conv`, `nn.Dense` and
+`nn.BatchNorm` calls, in call order, plus a "pool (inferred)" row wherever the
+map shrinks without a visible layer. Pooling and activations are plain
+functions, which interception cannot see: a pooling is inferred from the
+shape change as stride s = round(in/out) and window max(s, in − (out − 1)·s),
+which is exact for unpadded poolings (2×2/2, 3×3/2) and misses padding and
+ceil-mode overhang (ResNet's 3×3/2 pad 1 reads as 2×2/2), and a pooling that
+keeps the size (Inception's 3×3/1 pad 1) is not seen at all.
+
+Receptive fields (along the height) follow the traced arrays by identity:
+each layer extends the field of the array it consumes; a module's output
+(a ResNet block after its addition, an Inception block after its
+concatenation) takes the largest field of the layers inside it, i.e. the
+largest over branches. An array made outside any module (a pooling, an
+addition, a reshape) takes the field of the latest known array with the same
+channel count (else the latest known array), plus an inferred pooling; a
+dense layer on a flattened or globally pooled map sees the whole map.
+
+Memory is the forward activation of each row's output in bytes (float32,
+one image); training keeps it and its gradient, twice that
+(`arithmetic.activation_bytes`). FLOPs are 2 × the multiply-adds of
+convolutions and dense layers only (BatchNorm, activations, pooling and bias
+additions are not counted), padding taps included.
+"""
+
+import functools
+import json
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import app, flags, logging
+
+from cnn_jax import arithmetic, models
+from cnn_jax.errors import UserError
+
+flags.DEFINE_string("input_shape", "28,28,1", "Image shape height,width,channels.")
+flags.DEFINE_integer("num_classes", 10, "Number of classes the model predicts.")
+flags.DEFINE_bool("json", False, "Print the summary as one JSON document instead of a table.")
+FLAGS = flags.FLAGS
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _explicit_padding(padding) -> tuple[int, int] | None:
+    """Per-side (height, width) zeros of a Flax conv's `padding`, or None for "SAME"-like or asymmetric padding."""
+    if padding == "VALID":
+        return 0, 0
+    if isinstance(padding, int):
+        return padding, padding
+    if isinstance(padding, str) or not all(isinstance(p, (tuple, list)) and p[0] == p[1] for p in padding):
+        return None
+    return tuple(p[0] for p in padding)
+
+
+class _Tracer:
+    """The interceptor's state: the rows so far, and the (receptive field, jump) of every array seen."""
+
+    def __init__(self):
+        self.rows = []
+        self.known = []  # (array, (size, jump)), in the order seen; holding the arrays keeps their ids unique.
+        self.fields = {}  # id(array) -> (size, jump)
+
+    def remember(self, array, field):
+        self.known.append((array, field))
+        self.fields[id(array)] = field
+        return field
+
+    def row(self, name, kind, output, field, kernel=None, stride=None, padding=None, flops=0):
+        self.rows.append(dict(name=name, type=kind, kernel=kernel, stride=stride, padding=padding,
+                              output_shape=list(output.shape), params=0,
+                              memory=arithmetic.activation_bytes(output.shape, output.dtype), flops=flops,
+                              receptive_field=field[0], jump=field[1]))
+
+    def extend(self, name, source, field, array):
+        """The field of `array` made from `source` outside any module: a pooling inferred from the height change."""
+        if array.ndim == 4 and source.ndim == 4 and array.shape[1] < source.shape[1]:
+            size, out = source.shape[1], array.shape[1]
+            stride = max(1, round(size / out))
+            window = max(stride, size - (out - 1) * stride)
+            field = arithmetic.receptive_field([(window, stride, 1)], field)
+            self.row(name, "pool (inferred)", array, field, kernel=[window, window], stride=[stride, stride])
+        elif array.ndim == 2 and source.ndim == 4:  # Flattened or globally pooled: all of the map.
+            field = arithmetic.receptive_field([(source.shape[1], 1, 1)], field)
+        return field
+
+    def field_of(self, name, array):
+        """The field of `array`, found by identity, or derived from the latest related known array."""
+        if id(array) in self.fields:
+            return self.fields[id(array)]
+        if not self.known:  # The model's input.
+            return self.remember(array, (1, 1))
+        same = [k for k in self.known if k[0].ndim in (2, 4) and k[0].shape[-1] == array.shape[-1]
+                and (array.ndim == 2 or k[0].ndim == 4 and k[0].shape[1] >= array.shape[1])]
+        source, field = (same or self.known)[-1]
+        return self.remember(array, self.extend(f"{name}/input_pool", source, field, array))
+
+    def __call__(self, next_fun, args, kwargs, context):
+        module, name = context.module, "/".join(context.module.path) or "model"
+        x = args[0] if args and isinstance(args[0], jax.Array) else None
+        field = self.field_of(name, x) if x is not None else None
+        if isinstance(module, nn.Conv) and x is not None:
+            padding = _explicit_padding(module.padding)
+            if padding is not None:
+                for size, k, s, p, d in zip(x.shape[1:3], module.kernel_size, _pair(module.strides), padding,
+                                            _pair(module.kernel_dilation or 1)):
+                    arithmetic.conv_output_size(size, k, s, p, d, layer=name)
+        start = len(self.known)
+        out = next_fun(*args, **kwargs)
+        if not isinstance(out, jax.Array) or context.method_name != "__call__":
+            return out  # layers.ConvWithoutBias's (conv, bias): its nn.Conv call inside is counted.
+        if isinstance(module, nn.Conv):
+            kh, kw = module.kernel_size
+            field = arithmetic.receptive_field(
+                [(kh, _pair(module.strides)[0], _pair(module.kernel_dilation or 1)[0])], field)
+            flops = arithmetic.conv_flops(kh, kw, x.shape[-1] // module.feature_group_count, module.features,
+                                          *out.shape[1:3]) * out.shape[0]
+            padding = module.padding if isinstance(module.padding, (str, int)) else [list(p) for p in module.padding]
+            self.row(name, "conv", out, field, kernel=[kh, kw], stride=list(_pair(module.strides)), padding=padding,
+                     flops=flops)
+        elif isinstance(module, nn.Dense):
+            self.row(name, "dense", out, field, flops=arithmetic.dense_flops(x.shape[-1], module.features) * out.shape[0])
+        elif isinstance(module, nn.BatchNorm):
+            self.row(name, "batch_norm", out, field)
+        else:  # A block: the largest field inside it (over branches), then any pooling after its last layer.
+            inside = self.known[start:]
+            if inside:
+                source, field = max(inside, key=lambda known: known[1][0])
+                field = self.extend(f"{name}/pool", source, field, out)
+            elif x is not None:
+                field = self.extend(f"{name}/pool", x, field, out)
+            else:
+                return out
+        self.remember(out, field)
+        return out
+
+
+def summarize(model: nn.Module, input_shape) -> dict:
+    """Per-layer rows and totals of `model` on one image of `input_shape` (height, width, channels).
+
+    Returns a JSON-ready dict: `layers`, a list of rows with name (module
+    path), type ("conv", "dense", "batch_norm", "pool (inferred)"), kernel,
+    stride, padding, output_shape `[1, ...]`, params, memory (forward bytes),
+    flops, receptive_field and jump (input pixels, along the height); and
+    `total_params` (every trainable scalar), `total_flops`, `activation_bytes`
+    (forward, the rows' outputs summed), `training_activation_bytes` (× 2) and
+    `output_shape`. Raises `UserError` when a convolution or pooling cannot
+    fit its input.
+    """
+    tracer = _Tracer()
+    image = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    with nn.intercept_methods(tracer):
+        out, variables = jax.eval_shape(functools.partial(model.init_with_output, jax.random.key(0)), image)
+    params = variables.get("params", {})
+    for row in tracer.rows:
+        subtree = params
+        for part in row["name"].split("/"):
+            subtree = subtree.get(part, {}) if row["type"] != "pool (inferred)" else {}
+        row["params"] = models.count_params(subtree)
+    forward = sum(row["memory"] for row in tracer.rows)
+    return dict(layers=tracer.rows, total_params=models.count_params(params),
+                total_flops=sum(row["flops"] for row in tracer.rows), activation_bytes=forward,
+                training_activation_bytes=2 * forward, output_shape=list(out.shape))
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """"28,28,1" -> (28, 28, 1): height, width, channels, each a positive integer."""
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"--input_shape={text!r} is not height,width,channels; write three positive integers "
+                        "such as 28,28,1")
+    return tuple(int(p) for p in parts)
+
+
+def format_table(summary: dict) -> str:
+    """The summary as an aligned text table with a totals line."""
+    columns = ("name", "type", "kernel", "stride", "output_shape", "params", "memory", "flops", "receptive_field",
+               "jump")
+
+    def cell(value):
+        if isinstance(value, list):
+            return "×".join(map(str, value))
+        return f"{value:,}" if isinstance(value, int) else "" if value is None else str(value)
+
+    rows = [columns] + [tuple(cell(row[c]) for c in columns) for row in summary["layers"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.append(f"total: {summary['total_params']:,} params, {summary['total_flops']:,} FLOPs per image, "
+                 f"{summary['activation_bytes']:,} activation bytes forward "
+                 f"({summary['training_activation_bytes']:,} training), output {cell(summary['output_shape'])}")
+    return "\n".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a malformed flag reported in one line and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # JAX's INFO lines about absent backends would follow any error.
+    try:
+        if len(argv) != 2:
+            raise UserError(f"give one model name, e.g. `python -m cnn_jax.summary convnet` (got {argv[1:]})")
+        model = models.lookup(argv[1])(num_classes=FLAGS.num_classes)
+        summary = summarize(model, parse_shape(FLAGS.input_shape))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(summary) if FLAGS.json else format_table(summary))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

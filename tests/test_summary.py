@@ -1,0 +1,119 @@
+"""cnn_jax.summary: per-layer shapes, parameters, FLOPs and receptive fields of traced models, and its command."""
+
+import json
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax import arithmetic, models, summary
+
+
+class PlainChain(nn.Module):
+    """VALID convolutions on plain `lax.conv_general_dilated` (so XLA can count them), a 2×2 pool and a dense layer."""
+
+    ones: bool = False
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        init = nn.initializers.ones if self.ones else nn.initializers.lecun_normal()
+        x = nn.Conv(4, (3, 3), padding="VALID", kernel_init=init)(x)
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = nn.Conv(4, (3, 3), padding="VALID", kernel_dilation=2, kernel_init=init)(x)
+        x = nn.Conv(1, (3, 3), strides=2, padding="VALID", kernel_init=init)(x)
+        return x if self.ones else nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def test_convnet_has_29034_params_and_the_seed_shapes():
+    result = summary.summarize(models.lookup("convnet")(num_classes=10), (28, 28, 1))
+    assert result["total_params"] == 29_034
+    assert result["output_shape"] == [1, 10]
+    shapes = [(row["type"], row["output_shape"]) for row in result["layers"]]
+    assert shapes == [("conv", [1, 28, 28, 16]), ("batch_norm", [1, 28, 28, 16]), ("pool (inferred)", [1, 14, 14, 16]),
+                      ("conv", [1, 14, 14, 32]), ("batch_norm", [1, 14, 14, 32]), ("pool (inferred)", [1, 7, 7, 32]),
+                      ("dense", [1, 10])]
+    assert [row["params"] for row in result["layers"]] == [416, 32, 0, 12_832, 64, 0, 15_690]
+
+
+def test_convnet_flops_are_twice_its_multiply_adds():
+    result = summary.summarize(models.lookup("convnet")(num_classes=10), (28, 28, 1))
+    macs = 5 * 5 * 1 * 16 * 28 * 28 + 5 * 5 * 16 * 32 * 14 * 14 + 7 * 7 * 32 * 10
+    assert result["total_flops"] == 2 * macs == 5_676_160
+
+
+def test_convnet_receptive_fields_grow_through_the_pools():
+    layers = summary.summarize(models.lookup("convnet")(num_classes=10), (28, 28, 1))["layers"]
+    # conv5 -> pool 2/2 -> conv5 -> pool 2/2 -> dense over the 7×7 map.
+    assert [(row["receptive_field"], row["jump"]) for row in layers] == [
+        (5, 1), (5, 1), (6, 2), (14, 2), (14, 2), (16, 4), (16 + 6 * 4, 4)]
+
+
+def test_flops_are_xla_cost_analysis_less_bias_and_pooling_arithmetic():
+    model, image = PlainChain(), jnp.zeros((1, 32, 32, 3))
+    variables = model.init(jax.random.key(0), image)
+    cost = jax.jit(model.apply).lower(variables, image).compile().cost_analysis()  # On CPU: a dict with "flops".
+    result = summary.summarize(model, (32, 32, 3))
+    biased = sum(arithmetic.activation_values(row["output_shape"])
+                 for row in result["layers"] if row["type"] != "pool (inferred)")
+    pooled = 15 * 15 * 4  # Each 2×2 average is 3 adds and a divide.
+    # VALID padding: no padding taps, which XLA skips and the summary counts.
+    assert cost["flops"] == result["total_flops"] + biased + 4 * pooled
+    assert result["total_flops"] == pytest.approx(cost["flops"], rel=0.04)
+
+
+def test_receptive_field_matches_gradient_support_of_an_all_ones_chain():
+    model, image = PlainChain(ones=True), jnp.zeros((1, 48, 48, 1))
+    variables = model.init(jax.random.key(0), image)
+    rows = []
+    for unit in (0, 1):
+        grad = jax.grad(lambda x: model.apply(variables, x)[0, unit, 0, 0])(image)
+        rows.append(np.flatnonzero(np.asarray(grad[0, :, 0, 0]) > 0))
+    last = summary.summarize(model, (48, 48, 1))["layers"][-1]
+    assert (last["receptive_field"], last["jump"]) == (rows[0][-1] - rows[0][0] + 1, rows[1][0] - rows[0][0])
+    assert (last["receptive_field"], last["jump"]) == arithmetic.receptive_field([(3, 1, 1), (2, 2, 1), (3, 1, 2),
+                                                                                   (3, 2, 1)])
+
+
+def test_branching_models_take_the_largest_field_over_branches():
+    layers = summary.summarize(models.lookup("resnet18")(num_classes=10), (32, 32, 3))["layers"]
+    by_name = {row["name"]: row for row in layers}
+    # A block's second conv sees the first's field + 2 (3×3, jump 1); the next block starts from that, not the shortcut.
+    assert by_name["stage1_block1/ConvBN_1/Conv_0"]["receptive_field"] == 7
+    assert by_name["stage1_block2/ConvBN_0/Conv_0"]["receptive_field"] == 9
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_every_zoo_model_sums_to_count_params(name):
+    model = models.lookup(name)(num_classes=10)
+    image = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), image)
+    result = summary.summarize(model, (28, 28, 1))
+    assert result["total_params"] == models.count_params(variables["params"])
+    assert sum(row["params"] for row in result["layers"]) == result["total_params"]
+    assert result["output_shape"] == [1, 10]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "cnn_jax.summary", *args], capture_output=True, text=True)
+
+
+def test_json_output_parses_with_every_field():
+    process = _run("convnet", "--json")
+    assert process.returncode == 0
+    result = json.loads(process.stdout)
+    assert result["total_params"] == 29_034 and result["output_shape"] == [1, 10]
+    fields = {"name", "type", "kernel", "stride", "padding", "output_shape", "params", "memory", "flops",
+              "receptive_field", "jump"}
+    assert all(set(row) == fields for row in result["layers"])
+
+
+@pytest.mark.parametrize("args", [("nope",), ("convnet", "--input_shape=28,28"), ("convnet", "--num_classes=x"),
+                                  ("convnet", "--input_shape=1,1,1"), ()])
+def test_bad_input_exits_2_with_one_line(args):
+    process = _run(*args)
+    assert process.returncode == 2
+    assert process.stderr.startswith("error: ") and process.stderr.count("\n") == 1
