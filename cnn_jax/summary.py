@@ -183,12 +183,12 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 def format_table(summary: dict) -> str:
     """The summary as an aligned text table with a totals line."""
-    columns = ("name", "type", "kernel", "stride", "output_shape", "params", "memory", "flops", "receptive_field",
-               "jump")
+    columns = ("name", "type", "kernel", "stride", "padding", "output_shape", "params", "memory", "flops",
+               "receptive_field", "jump")
 
     def cell(value):
-        if isinstance(value, list):
-            return "×".join(map(str, value))
+        if isinstance(value, list):  # A shape, or per-dimension settings; (before, after) padding pairs as "b/a".
+            return "×".join("/".join(map(str, v)) if isinstance(v, list) else str(v) for v in value)
         return f"{value:,}" if isinstance(value, int) else "" if value is None else str(value)
 
     rows = [columns] + [tuple(cell(row[c]) for c in columns) for row in summary["layers"]]
