@@ -31,14 +31,13 @@ additions are not counted), padding taps included.
 
 import functools
 import json
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import flags
 
-from cnn_jax import arithmetic, models
+from cnn_jax import arithmetic, cli, models
 from cnn_jax.errors import UserError
 
 flags.DEFINE_string("input_shape", "28,28,1", "Image shape height,width,channels.")
@@ -200,28 +199,12 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a malformed flag reported in one line and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str]) -> None:
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # JAX's INFO lines about absent backends would follow any error.
-    try:
-        if len(argv) != 2:
-            raise UserError(f"give one model name, e.g. `python -m cnn_jax.summary convnet` (got {argv[1:]})")
-        model = models.lookup(argv[1])(num_classes=FLAGS.num_classes)
-        summary = summarize(model, parse_shape(FLAGS.input_shape))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    model = models.lookup(argv[1])(num_classes=FLAGS.num_classes)
+    summary = summarize(model, parse_shape(FLAGS.input_shape))
     print(json.dumps(summary) if FLAGS.json else format_table(summary))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, usage="python -m cnn_jax.summary MODEL [--input_shape=H,W,C] [--num_classes=N] [--json]",
+            positional=1)

@@ -46,10 +46,10 @@ import time
 
 import flax.linen as nn
 import jax
-from absl import app, flags, logging
+from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cnn_jax import data, layers, models, pooling, summary, train
+from cnn_jax import cli, data, layers, models, pooling, summary, train
 from cnn_jax.config import Config
 
 flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion"],
@@ -249,8 +249,6 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
 
 def main(argv):
     del argv
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Library INFO logs (JAX's backend probing) would clutter the tables.
     if FLAGS.what == "torch":
         return versus_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.epochs)
     if FLAGS.what == "conv_ops":
@@ -265,4 +263,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, usage="python -m experiments.benchmark [--what=...] [--flags]")

@@ -10,13 +10,12 @@ metrics.jsonl, TensorBoard events, a checkpoint and results.json to --workdir.
 
 import dataclasses
 import os
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
 
+from cnn_jax import cli
 from cnn_jax.config import AUGMENTATIONS, LR_SCHEDULES, Config
-from cnn_jax.errors import UserError
 
 _DEFAULTS = Config()
 
@@ -45,31 +44,15 @@ def config_from_flags() -> Config:
     return Config(**{name: FLAGS[name].value for name in names})
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a malformed flag reported in one line instead of absl's two."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Library INFO logs (orbax, JAX) drown the results; -v 0 shows them.
+    del argv
     config = config_from_flags()
     workdir = FLAGS.workdir or os.path.join("runs", f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     from cnn_jax.train import train_and_evaluate  # Imports JAX: after the flags, so --help stays fast.
 
-    try:
-        results = train_and_evaluate(config, workdir)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    results = train_and_evaluate(config, workdir)
     print(f"test accuracy: {results['test_accuracy']:.4f}  (results in {os.path.join(workdir, 'results.json')})")
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, usage="python -m experiments.fashion [--flags]")

@@ -13,11 +13,11 @@ ConvNet: an 8×8 map); it is drawn at that window's centre. Needs matplotlib.
 
 import json
 import os
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
+from cnn_jax import cli
 from cnn_jax.errors import UserError
 
 flags.DEFINE_string("workdir", None, "A training run's folder (results.json and checkpoints); trained here if empty.")
@@ -135,31 +135,13 @@ def score_map(workdir: str, data_dir: str | None, test_indices: list[str], out: 
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {' '.join(argv[1:])}; pass options as --flags", file=sys.stderr)
-        sys.exit(2)
+    del argv
     if not FLAGS.workdir:
-        print("error: --workdir is required: a training run's folder, or an empty one to train in", file=sys.stderr)
-        sys.exit(2)
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    try:
-        path = score_map(FLAGS.workdir, FLAGS.data_dir, FLAGS.test_indices,
-                         FLAGS.out or os.path.join(FLAGS.workdir, "score_map.png"))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise UserError("--workdir is required: a training run's folder, or an empty one to train in")
+    path = score_map(FLAGS.workdir, FLAGS.data_dir, FLAGS.test_indices,
+                     FLAGS.out or os.path.join(FLAGS.workdir, "score_map.png"))
     print(f"wrote {path}")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a malformed flag reported in one line."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, usage="python -m experiments.score_map --workdir=DIR [--flags]")

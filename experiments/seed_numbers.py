@@ -19,9 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 
-from cnn_jax import arithmetic, models
+from cnn_jax import arithmetic, cli, models
 from cnn_jax.layers import Conv, ConvBlock
 from cnn_jax.pooling import max_pool_2x2
 from cnn_jax.summary import summarize
@@ -306,7 +306,6 @@ def format_table(rows: Sequence[Row]) -> str:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
     rows = [row() for row in ROWS]
     if FLAGS.json:
         print(json.dumps([r._asdict() for r in rows], ensure_ascii=False, indent=1, default=int))
@@ -315,4 +314,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, usage="python -m experiments.seed_numbers [--json]")

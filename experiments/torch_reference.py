@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 import torch
-from absl import app, flags
+from absl import flags
 from torch import nn
 
-from cnn_jax import data
+from cnn_jax import cli, data
 from cnn_jax.config import Config
 
 FLAGS = flags.FLAGS
@@ -124,4 +124,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, usage="python -m experiments.torch_reference [--epochs=N] [--batch_size=N]")

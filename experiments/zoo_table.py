@@ -12,9 +12,9 @@ import re
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
-from cnn_jax import models
+from cnn_jax import cli, models
 
 flags.DEFINE_bool("write", False, "Replace the table between its markers in README.md instead of printing it.")
 FLAGS = flags.FLAGS
@@ -61,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, usage="python -m experiments.zoo_table [--write]")

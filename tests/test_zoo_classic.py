@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from cnn_jax.errors import UserError
@@ -106,42 +105,15 @@ def assert_finite_logits(logits, batch):
     assert np.all(np.isfinite(logits))
 
 
+@pytest.mark.parametrize("size", [0, 1], ids=["28x28x1", "32x32x3"])
 @pytest.mark.parametrize("name", sorted(ZOO))
-def test_32x32x3_images_give_finite_logits(name):
+def test_small_images_give_finite_logits_with_the_expected_parameter_count(name, size):
+    """(Training at the small size is tested for every model in tests/test_zoo.py.)"""
     model = ZOO[name].build(num_classes=10)
-    variables = init(model, (1, 32, 32, 3))
-    assert count_params(variables["params"]) == PARAMS_SMALL[name][1]
-    assert_finite_logits(jax.jit(model.apply)(variables, jax.random.normal(jax.random.key(1), (2, 32, 32, 3))), 2)
-
-
-@pytest.mark.parametrize("name", sorted(ZOO))
-def test_28x28x1_training_gives_finite_logits_and_gradients_and_adam_lowers_the_loss(name):
-    model = ZOO[name].build(num_classes=10)
-    images = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
-    labels = jnp.array([3, 1, 4, 1])
-    variables = init(model, images.shape)
-    assert count_params(variables["params"]) == PARAMS_SMALL[name][0]
-    optimizer = optax.adam(1e-4)
-
-    def loss(params):  # The same dropout mask before and after the step, so the two losses compare.
-        logits, _ = model.apply(
-            {**variables, "params": params}, images, train=True,
-            rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"],
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
-
-    @jax.jit
-    def step(params):
-        (before, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, _ = optimizer.update(grads, optimizer.init(params), params)
-        return logits, before, grads, loss(optax.apply_updates(params, updates))[0]
-
-    logits, before, grads, after = step(variables["params"])
-    assert_finite_logits(logits, 4)
-    for path, grad in jax.tree_util.tree_leaves_with_path(grads):
-        assert np.all(np.isfinite(grad)), jax.tree_util.keystr(path)
-        assert np.any(grad != 0), f"{jax.tree_util.keystr(path)} gets no gradient"
-    assert after < before
+    shape = [(28, 28, 1), (32, 32, 3)][size]
+    variables = init(model, (1, *shape))
+    assert count_params(variables["params"]) == PARAMS_SMALL[name][size]
+    assert_finite_logits(jax.jit(model.apply)(variables, jax.random.normal(jax.random.key(1), (2, *shape))), 2)
 
 
 def numpy_adaptive_avg_pool(x, grid):
