@@ -81,6 +81,10 @@ def effective_stride(model: nn.Module, variables, image_shape: tuple[int, int, i
     base = _head_probe(model, variables, image_shape)["features"]
     taller = _head_probe(model, variables, (height + _PROBE, width, channels))["features"]
     wider = _head_probe(model, variables, (height, width + _PROBE, channels))["features"]
+    if taller[0] == base[0] or wider[1] == base[1]:
+        raise UserError(f"{type(model).__name__}'s DenseHead sees {base[0]}×{base[1]} features whatever the image "
+                        "size (an adaptive or global pooling before it?), so there is nothing to slide over; "
+                        "build the model without that pooling (AlexNet and VGG: grid=None)")
     return _PROBE // (taller[0] - base[0]), _PROBE // (wider[1] - base[1])
 
 

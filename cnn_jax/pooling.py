@@ -11,8 +11,13 @@ Windowed poolings take `window`, `stride` (default `window`) and `padding`
 (added on each side) and give out = floor((in + 2·padding − window)/stride) + 1
 per spatial axis; an impossible setting raises `UserError` when the pooling
 first sees a shape.
+
+Poolings are functions, which `nn.intercept_methods` cannot see, so each one
+reports its input, output and geometry to the watchers of `watch` (that is how
+`cnn_jax.summary` lists them); nothing is reported outside a `watch` block.
 """
 
+import contextlib
 import functools
 import inspect
 import math
@@ -27,6 +32,33 @@ from cnn_jax.errors import UserError
 
 Pooling = Callable[[jnp.ndarray], jnp.ndarray] | nn.Module
 """A pooling layer: a function of `[b, h, w, c]`, or a linen module called as `pool(x, train=...)`."""
+
+
+_watchers: list[Callable] = []
+
+
+@contextlib.contextmanager
+def watch(watcher: Callable):
+    """Calls `watcher(kind, x, out, window, stride, padding)` for every pooling applied (traced) in the block.
+
+    `kind` is the pooling's function name ("max_pool", ...); `window` and
+    `stride` are ints, None for a pooling over the whole map (global,
+    pyramid); `padding` is an int per side or [[top, bottom], [left, right]].
+    Adaptive and fractional poolings, whose windows vary, report their widest
+    window and their largest step.
+    """
+    _watchers.append(watcher)
+    try:
+        yield
+    finally:
+        _watchers.remove(watcher)
+
+
+def _report(kind: str, x: jnp.ndarray, out: jnp.ndarray, window=None, stride=None, padding=0) -> jnp.ndarray:
+    """`out`, after telling the watchers that `kind` pooled `x` into it."""
+    for watcher in _watchers:
+        watcher(kind, x, out, window, stride, padding)
+    return out
 
 
 def apply_pool(pool: Pooling | None, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -85,9 +117,10 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     _output_shape("max_pool", x, window, stride, padding)
     b, h, w, c = x.shape
     if stride == window and padding == 0 and h % window == 0 and w % window == 0:
-        return x.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
-    pad = ((padding, padding), (padding, padding))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pad)
+        out = x.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
+    else:
+        out = nn.max_pool(x, (window, window), strides=(stride, stride), padding=((padding, padding),) * 2)
+    return _report("max_pool", x, out, window, stride, padding)
 
 
 max_pool_2x2 = functools.partial(max_pool, window=2, stride=2)
@@ -99,7 +132,8 @@ def avg_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     Padding is zeros that count in the average (PyTorch's default
     `count_include_pad=True`), so every output divides by window².
     """
-    return _patches("avg_pool", x, window, stride, padding).mean(axis=-1)
+    out = _patches("avg_pool", x, window, stride, padding).mean(axis=-1)
+    return _report("avg_pool", x, out, window, window if stride is None else stride, padding)
 
 
 def lp_pool(
@@ -115,7 +149,8 @@ def lp_pool(
     total = (jnp.abs(_patches("lp_pool", x, window, stride, padding)) ** p).sum(axis=-1)
     # An all-zero window (common after ReLU) has an infinite slope of the root; keep its gradient 0, not NaN.
     nonzero = total > 0
-    return jnp.where(nonzero, jnp.where(nonzero, total, 1.0) ** (1 / p), 0.0)
+    out = jnp.where(nonzero, jnp.where(nonzero, total, 1.0) ** (1 / p), 0.0)
+    return _report("lp_pool", x, out, window, window if stride is None else stride, padding)
 
 
 def gaussian_weights(window: int, sigma: float) -> np.ndarray:
@@ -139,12 +174,13 @@ def gaussian_pool(
     if sigma <= 0:
         raise UserError(f"gaussian_pool: sigma={sigma} must be positive; use a width in pixels such as 1.0")
     patches = _patches("gaussian_pool", x, window, stride, padding)
-    return patches @ jnp.asarray(gaussian_weights(window, sigma), patches.dtype)
+    out = patches @ jnp.asarray(gaussian_weights(window, sigma), patches.dtype)
+    return _report("gaussian_pool", x, out, window, window if stride is None else stride, padding)
 
 
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
     """Mean over all positions, `[b, h, w, c] -> [b, c]`: the head of networks without FC layers."""
-    return x.mean(axis=(1, 2))
+    return _report("global_avg_pool", x, x.mean(axis=(1, 2)))
 
 
 def _ceil_div(a, m):
@@ -193,7 +229,7 @@ def spatial_pyramid_pool(x: jnp.ndarray, levels: Sequence[int] = (1, 2, 4)) -> j
         raise UserError(f"spatial_pyramid_pool: levels {tuple(levels)} must be positive grid sizes, such as (1, 2, 4)")
     b, h, w, c = x.shape
     pooled = [_max_over_grid(x, _adaptive_bins(h, n), _adaptive_bins(w, n)).reshape(b, -1) for n in levels]
-    return jnp.concatenate(pooled, axis=-1)
+    return _report("spatial_pyramid_pool", x, jnp.concatenate(pooled, axis=-1))
 
 
 class MixedPool(nn.Module):
@@ -246,9 +282,12 @@ class StochasticPool(nn.Module):
         if train:
             # log 0 = −inf: a zero is never drawn unless the whole window is 0, and then any draw is 0.
             chosen = jax.random.categorical(self.make_rng("dropout"), jnp.log(a), axis=-1)
-            return jnp.take_along_axis(a, chosen[..., None], axis=-1)[..., 0]
-        total = a.sum(axis=-1)
-        return (a**2).sum(axis=-1) / jnp.where(total > 0, total, 1.0)
+            out = jnp.take_along_axis(a, chosen[..., None], axis=-1)[..., 0]
+        else:
+            total = a.sum(axis=-1)
+            out = (a**2).sum(axis=-1) / jnp.where(total > 0, total, 1.0)
+        stride = self.window if self.stride is None else self.stride
+        return _report("stochastic_pool", x, out, self.window, stride, self.padding)
 
 
 def fractional_boundaries(size: int, out: int, offset: int | jnp.ndarray) -> jnp.ndarray:
@@ -300,7 +339,8 @@ class FractionalMaxPool(nn.Module):
         def pool_image(image, offset):  # image [h, w, c], offset [2]
             return _max_over_grid(image, bounds(h, out_h, offset[0]), bounds(w, out_w, offset[1]))
 
-        return jax.vmap(pool_image)(x, offsets)
+        widest = _ceil_div(h, out_h)  # Regions are floor(α) or ceil(α) rows, α = h/out.
+        return _report("fractional_max_pool", x, jax.vmap(pool_image)(x, offsets), widest + grow, widest)
 
 
 POOLINGS: dict[str, Callable[..., Pooling]] = {
@@ -361,7 +401,8 @@ def max_pool_ceil(x: jnp.ndarray, window: int, stride: int) -> jnp.ndarray:
     for size in x.shape[1:3]:
         out = max(math.ceil((size - window) / stride), 0) + 1
         pads.append((0, max((out - 1) * stride + window - size, 0)))
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+    out = nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+    return _report("max_pool_ceil", x, out, window, stride, [list(p) for p in pads])
 
 
 def adaptive_avg_pool(x: jnp.ndarray, size: int) -> jnp.ndarray:
@@ -382,4 +423,7 @@ def adaptive_avg_pool(x: jnp.ndarray, size: int) -> jnp.ndarray:
             weights[i, start:stop] = 1.0 / (stop - start)
         return weights
 
-    return jnp.einsum("ih,bhwc,jw->bijc", averaging(x.shape[1]), x, averaging(x.shape[2]))
+    rows = averaging(x.shape[1])
+    out = jnp.einsum("ih,bhwc,jw->bijc", rows, x, averaging(x.shape[2]))
+    widest = int((rows > 0).sum(axis=1).max())
+    return _report("adaptive_avg_pool", x, out, widest, max(1, _ceil_div(x.shape[1], size)))

@@ -41,18 +41,30 @@ def trained_looking(variables, seed=0):
     return jax.tree_util.tree_map_with_path(draw, variables)
 
 
-def init(model, seed=0):
-    return trained_looking(model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 1))), seed)
+def init(model, seed=0, shape=(28, 28, 1)):
+    return trained_looking(jax.eval_shape(model.init, jax.random.key(seed), jnp.zeros((1, *shape))), seed)
 
 
-@pytest.mark.parametrize("model", [models.ConvNet(), UnpaddedNet()], ids=["convnet", "hidden_fc_unpadded"])
-def test_score_map_at_training_size_is_the_models_logits(model):
-    variables = init(model)
-    images = jax.random.normal(jax.random.key(1), (3, 28, 28, 1))
-    conv_variables, _ = convert.to_fully_convolutional(model, variables, (28, 28, 1))
+# name: (model, training input size, a larger input). AlexNet and VGG without their adaptive averaging, as in the
+# papers: the head's first layer becomes a 6×6 (AlexNet at 224) or 2×2 (VGG-11 at 64) convolution over the body's map.
+HEADS = {
+    "convnet": (models.ConvNet(), (28, 28, 1), 56),
+    "hidden_fc_unpadded": (UnpaddedNet(), (28, 28, 1), 40),
+    "alexnet": (models.lookup("alexnet")(num_classes=10, grid=None), (224, 224, 3), 288),
+    "vgg11": (models.lookup("vgg11")(num_classes=10, grid=None), (64, 64, 3), 128),
+}
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_score_map_at_training_size_is_the_models_logits(name):
+    model, shape, _ = HEADS[name]
+    variables = init(model, shape=shape)
+    images = jax.random.normal(jax.random.key(1), (3, *shape))
+    conv_variables, _ = convert.to_fully_convolutional(model, variables, shape)
     scores = convert.apply_fully_convolutional(model, conv_variables, images)
     assert scores.shape == (3, 1, 1, 10)
-    np.testing.assert_allclose(scores[:, 0, 0], model.apply(variables, images), atol=1e-5, rtol=1e-5)
+    logits = model.apply(variables, images)
+    np.testing.assert_allclose(scores[:, 0, 0], logits, atol=1e-5 * np.abs(logits).max(), rtol=1e-5)
 
 
 def test_conversion_reshapes_only_the_head_kernels():
@@ -91,28 +103,36 @@ def test_score_map_entry_is_the_model_on_the_crop_at_stride_offsets_when_the_bod
     np.testing.assert_allclose(np.stack([scores[i, j] for i, j in offsets]), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_padded_convnet_score_map_entry_is_its_head_on_the_feature_window():
-    """For the seed ConvNet (padded convolutions), entry (i, j) is the dense head on the 7×7 feature window at (i, j).
+@pytest.mark.parametrize("name", ["convnet", "alexnet", "vgg11"])
+def test_padded_body_score_map_entry_is_its_head_on_the_feature_window(name):
+    """For bodies with padded convolutions, entry (i, j) is the dense head on the feature window at (i, j).
 
-    The features are the body's on the whole 56×56 image, so this is the
+    The features are the body's on the whole larger image, so this is the
     crop's classifier only away from the crop's border (see the test above).
     """
-    model = models.ConvNet()
-    variables = init(model)
-    image = jax.random.normal(jax.random.key(3), (2, 56, 56, 1))
+    model, shape, larger = HEADS[name]
+    variables = init(model, shape=shape)
+    image = jax.random.normal(jax.random.key(3), (2, larger, larger, shape[2]))
+
+    heads = []
 
     def features_only(next_fun, args, kwargs, context):
-        return args[0] if isinstance(context.module, layers.DenseHead) else next_fun(*args, **kwargs)
+        if not isinstance(context.module, layers.DenseHead):
+            return next_fun(*args, **kwargs)
+        heads.append(context.module.clone(parent=None))
+        return args[0]
 
     with nn.intercept_methods(features_only):
         features = model.apply(variables, image)
-    conv_variables, _ = convert.to_fully_convolutional(model, variables, (28, 28, 1))
+    conv_variables, (stride, _) = convert.to_fully_convolutional(model, variables, shape)
     scores = convert.apply_fully_convolutional(model, conv_variables, image)
-    assert features.shape == (2, 14, 14, 32) and scores.shape == (2, 8, 8, 10)
+    window = conv_variables["params"]["DenseHead_0"]["Dense_0"]["kernel"].shape[0]
+    positions = (larger - shape[0]) // stride + 1
+    assert scores.shape == (2, positions, positions, 10) and features.shape[1] == window + positions - 1
     head = {"params": variables["params"]["DenseHead_0"]}
-    for i, j in [(0, 0), (3, 5), (7, 2), (7, 7)]:
-        window = features[:, i : i + 7, j : j + 7]
-        np.testing.assert_allclose(scores[:, i, j], layers.DenseHead(10).apply(head, window), atol=1e-5, rtol=1e-5)
+    for i, j in {(0, 0), (positions // 2, positions - 1), (positions - 1, 0), (positions - 1, positions - 1)}:
+        expected = heads[0].apply(head, features[:, i : i + window, j : j + window])
+        np.testing.assert_allclose(scores[:, i, j], expected, atol=1e-5 * np.abs(expected).max(), rtol=1e-5)
 
 
 class StridedNet(nn.Module):
@@ -143,6 +163,7 @@ class PlainDense(nn.Module):
 @pytest.mark.parametrize("model, message", [
     (PlainDense(), "PlainDense does not end in one layers.DenseHead"),
     (GlobalPoolNet(), r"GlobalPoolNet's DenseHead sees features of shape \(4,\), not a \[height, width, channels\] map"),
+    (models.lookup("alexnet")(num_classes=10), r"AlexNet's DenseHead sees 1×1 features whatever the image size .*grid=None"),
 ])
 def test_models_without_a_dense_head_over_a_feature_map_are_refused(model, message):
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))

@@ -57,11 +57,14 @@ class AlexNet(nn.Module):
     and the classifier sees the final map averaged to 1×1 instead of 6×6
     (`adaptive_avg_pool`), so its first layer has 256·4096 + 4096 weights
     rather than 9216·4096 + 4096. At 224×224 the 6×6 average is the identity.
+    `grid=None` leaves the averaging out, as the 2012 network had it: the
+    classifier sees the body's map as it is, so `cnn_jax.convert` can turn it
+    into convolutions that slide over larger images (OverFeat).
     """
 
     num_classes: int = 1000
     layers: Sequence[ConvLayer] = ALEXNET_LAYERS
-    grid: int = 6
+    grid: int | None = 6
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -72,7 +75,8 @@ class AlexNet(nn.Module):
             x = nn.relu(x)
             if layer.pool_padding is not None:
                 x = max_pool(x, window=3, stride=2, padding=layer.pool_padding)
-        x = adaptive_avg_pool(x, 1 if small else self.grid)
+        if self.grid is not None:
+            x = adaptive_avg_pool(x, 1 if small else self.grid)
         return DenseHead(self.num_classes, hidden=(4096, 4096), dropout=0.5)(x, train)
 
 

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import Activation, Conv
-from cnn_jax.pooling import adaptive_avg_pool
+from cnn_jax.pooling import adaptive_avg_pool, avg_pool
 from cnn_jax.zoo import Entry
 
 
@@ -39,9 +39,9 @@ class LeNet5(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         padding = 2 if min(x.shape[1:3]) < 32 else 0
         x = self.activation(Conv(6, (5, 5), padding=[(padding, padding)] * 2, name="C1")(x))
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = avg_pool(x, 2)
         x = self.activation(Conv(16, (5, 5), padding="VALID", name="C3")(x))
-        x = adaptive_avg_pool(nn.avg_pool(x, (2, 2), strides=(2, 2)), 5)
+        x = adaptive_avg_pool(avg_pool(x, 2), 5)
         x = self.activation(Conv(120, (5, 5), padding="VALID", name="C5")(x))
         x = self.activation(nn.Dense(84, name="F6")(x.reshape(x.shape[0], -1)))
         return nn.Dense(self.num_classes, name="output")(x)

@@ -37,12 +37,15 @@ class VGG(nn.Module):
     28-14-7-3-1), and the classifier sees the final map averaged to 1×1
     instead of 7×7, so its first layer has 512·4096 + 4096 weights rather
     than 25088·4096 + 4096. At 224×224 the 7×7 average is the identity.
+    `grid=None` leaves the averaging out (the 2014 paper's network): the
+    classifier sees the body's map as it is, so `cnn_jax.convert` can turn it
+    into convolutions that slide over larger images.
     """
 
     num_classes: int = 1000
     convs_per_stage: Sequence[int] = CONVS_PER_STAGE[16]
     batch_norm: bool = False
-    grid: int = 7
+    grid: int | None = 7
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -52,7 +55,8 @@ class VGG(nn.Module):
                 # 3×3 convolutions with padding 1 keep the size, so the pool is decided before the last one.
                 pool = max_pool_2x2 if i == convs - 1 and min(x.shape[1:3]) >= 2 else None
                 x = ConvBlock(width, 3, padding=1, batch_norm=self.batch_norm, pool=pool)(x, train)
-        x = adaptive_avg_pool(x, 1 if small else self.grid)
+        if self.grid is not None:
+            x = adaptive_avg_pool(x, 1 if small else self.grid)
         return DenseHead(self.num_classes, hidden=(4096, 4096), dropout=0.5)(x, train)
 
 
