@@ -143,7 +143,7 @@ def _measured_fields(model, height, width):
     for path, outputs in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
         keys = [getattr(part, "key", None) for part in path]
         outputs = np.asarray(outputs)
-        if outputs.ndim != 4:  # ConvWithoutBias's bias, returned beside its convolution.
+        if outputs.ndim != 4 or outputs.shape[1] < 2:  # ConvWithoutBias's bias; a map with no second row.
             continue
         middle = outputs.shape[1] // 2
         rows = [np.flatnonzero(outputs[:, i, outputs.shape[2] // 2, 0] > 0) for i in (middle, middle + 1)]
@@ -153,14 +153,17 @@ def _measured_fields(model, height, width):
     return fields
 
 
-@pytest.mark.parametrize("name", ["resnet18", "googlenet", "c8k3-maxk3s2p1-c8k3s2p1-avgk3s1p1-c8k3-l2k3s2-c8k3"])
+@pytest.mark.parametrize("name", ["alexnet", "allconv", "bottleneck", "factorised", "googlenet", "lenet5", "resnet18",
+                                  "resnet50", "vgg11_bn", "c8k3-maxk3s2p1-c8k3s2p1-avgk3s1p1-c8k3-l2k3s2-c8k3"])
 def test_receptive_fields_match_the_measured_ones_through_padded_pools_and_branches(name):
-    # ResNet's 3×3/2 pad-1 stem pool, GoogLeNet's ceil-mode pools and Inception's size-keeping 3×3/1 branch.
+    # A model of each zoo family (every one passes; these keep the suite short): overlapping pools, strided
+    # convolutions, ResNet's 3×3/2 pad-1 stem pool and shortcuts, GoogLeNet's ceil-mode pools and Inception's
+    # size-keeping 3×3/1 branch.
     model = models.lookup(name)(num_classes=10)
     measured = _measured_fields(model, 96, 64)
     rows = {row["name"]: (row["receptive_field"], row["jump"])
             for row in summary.summarize(model, (96, 64, 3))["layers"] if row["type"] == "conv"}
-    assert len(measured) >= 4 and {path: rows[path] for path in measured} == measured
+    assert len(measured) >= 2 and {path: rows[path] for path in measured} == measured
 
 
 def test_every_pooling_of_the_pooling_module_is_a_row():
