@@ -292,16 +292,22 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     return np.random.default_rng((seed, epoch)).permutation(num_examples)
 
 
-def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, order: np.ndarray | None = None) -> Iterator[dict]:
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, order: np.ndarray | None = None,
+            part: tuple[int, int] = (0, 1)) -> Iterator[dict]:
     """Yields {'image', 'label'} batches in `order` (default: as stored).
 
     With `order` (training), the last incomplete batch is dropped so that every
     step sees the same shape. Without it (evaluation), every example is yielded
     once: the last batch is padded to full size and carries a 0/1 'mask'.
+    `part=(i, n)` yields only the i-th of n equal slices of each batch (one
+    process's share of a batch split over n processes; `batch_size` is the
+    whole batch's size and n must divide it).
     """
+    index, count = part
+    share = slice(index * batch_size // count, (index + 1) * batch_size // count)
     if order is not None:
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size]
+            idx = order[start : start + batch_size][share]
             yield {"image": images[idx], "label": labels[idx]}
         return
     for start in range(0, len(images), batch_size):
@@ -311,4 +317,4 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, order: np.n
         if pad:
             image = np.concatenate([image, np.zeros((pad, *image.shape[1:]), image.dtype)])
             label = np.concatenate([label, np.zeros(pad, label.dtype)])
-        yield {"image": image, "label": label, "mask": mask}
+        yield {"image": image[share], "label": label[share], "mask": mask[share]}

@@ -8,7 +8,9 @@ is written over the whole batch.
 
 import functools
 import itertools
+import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from cnn_jax import checkpoint, data, losses, models
 from cnn_jax.config import Config
 from cnn_jax.errors import UserError
-from cnn_jax.writers import MetricWriter, write_json_atomically
+from cnn_jax.writers import MetricWriter, truncate_metrics, write_json_atomically
 
 
 class TrainState(train_state.TrainState):
@@ -109,18 +111,44 @@ def eval_step(state: TrainState, batch: dict, loss: losses.Loss = losses.softmax
     return {"loss": jnp.sum(loss(logits, batch["label"]) * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
 
 
-def evaluate(eval_fn, state: TrainState, images: np.ndarray, labels: np.ndarray, batch_size: int) -> dict:
-    """Mean 'loss' and 'accuracy' of `state` over every example of (images, labels)."""
-    sums = [eval_fn(state, batch) for batch in data.batches(images, labels, batch_size)]
-    totals = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
+def _global_batch(batch: dict, sharding: NamedSharding) -> dict:
+    """This process's rows of a batch (`data.batches(part=...)`), as one global array per key split over `sharding`."""
+    return {key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()}
+
+
+def _fetch(tree):
+    """A replicated result on the host (in a multi-process run no process can address all of a global array)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def _process_part() -> tuple[int, int]:
+    return jax.process_index(), jax.process_count()
+
+
+def evaluate(eval_fn, state: TrainState, images: np.ndarray, labels: np.ndarray, batch_size: int,
+             sharding: NamedSharding | None = None) -> dict:
+    """Mean 'loss' and 'accuracy' of `state` over every example of (images, labels).
+
+    With `sharding` (every process calls it), each process feeds its share of each batch.
+    """
+    if sharding is None:
+        sums = [eval_fn(state, batch) for batch in data.batches(images, labels, batch_size)]
+    else:
+        batches = data.batches(images, labels, batch_size, part=_process_part())
+        sums = [eval_fn(state, _global_batch(batch, sharding)) for batch in batches]
+    totals = jax.tree.map(lambda *xs: float(np.sum(xs)), *_fetch(sums))
     return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
 
 
 def data_mesh(*batch_sizes: int) -> Mesh:
-    """A one-axis ('data') mesh of the most devices that every batch size divides over evenly."""
-    devices = jax.devices()
-    count = max(n for n in range(1, len(devices) + 1) if all(size % n == 0 for size in batch_sizes))
-    return Mesh(np.array(devices[:count]), ("data",))
+    """A one-axis ('data') mesh of every device (of every process), or UserError if a batch does not split over it."""
+    devices, flags = jax.devices(), ("--batch_size", "--eval_batch_size")
+    for flag, size in zip(flags, batch_sizes):
+        if size % len(devices):
+            below, above = size // len(devices) * len(devices), (size // len(devices) + 1) * len(devices)
+            raise UserError(f"{flag}={size} does not split evenly over {len(devices)} devices; use a multiple of "
+                            f"{len(devices)} such as {below or above} or {above}")
+    return Mesh(np.array(devices), ("data",))
 
 
 def _abstract_batch(images: np.ndarray, labels: np.ndarray, batch_size: int, with_mask: bool, sharding) -> dict:
@@ -155,51 +183,117 @@ def compile_steps(state: TrainState, dataset: data.Dataset, config: Config, mesh
     return train_fn.lower(state, train_batch).compile(), eval_fn.lower(state, eval_batch).compile()
 
 
-def _train_epoch(train_fn, state, dataset, config: Config, epoch: int, max_steps: int, progress):
-    """Runs epoch `epoch` (at most `max_steps` steps); returns the state and each step's metrics.
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+    """Joins a multi-process run (`jax.distributed.initialize`), or does nothing for a single process.
 
-    Returns once every step has finished, so timing it times the computation.
+    With a coordinator address the three settings must come together; without
+    one, a multi-task SLURM job or a multi-host Cloud TPU slice is detected by
+    JAX itself.
     """
-    order = data.epoch_permutation(config.seed, epoch, len(dataset.train_labels))
-    batches = data.batches(dataset.train_images, dataset.train_labels, config.batch_size, order)
-    metrics, start = [], time.perf_counter()
-    for batch in itertools.islice(batches, max_steps):
-        state, step_metrics = train_fn(state, batch)
-        metrics.append(step_metrics)
-        progress.update()
-        if not progress.disable and len(metrics) % 50 == 0:  # Reading the loss waits for the step.
-            progress.set_postfix(
-                loss=f"{float(step_metrics['loss']):.4f}",
-                ex_per_s=f"{len(metrics) * config.batch_size / (time.perf_counter() - start):,.0f}",
-            )
-    return jax.block_until_ready(state), metrics
+    given = [value is not None for value in (coordinator_address, num_processes, process_id)]
+    if any(given):
+        if not all(given):
+            raise UserError("--coordinator_address, --num_processes and --process_id go together; give all three")
+        if not 0 <= process_id < num_processes:
+            raise UserError(f"--process_id={process_id} must be from 0 to --num_processes - 1 = {num_processes - 1}")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize()
 
 
-def _prepare_workdir(workdir: str) -> None:
-    """Creates `workdir`, or raises UserError if it cannot be written or already holds a run."""
-    for name in ("metrics.jsonl", "results.json", checkpoint.CHECKPOINT_DIR):
-        if os.path.exists(os.path.join(workdir, name)):
-            raise UserError(f"--workdir={workdir} already holds a run ({name}); choose a new --workdir")
+CONFIG_FILE = "config.json"
+
+
+def _prepare_workdir(workdir: str, config: Config, allow_config_change: bool) -> bool:
+    """Checks `workdir` and records `config` in it; True if it holds an unfinished run of this config to resume.
+
+    Raises UserError if it cannot be written, holds a finished run, or holds a
+    run of another config (unless `allow_config_change`).
+    """
+    if os.path.exists(os.path.join(workdir, "results.json")):
+        raise UserError(f"--workdir={workdir} holds a finished run (results.json); choose a new --workdir")
+    path = os.path.join(workdir, CONFIG_FILE)
+    resume = os.path.exists(path)
+    if resume:
+        with open(path) as f:
+            before = json.load(f)
+        changed = [f"{name}: {before.get(name)!r} there, {value!r} here"
+                   for name, value in config.to_dict().items() if before.get(name) != value]
+        if changed and not allow_config_change:
+            raise UserError(f"--workdir={workdir} holds a run with another config ({'; '.join(changed)}); resume it "
+                            "with its flags, choose a new --workdir, or pass --allow_config_change")
+    elif any(os.path.exists(os.path.join(workdir, name)) for name in ("metrics.jsonl", checkpoint.CHECKPOINT_DIR)):
+        raise UserError(f"--workdir={workdir} holds a run without {CONFIG_FILE}; choose a new --workdir")
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
+        if jax.process_index() == 0:
+            write_json_atomically(path, config.to_dict())
     except OSError as e:
         raise UserError(f"--workdir={workdir} is not writable ({e.strerror}); choose another --workdir") from None
+    return resume
 
 
-def train_and_evaluate(config: Config, workdir: str) -> dict:
+class _StopRequest:
+    """Turns SIGTERM (a preemption notice) into a flag the training loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint of the last step was saved."""
+
+
+def _fold_in_metrics(progress: dict, pending: list, checkpoints) -> None:
+    """Adds the pending steps' metrics to the epoch's sums in `progress` (in step order, float64), emptying `pending`.
+
+    Raises TrainingDiverged naming the first step with a non-finite loss.
+    """
+    first = progress["step"] - len(pending) + 1
+    for offset, metrics in enumerate(_fetch(pending)):
+        if not np.isfinite(metrics["loss"]):
+            good = checkpoints.latest_step()
+            kept = f"the last good checkpoint (step {good}) is kept" if good is not None else "no checkpoint was written"
+            raise TrainingDiverged(f"training diverged: the loss is {float(metrics['loss'])} at step {first + offset}; "
+                                   f"{kept}; lower --learning_rate")
+        progress["loss_sum"] += float(metrics["loss"])
+        progress["accuracy_sum"] += float(metrics["accuracy"])
+        progress["steps_in_epoch"] += 1
+    pending.clear()
+
+
+def train_and_evaluate(config: Config, workdir: str, checkpoint_every: int = 0,
+                       allow_config_change: bool = False) -> dict:
     """Trains `config.model` on `config.dataset`, evaluating on the whole test split after every epoch.
 
-    Writes to `workdir`: metrics.jsonl (one line per evaluation), TensorBoard
-    events, an orbax checkpoint of the final state, and results.json. Returns
-    the contents of results.json. Bad input raises UserError before anything
-    is written.
+    Writes to `workdir`: config.json, metrics.jsonl (one line per evaluation),
+    TensorBoard events, orbax checkpoints (every `checkpoint_every` steps, at
+    every epoch's end and at the end; the last few kept) and results.json.
+    Called again with the same `workdir` and config, it resumes from the
+    newest checkpoint: the same data order and random numbers, so the run ends
+    exactly as an uninterrupted one. SIGTERM saves a checkpoint and raises
+    `Preempted`. Returns the contents of results.json. Bad input raises
+    UserError before anything is written.
     """
     wall_start = time.perf_counter()
     config.validate()
+    if checkpoint_every < 0:
+        raise UserError(f"--checkpoint_every must be >= 0 (0: at epoch ends only), got {checkpoint_every}")
     model_cls = models.lookup(config.model)
     dataset = data.load_dataset(config.dataset, config.data_dir).truncated(
         config.max_train_examples, config.max_test_examples
@@ -215,59 +309,93 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     model = model_cls(num_classes=dataset.num_classes)
-    _prepare_workdir(workdir)
-
     mesh = data_mesh(config.batch_size, config.eval_batch_size)
-    state = jax.device_put(
-        create_train_state(model, config, dataset.image_shape, total_steps), NamedSharding(mesh, PartitionSpec())
-    )
+    resume = _prepare_workdir(workdir, config, allow_config_change)
+    lead = jax.process_index() == 0  # Only the first process writes metrics, results and logs.
+
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
+    state = jax.device_put(create_train_state(model, config, dataset.image_shape, total_steps), replicated)
+    progress = {"step": 0, "loss_sum": 0.0, "accuracy_sum": 0.0, "steps_in_epoch": 0, "train_seconds": 0.0}
+    checkpoints = checkpoint.manager(workdir)
+    found = checkpoint.latest(checkpoints, state) if resume else None
+    if found:
+        state, progress = found
+        state = jax.device_put(state, replicated)
+    step = progress["step"]
     schedule = learning_rate_schedule(config, total_steps)
     num_params = models.count_params(state.params)
-    print(
-        f"{config.model}: {num_params:,} parameters | {config.dataset} from {dataset.source}: "
-        f"{len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test | "
-        f"{total_steps:,} steps of {config.batch_size} on {mesh.size} {jax.devices()[0].platform} device(s) | "
-        f"workdir {workdir}",
-        flush=True,
-    )
+    if lead:
+        if found:
+            truncate_metrics(workdir, step)  # Lines written after that checkpoint are written again.
+        print(
+            f"{config.model}: {num_params:,} parameters | {config.dataset} from {dataset.source}: "
+            f"{len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test | "
+            f"{total_steps:,} steps of {config.batch_size} on {mesh.size} {jax.devices()[0].platform} device(s) "
+            f"in {jax.process_count()} process(es) | workdir {workdir}"
+            + (f" | resuming at step {step:,}" if found else ""),
+            flush=True,
+        )
 
     compile_start = time.perf_counter()
     train_fn, eval_fn = compile_steps(state, dataset, config, mesh)
     compile_seconds = time.perf_counter() - compile_start
 
-    writer = MetricWriter(workdir)
-    step, train_seconds, record = 0, 0.0, {}
-    progress = tqdm(total=total_steps, unit="step", disable=None, dynamic_ncols=True, file=sys.stderr)
-    for epoch in range(config.epochs):
-        epoch_start = time.perf_counter()
-        state, epoch_metrics = _train_epoch(train_fn, state, dataset, config, epoch, total_steps - step, progress)
-        epoch_seconds = time.perf_counter() - epoch_start
-        step += len(epoch_metrics)
-        train_seconds += epoch_seconds
-        train = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(epoch_metrics))
-        test = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, config.eval_batch_size)
-        record = {
-            "step": step,
-            "epoch": round(step / steps_per_epoch, 4),
-            "train_loss": train["loss"],
-            "train_accuracy": train["accuracy"],
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
-            "examples_per_second": len(epoch_metrics) * config.batch_size / epoch_seconds,
-            "learning_rate": float(schedule(step)),
-        }
-        writer.write(record)
-        tqdm.write(
-            f"epoch {record['epoch']:g}: train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
-            f"test loss {test['loss']:.4f} acc {test['accuracy']:.4f} | "
-            f"{record['examples_per_second']:,.0f} examples/s",
-            file=sys.stdout,
-        )
-        if step == total_steps:
-            break
-    progress.close()
-    writer.close()
-    checkpoint.save(workdir, state)
+    writer = MetricWriter(workdir) if lead else None
+    record = {}
+    bar = tqdm(total=total_steps, initial=step, unit="step", disable=None if lead else True, dynamic_ncols=True,
+               file=sys.stderr)
+    pending = []
+    with _StopRequest() as stop:
+        while step < total_steps or progress["steps_in_epoch"]:  # (Killed after the last step, before its eval.)
+            epoch, done = divmod(step, steps_per_epoch)
+            order = data.epoch_permutation(config.seed, epoch, len(dataset.train_labels))
+            order = order[done * config.batch_size :]  # Resuming inside an epoch: the batches not yet seen.
+            batches = data.batches(dataset.train_images, dataset.train_labels, config.batch_size, order,
+                                   part=_process_part())
+            epoch_start, epoch_steps = time.perf_counter(), 0
+            for batch in itertools.islice(batches, min(steps_per_epoch - done, total_steps - step)):
+                state, metrics = train_fn(state, _global_batch(batch, split))
+                pending.append(metrics)
+                step, epoch_steps = step + 1, epoch_steps + 1
+                progress["step"] = step
+                bar.update()
+                if (checkpoint_every and step % checkpoint_every == 0) or stop.requested:
+                    _fold_in_metrics(progress, pending, checkpoints)
+                    checkpoint.save(checkpoints, state, progress)
+                if stop.requested:
+                    bar.close()
+                    raise Preempted(f"stopped by SIGTERM at step {step:,}; checkpoint saved in {workdir}: "
+                                    "run the same command to resume")
+            _fold_in_metrics(progress, pending, checkpoints)  # Waits for the last step.
+            epoch_seconds = time.perf_counter() - epoch_start
+            progress["train_seconds"] += epoch_seconds
+            test = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, config.eval_batch_size, split)
+            count = progress["steps_in_epoch"]
+            record = {
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 4),
+                "train_loss": progress["loss_sum"] / count,
+                "train_accuracy": progress["accuracy_sum"] / count,
+                "test_loss": test["loss"],
+                "test_accuracy": test["accuracy"],
+                "learning_rate": float(schedule(step)),
+            }
+            if lead:
+                speed = epoch_steps * config.batch_size / epoch_seconds
+                writer.write(record, timing={"examples_per_second": speed})
+                tqdm.write(
+                    f"epoch {record['epoch']:g}: train loss {record['train_loss']:.4f} "
+                    f"acc {record['train_accuracy']:.4f} | test loss {test['loss']:.4f} acc {test['accuracy']:.4f} | "
+                    f"{speed:,.0f} examples/s",
+                    file=sys.stdout,
+                )
+            progress.update(loss_sum=0.0, accuracy_sum=0.0, steps_in_epoch=0, last_record=record)
+            checkpoint.save(checkpoints, state, progress)
+    bar.close()
+    checkpoints.close()
+    if writer:
+        writer.close()
+    record = progress.get("last_record", record)
 
     results = {
         "model": config.model,
@@ -281,13 +409,15 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         "test_loss": record["test_loss"],
         "train_accuracy": record["train_accuracy"],
         "train_loss": record["train_loss"],
-        "train_seconds": train_seconds,
-        "train_examples_per_second": step * config.batch_size / train_seconds,
+        "train_seconds": progress["train_seconds"],
+        "train_examples_per_second": step * config.batch_size / progress["train_seconds"],
         "compile_seconds": compile_seconds,
         "wall_seconds": time.perf_counter() - wall_start,
         "devices": [str(d) for d in mesh.devices.flat],
+        "processes": jax.process_count(),
         "jax_version": jax.__version__,
         "config": config.to_dict(),
     }
-    write_json_atomically(os.path.join(workdir, "results.json"), results)
+    if lead:
+        write_json_atomically(os.path.join(workdir, "results.json"), results)
     return results

@@ -26,23 +26,41 @@ def write_json_atomically(path: str, obj) -> None:
         raise
 
 
+def truncate_metrics(workdir: str, step: int) -> None:
+    """Drops the lines of `workdir/metrics.jsonl` after `step` (a resumed run writes them again), atomically."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
 class MetricWriter:
     """Appends one JSON line per record to `workdir/metrics.jsonl` and logs it to TensorBoard.
 
     Each record is a flat dict of numbers with a 'step'; TensorBoard gets every
-    other field as a scalar at that step (for example 'test_accuracy').
+    other field as a scalar at that step (for example 'test_accuracy'), plus
+    the `timing` scalars, which stay out of metrics.jsonl so that two runs of
+    one config write identical files.
     """
 
     def __init__(self, workdir: str):
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         self._tensorboard = RecordWriter(open(os.path.join(workdir, name), "wb"))
         self._write_event(Event(file_version="brain.Event:2"))
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict, timing: dict | None = None) -> None:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        values = [Summary.Value(tag=name, simple_value=value) for name, value in record.items() if name != "step"]
+        scalars = {**record, **(timing or {})}
+        values = [Summary.Value(tag=name, simple_value=value) for name, value in scalars.items() if name != "step"]
         self._write_event(Event(step=record["step"], summary=Summary(value=values)))
 
     def _write_event(self, event: Event) -> None:

@@ -10,6 +10,7 @@ metrics.jsonl, TensorBoard events, a checkpoint and results.json to --workdir.
 
 import dataclasses
 import os
+import sys
 import time
 
 from absl import flags
@@ -26,6 +27,7 @@ flags.DEFINE_string("dataset", _DEFAULTS.dataset, "fashion_mnist, mnist, or a te
 flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "Folder with IDX files, or tensorflow-datasets' data_dir.")
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training set.")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training examples per step.")
+flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Test examples per evaluation step.")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam's (peak) learning rate.")
 flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Learning-rate schedule; constant is the seed's.")
 flags.DEFINE_enum("augment", _DEFAULTS.augment, AUGMENTATIONS, "Training-time augmentation; none is the seed's.")
@@ -35,6 +37,13 @@ flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation and data o
 flags.DEFINE_integer("max_steps", _DEFAULTS.max_steps, "Stop after this many steps (0 = no limit).")
 flags.DEFINE_integer("max_train_examples", 0, "Train on the first N examples only (0 = all).")
 flags.DEFINE_integer("max_test_examples", 0, "Evaluate on the first N test examples only (0 = all).")
+flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (0: only at epoch ends). Running "
+                     "again with the same --workdir resumes from the newest one.")
+flags.DEFINE_bool("allow_config_change", False, "Resume a --workdir whose run used other flags.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several processes "
+                    "(jax.distributed); Cloud TPU pods and SLURM jobs are detected without it.")
+flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 to --num_processes - 1.")
 FLAGS = flags.FLAGS
 
 
@@ -48,10 +57,16 @@ def main(argv: list[str]) -> None:
     del argv
     config = config_from_flags()
     workdir = FLAGS.workdir or os.path.join("runs", f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from cnn_jax.train import train_and_evaluate  # Imports JAX: after the flags, so --help stays fast.
+    from cnn_jax import train  # Imports JAX: after the flags, so --help stays fast.
 
-    results = train_and_evaluate(config, workdir)
-    print(f"test accuracy: {results['test_accuracy']:.4f}  (results in {os.path.join(workdir, 'results.json')})")
+    train.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    try:
+        results = train.train_and_evaluate(config, workdir, FLAGS.checkpoint_every, FLAGS.allow_config_change)
+    except train.Preempted as e:
+        print(e, file=sys.stderr)
+        return
+    if results["processes"] == 1 or FLAGS.process_id in (None, 0):
+        print(f"test accuracy: {results['test_accuracy']:.4f}  (results in {os.path.join(workdir, 'results.json')})")
 
 
 if __name__ == "__main__":

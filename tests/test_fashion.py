@@ -34,10 +34,9 @@ def test_a_small_run_writes_every_output(tmp_path, idx_dir):
     assert [line["epoch"] for line in lines] == [1, 2]
     for line in lines:
         assert set(line) == {
-            "step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "examples_per_second",
-            "learning_rate",
+            "step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
         }
-        assert 0 <= line["test_accuracy"] <= 1 and line["examples_per_second"] > 0
+        assert 0 <= line["test_accuracy"] <= 1
 
     results = json.loads((workdir / "results.json").read_text())
     for key in ("test_accuracy", "test_loss", "train_seconds", "train_examples_per_second", "steps", "epochs"):
@@ -51,6 +50,7 @@ def test_a_small_run_writes_every_output(tmp_path, idx_dir):
 
     events = EventAccumulator(str(workdir))
     events.Reload()
+    assert all(e.value > 0 for e in events.Scalars("examples_per_second"))  # Timing: TensorBoard only.
     test_accuracy = events.Scalars("test_accuracy")
     assert [e.step for e in test_accuracy] == [6, 12]
     np.testing.assert_allclose([e.value for e in test_accuracy], [line["test_accuracy"] for line in lines], rtol=1e-6)

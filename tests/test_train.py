@@ -91,10 +91,12 @@ def test_batch_larger_than_the_training_set_is_refused_before_writing(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_workdir_holding_a_run_is_refused(tmp_path, idx_dir):
+@pytest.mark.parametrize("name, message", [("results.json", "holds a finished run"),
+                                           ("metrics.jsonl", "holds a run without config.json")])
+def test_a_workdir_holding_a_run_it_cannot_resume_is_refused(tmp_path, idx_dir, name, message):
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "results.json").write_text("{}")
-    with pytest.raises(UserError, match="already holds a run"):
+    (tmp_path / "run" / name).write_text("{}")
+    with pytest.raises(UserError, match=message):
         train.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "run"))
 
 

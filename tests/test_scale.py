@@ -1,0 +1,221 @@
+"""Scale out and survive: data parallelism over devices and processes, checkpoint-resume, determinism, bad input.
+
+Runs use the small synthetic dataset (300 training images, batches of 40: 7
+steps an epoch) through `python -m experiments.fashion`, as a user runs it.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cnn_jax import checkpoint, models, train
+from cnn_jax.config import Config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = ("--epochs=3", "--batch_size=40", "--eval_batch_size=40", "--checkpoint_every=2", "--seed=5")
+TIMING = ("train_seconds", "train_examples_per_second", "compile_seconds", "wall_seconds")
+
+
+def start(workdir, data_dir, *flags, devices=1):
+    environment = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen([sys.executable, "-m", "experiments.fashion", f"--workdir={workdir}",
+                             f"--data_dir={data_dir}", *RUN, *flags], cwd=ROOT, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process):
+    out, err = process.communicate(timeout=300)
+    return process.returncode, out, err
+
+
+def run(workdir, data_dir, *flags, devices=1):
+    return finish(start(workdir, data_dir, *flags, devices=devices))
+
+
+def outcome(workdir):
+    """(metrics.jsonl text, results.json without timing, final parameters) of a finished run."""
+    results = json.loads((workdir / "results.json").read_text())
+    target = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    params = checkpoint.restore(str(workdir), target).params
+    return (workdir / "metrics.jsonl").read_text(), {k: v for k, v in results.items() if k not in TIMING}, params
+
+
+def assert_same_params(a, b):
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool((np.asarray(x) == np.asarray(y)).all()), a, b))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run, and the data it used."""
+    from conftest import write_idx_dataset
+
+    data_dir = write_idx_dataset(str(tmp_path_factory.mktemp("idx")))
+    workdir = tmp_path_factory.mktemp("reference")
+    code, _, err = run(workdir, data_dir)
+    assert code == 0, err
+    return data_dir, outcome(workdir)
+
+
+def test_two_runs_of_one_config_write_identical_metrics(reference, tmp_path):
+    data_dir, (metrics, results, params) = reference
+    code, _, err = run(tmp_path, data_dir)
+    assert code == 0, err
+    again = outcome(tmp_path)
+    assert again[0] == metrics and again[1] == results
+    assert_same_params(again[2], params)
+
+
+def _wait_for(path, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.15, 0.4])
+def test_a_run_killed_at_any_moment_resumes_to_the_same_end(reference, tmp_path, delay):
+    # SIGKILL at a moment after the first checkpoint: while training, evaluating, or writing a checkpoint.
+    data_dir, expected = reference
+    process = start(tmp_path, data_dir)
+    _wait_for(tmp_path / "checkpoints" / "2", process)
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+    code, out, err = run(tmp_path, data_dir)
+    assert code == 0, err
+    metrics, results, params = outcome(tmp_path)
+    assert (metrics, results) == expected[:2]
+    assert_same_params(params, expected[2])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes(reference, tmp_path):
+    data_dir, expected = reference
+    process = start(tmp_path, data_dir, "--checkpoint_every=1000")
+    _wait_for(tmp_path / "metrics.jsonl", process)  # The first epoch has ended; training goes on.
+    process.send_signal(signal.SIGTERM)
+    code, _, err = finish(process)
+    assert code == 0 and "stopped by SIGTERM at step" in err and "run the same command to resume" in err, err
+    step = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert os.path.isdir(tmp_path / "checkpoints" / str(step)) and not (tmp_path / "results.json").exists()
+    code, out, err = run(tmp_path, data_dir, "--checkpoint_every=1000")
+    assert code == 0 and f"resuming at step {step}" in out, err
+    assert outcome(tmp_path)[:2] == expected[:2]
+
+
+def test_a_half_written_checkpoint_is_ignored(reference, tmp_path):
+    data_dir, expected = reference
+    code, _, err = run(tmp_path, data_dir, "--max_steps=4")  # Not the same config: resume it with the change allowed.
+    assert code == 0, err
+    (tmp_path / "results.json").unlink()
+    debris = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1234567"
+    debris.mkdir()
+    (debris / "junk").write_text("half a checkpoint")
+    code, out, err = run(tmp_path, data_dir, "--allow_config_change")
+    assert code == 0 and "resuming at step 4" in out, err
+
+
+def _one_line_error(code, err, *parts):
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    for part in parts:
+        assert part in err, err
+
+
+def test_a_workdir_of_another_config_is_refused_and_left_alone(reference, tmp_path):
+    data_dir, _ = reference
+    assert run(tmp_path, data_dir, "--max_steps=2")[0] == 0
+    (tmp_path / "results.json").unlink()
+    before = sorted(os.listdir(tmp_path)), (tmp_path / "metrics.jsonl").read_text()
+    _one_line_error(*run(tmp_path, data_dir, "--max_steps=2", "--learning_rate=0.01")[::2],
+                    "holds a run with another config (learning_rate: 0.001 there, 0.01 here)", "--allow_config_change")
+    assert (sorted(os.listdir(tmp_path)), (tmp_path / "metrics.jsonl").read_text()) == before
+
+
+def test_a_checkpoint_of_another_model_is_refused(reference, tmp_path):
+    data_dir, _ = reference
+    assert run(tmp_path, data_dir, "--max_steps=2")[0] == 0
+    (tmp_path / "results.json").unlink()
+    _one_line_error(*run(tmp_path, data_dir, "--model=lenet5", "--allow_config_change")[::2],
+                    "the checkpoint at step 2", "does not fit this model")
+
+
+def test_a_finished_run_is_refused(reference, tmp_path):
+    data_dir, _ = reference
+    assert run(tmp_path, data_dir, "--max_steps=1")[0] == 0
+    _one_line_error(*run(tmp_path, data_dir, "--max_steps=1")[::2], "holds a finished run")
+
+
+def test_an_unwritable_workdir_is_refused(reference, tmp_path):
+    data_dir, _ = reference
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _one_line_error(*run(blocker / "run", data_dir)[::2], "is not writable")
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reference, tmp_path):
+    data_dir, _ = reference
+    code, _, err = run(tmp_path, data_dir, "--learning_rate=1e30", "--loss=l2", "--checkpoint_every=1")
+    _one_line_error(code, err, "training diverged: the loss is", "lower --learning_rate")
+    step = int(err.split(" at step ")[1].split(";")[0])
+    good = int(err.split("last good checkpoint (step ")[1].split(")")[0])
+    assert good == step - 1 and sorted(int(n) for n in os.listdir(tmp_path / "checkpoints"))[-1] == good
+    target = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    restored = checkpoint.restore(str(tmp_path), target)
+    assert int(restored.step) == good and all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
+    assert not (tmp_path / "results.json").exists()
+
+
+def assert_close_curves(metrics, expected, rtol=1e-3):
+    """Two metrics.jsonl texts: the same steps, and every loss and accuracy equal to `rtol`."""
+    lines, expected = ([json.loads(line) for line in text.splitlines()] for text in (metrics, expected))
+    assert [line["step"] for line in lines] == [line["step"] for line in expected]
+    for name in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+        np.testing.assert_allclose([line[name] for line in lines], [line[name] for line in expected], rtol=rtol)
+
+
+def test_eight_devices_follow_the_one_device_loss_curve(reference, tmp_path):
+    data_dir, (metrics, results, params) = reference
+    code, _, err = run(tmp_path, data_dir, devices=8)
+    assert code == 0, err
+    # Sums over 8 shards add in another order: float32 rounding, compounded over 21 Adam steps.
+    assert_close_curves((tmp_path / "metrics.jsonl").read_text(), metrics)
+    assert len(json.loads((tmp_path / "results.json").read_text())["devices"]) == 8
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused(reference, tmp_path):
+    data_dir, _ = reference
+    _one_line_error(*run(tmp_path / "run", data_dir, "--batch_size=36", devices=8)[::2],
+                    "--batch_size=36 does not split evenly over 8 devices; use a multiple of 8 such as 32 or 40")
+    assert not (tmp_path / "run").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_two_devices_match_one_process_of_four(reference, tmp_path):
+    data_dir, _ = reference
+    code, _, err = run(tmp_path / "one", data_dir, devices=4)
+    assert code == 0, err
+    address = f"localhost:{_free_port()}"
+    processes = [start(tmp_path / "two", data_dir, f"--coordinator_address={address}", "--num_processes=2",
+                       f"--process_id={i}", devices=2) for i in range(2)]
+    for process in processes:
+        code, _, err = finish(process)
+        assert code == 0, err
+    one, two = outcome(tmp_path / "one"), outcome(tmp_path / "two")
+    # The cross-process sums (gloo) add in another order than in-process ones: float32 rounding, as for 8 devices.
+    assert_close_curves(two[0], one[0])
+    # (Parameters are not compared: the convolution biases before BatchNorm have gradients of pure rounding
+    # noise, which Adam scales up to full-size steps, so they differ without changing any output.)
+    assert two[1]["processes"] == 2 and len(two[1]["devices"]) == 4 and two[1]["steps"] == one[1]["steps"]
+    assert two[1]["test_accuracy"] == pytest.approx(one[1]["test_accuracy"], rel=1e-3)
