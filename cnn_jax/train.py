@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
@@ -247,6 +248,15 @@ class _StopRequest:
     def _handle(self, signum, frame):
         self.requested = True
 
+    def agreed(self, step: int, checkpoint_every: int) -> bool:
+        """Whether to stop after `step`: at once in a single process; with several, at checkpoint steps, if any
+        process was signalled (all of them must take part in the checkpoint)."""
+        if jax.process_count() == 1:
+            return self.requested
+        if not checkpoint_every or step % checkpoint_every:
+            return False
+        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+
     def __exit__(self, *exc):
         signal.signal(signal.SIGTERM, self._previous)
 
@@ -290,6 +300,12 @@ def train_and_evaluate(config: Config, workdir: str, checkpoint_every: int = 0,
     `Preempted`. Returns the contents of results.json. Bad input raises
     UserError before anything is written.
     """
+    with _StopRequest() as stop:
+        return _run(config, workdir, checkpoint_every, allow_config_change, stop)
+
+
+def _run(config: Config, workdir: str, checkpoint_every: int, allow_config_change: bool, stop: _StopRequest) -> dict:
+    """`train_and_evaluate`, with SIGTERM noted in `stop`."""
     wall_start = time.perf_counter()
     config.validate()
     if checkpoint_every < 0:
@@ -345,52 +361,54 @@ def train_and_evaluate(config: Config, workdir: str, checkpoint_every: int = 0,
     bar = tqdm(total=total_steps, initial=step, unit="step", disable=None if lead else True, dynamic_ncols=True,
                file=sys.stderr)
     pending = []
-    with _StopRequest() as stop:
-        while step < total_steps or progress["steps_in_epoch"]:  # (Killed after the last step, before its eval.)
-            epoch, done = divmod(step, steps_per_epoch)
-            order = data.epoch_permutation(config.seed, epoch, len(dataset.train_labels))
-            order = order[done * config.batch_size :]  # Resuming inside an epoch: the batches not yet seen.
-            batches = data.batches(dataset.train_images, dataset.train_labels, config.batch_size, order,
-                                   part=_process_part())
-            epoch_start, epoch_steps = time.perf_counter(), 0
-            for batch in itertools.islice(batches, min(steps_per_epoch - done, total_steps - step)):
-                state, metrics = train_fn(state, _global_batch(batch, split))
-                pending.append(metrics)
-                step, epoch_steps = step + 1, epoch_steps + 1
-                progress["step"] = step
-                bar.update()
-                if (checkpoint_every and step % checkpoint_every == 0) or stop.requested:
-                    _fold_in_metrics(progress, pending, checkpoints)
-                    checkpoint.save(checkpoints, state, progress)
-                if stop.requested:
-                    bar.close()
-                    raise Preempted(f"stopped by SIGTERM at step {step:,}; checkpoint saved in {workdir}: "
-                                    "run the same command to resume")
-            _fold_in_metrics(progress, pending, checkpoints)  # Waits for the last step.
-            epoch_seconds = time.perf_counter() - epoch_start
-            progress["train_seconds"] += epoch_seconds
-            test = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, config.eval_batch_size, split)
-            count = progress["steps_in_epoch"]
-            record = {
-                "step": step,
-                "epoch": round(step / steps_per_epoch, 4),
-                "train_loss": progress["loss_sum"] / count,
-                "train_accuracy": progress["accuracy_sum"] / count,
-                "test_loss": test["loss"],
-                "test_accuracy": test["accuracy"],
-                "learning_rate": float(schedule(step)),
-            }
-            if lead:
-                speed = epoch_steps * config.batch_size / epoch_seconds
-                writer.write(record, timing={"examples_per_second": speed})
-                tqdm.write(
-                    f"epoch {record['epoch']:g}: train loss {record['train_loss']:.4f} "
-                    f"acc {record['train_accuracy']:.4f} | test loss {test['loss']:.4f} acc {test['accuracy']:.4f} | "
-                    f"{speed:,.0f} examples/s",
-                    file=sys.stdout,
-                )
-            progress.update(loss_sum=0.0, accuracy_sum=0.0, steps_in_epoch=0, last_record=record)
-            checkpoint.save(checkpoints, state, progress)
+    while step < total_steps or progress["steps_in_epoch"]:  # (Killed after the last step, before its eval.)
+        epoch, done = divmod(step, steps_per_epoch)
+        if done == 0 and progress["steps_in_epoch"]:  # Stopped after an epoch's last step, before its evaluation.
+            epoch, done = epoch - 1, steps_per_epoch
+        order = data.epoch_permutation(config.seed, epoch, len(dataset.train_labels))
+        order = order[done * config.batch_size :]  # Resuming inside an epoch: the batches not yet seen.
+        batches = data.batches(dataset.train_images, dataset.train_labels, config.batch_size, order,
+                               part=_process_part())
+        epoch_start, epoch_steps = time.perf_counter(), 0
+        for batch in itertools.islice(batches, min(steps_per_epoch - done, total_steps - step)):
+            state, metrics = train_fn(state, _global_batch(batch, split))
+            pending.append(metrics)
+            step, epoch_steps = step + 1, epoch_steps + 1
+            progress["step"] = step
+            bar.update()
+            stopping = stop.agreed(step, checkpoint_every)
+            if (checkpoint_every and step % checkpoint_every == 0) or stopping:
+                _fold_in_metrics(progress, pending, checkpoints)
+                checkpoint.save(checkpoints, state, progress)
+            if stopping:
+                bar.close()
+                raise Preempted(f"stopped by SIGTERM at step {step:,}; checkpoint saved in {workdir}: "
+                                "run the same command to resume")
+        _fold_in_metrics(progress, pending, checkpoints)  # Waits for the last step.
+        epoch_seconds = time.perf_counter() - epoch_start
+        progress["train_seconds"] += epoch_seconds
+        test = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, config.eval_batch_size, split)
+        count = progress["steps_in_epoch"]
+        record = {
+            "step": step,
+            "epoch": round(step / steps_per_epoch, 4),
+            "train_loss": progress["loss_sum"] / count,
+            "train_accuracy": progress["accuracy_sum"] / count,
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+            "learning_rate": float(schedule(step)),
+        }
+        if lead:
+            speed = epoch_steps * config.batch_size / epoch_seconds
+            writer.write(record, timing={"examples_per_second": speed})
+            tqdm.write(
+                f"epoch {record['epoch']:g}: train loss {record['train_loss']:.4f} "
+                f"acc {record['train_accuracy']:.4f} | test loss {test['loss']:.4f} acc {test['accuracy']:.4f} | "
+                f"{speed:,.0f} examples/s",
+                file=sys.stdout,
+            )
+        progress.update(loss_sum=0.0, accuracy_sum=0.0, steps_in_epoch=0, last_record=record)
+        checkpoint.save(checkpoints, state, progress)
     bar.close()
     checkpoints.close()
     if writer:

@@ -73,19 +73,20 @@ def test_two_runs_of_one_config_write_identical_metrics(reference, tmp_path):
     assert_same_params(again[2], params)
 
 
-def _wait_for(path, process, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
+def _wait_for_checkpoint(workdir, step, process, timeout=120):
+    """Returns once `workdir` holds a checkpoint at `step` or later (the run still going)."""
+    deadline, folder = time.monotonic() + timeout, workdir / "checkpoints"
+    while not any(name.isdigit() and int(name) >= step for name in (os.listdir(folder) if folder.exists() else [])):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.15, 0.4])
-def test_a_run_killed_at_any_moment_resumes_to_the_same_end(reference, tmp_path, delay):
-    # SIGKILL at a moment after the first checkpoint: while training, evaluating, or writing a checkpoint.
+@pytest.mark.parametrize("step, delay", [(2, 0.0), (6, 0.01), (14, 0.0), (16, 0.03)])
+def test_a_run_killed_at_any_moment_resumes_to_the_same_end(reference, tmp_path, step, delay):
+    # SIGKILL at moments of the 21-step run: while training, evaluating (epoch ends at 7 and 14) or saving.
     data_dir, expected = reference
     process = start(tmp_path, data_dir)
-    _wait_for(tmp_path / "checkpoints" / "2", process)
+    _wait_for_checkpoint(tmp_path, step, process)
     time.sleep(delay)
     process.kill()
     process.wait()
@@ -98,14 +99,14 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_end(reference, tmp_path,
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes(reference, tmp_path):
     data_dir, expected = reference
-    process = start(tmp_path, data_dir, "--checkpoint_every=1000")
-    _wait_for(tmp_path / "metrics.jsonl", process)  # The first epoch has ended; training goes on.
+    process = start(tmp_path, data_dir)
+    _wait_for_checkpoint(tmp_path, 2, process)
     process.send_signal(signal.SIGTERM)
     code, _, err = finish(process)
     assert code == 0 and "stopped by SIGTERM at step" in err and "run the same command to resume" in err, err
     step = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
     assert os.path.isdir(tmp_path / "checkpoints" / str(step)) and not (tmp_path / "results.json").exists()
-    code, out, err = run(tmp_path, data_dir, "--checkpoint_every=1000")
+    code, out, err = run(tmp_path, data_dir)
     assert code == 0 and f"resuming at step {step}" in out, err
     assert outcome(tmp_path)[:2] == expected[:2]
 
