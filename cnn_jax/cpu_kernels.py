@@ -84,6 +84,11 @@ def load() -> bool:
     return True
 
 
+def _call(target: str, result_shapes):
+    """The FFI target `target`; under `jax.vmap` (a sweep's seeds) it runs once per vectorised element."""
+    return jax.ffi.ffi_call(target, result_shapes, vmap_method="sequential")
+
+
 def _attributes(strides, padding) -> dict:
     (stride_h, stride_w), ((top, bottom), (left, right)) = strides, padding
     values = dict(stride_h=stride_h, stride_w=stride_w, pad_top=top, pad_bottom=bottom, pad_left=left, pad_right=right)
@@ -105,7 +110,7 @@ def conv(x, kernel, strides, padding):
     Call `load()` first (and only use it where it returned True).
     """
     shape = jax.ShapeDtypeStruct(_output_shape(x.shape, kernel.shape, strides, padding), x.dtype)
-    return jax.ffi.ffi_call("OnednnConvForward", shape)(x, kernel, **_attributes(strides, padding))
+    return _call("OnednnConvForward", shape)(x, kernel, **_attributes(strides, padding))
 
 
 def _conv_fwd(x, kernel, strides, padding):
@@ -115,14 +120,14 @@ def _conv_fwd(x, kernel, strides, padding):
 def _conv_bwd(strides, padding, residuals, cotangent):
     x, kernel = residuals
     attributes = _attributes(strides, padding)
-    dx = jax.ffi.ffi_call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x.shape, x.dtype))(
+    dx = _call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x.shape, x.dtype))(
         cotangent, kernel, **attributes)
     dkernel_shape = jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
     if kernel.shape[2] <= FEW_CHANNELS and kernel.shape[3] % 8 == 0:
-        dkernel = jax.ffi.ffi_call("FewChannelConvWeightGradient", dkernel_shape)(
+        dkernel = _call("FewChannelConvWeightGradient", dkernel_shape)(
             x, cotangent, **{k: attributes[k] for k in ("stride_h", "stride_w", "pad_top", "pad_left")})
     else:
-        dkernel = jax.ffi.ffi_call("OnednnConvWeightGradient", dkernel_shape)(x, cotangent, **attributes)
+        dkernel = _call("OnednnConvWeightGradient", dkernel_shape)(x, cotangent, **attributes)
     return dx, dkernel
 
 
@@ -152,7 +157,7 @@ def _batch_norm_relu_max_pool_fwd(x, offset, scale, bias, epsilon):
     shapes = (jax.ShapeDtypeStruct((n, h // 2, w // 2, c), x.dtype), jax.ShapeDtypeStruct((c,), x.dtype),
               jax.ShapeDtypeStruct((c,), x.dtype), jax.ShapeDtypeStruct((n, h // 2, w // 2, c), np.int32))
     # The offset moves the mean and nothing else: normalised, x + offset is x.
-    y, mean, var, argmax = jax.ffi.ffi_call("BatchNormReluMaxPoolForward", shapes)(x, scale, bias, **_epsilon(epsilon))
+    y, mean, var, argmax = _call("BatchNormReluMaxPoolForward", shapes)(x, scale, bias, **_epsilon(epsilon))
     return (y, mean + offset, var), (x, scale, mean, var, argmax, y)
 
 
@@ -160,7 +165,7 @@ def _batch_norm_relu_max_pool_bwd(epsilon, residuals, cotangents):
     x, scale, *_ = residuals
     dy = cotangents[0]  # The statistics' cotangents are zero: they only feed BatchNorm's running averages.
     vector = jax.ShapeDtypeStruct(scale.shape, x.dtype)
-    dx, doffset, dscale, dbias = jax.ffi.ffi_call(
+    dx, doffset, dscale, dbias = _call(
         "BatchNormReluMaxPoolBackward", (jax.ShapeDtypeStruct(x.shape, x.dtype), vector, vector, vector))(
         *residuals, dy, **_epsilon(epsilon))
     return dx, doffset, dscale, dbias

@@ -26,19 +26,20 @@ def write_json_atomically(path: str, obj) -> None:
         raise
 
 
+METRICS_FILE, TIMING_FILE = "metrics.jsonl", "timing.jsonl"
+
+
 def truncate_metrics(workdir: str, step: int) -> None:
-    """Drops the lines of `workdir/metrics.jsonl` after `step` (a resumed run writes them again), atomically."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-
-
-METRICS_FILE = "metrics.jsonl"
+    """Drops the lines of metrics.jsonl and timing.jsonl after `step` (a resumed run writes them again), atomically."""
+    for name in (METRICS_FILE, TIMING_FILE):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.writelines(lines)
+            os.replace(tmp, path)
 
 
 class MetricWriter:
@@ -46,19 +47,21 @@ class MetricWriter:
 
     Each record is a flat dict of numbers with a 'step'; TensorBoard gets every
     other field as a scalar at that step (for example 'test_accuracy'), plus
-    the `timing` scalars, which stay out of metrics.jsonl so that two runs of
-    one config write identical files.
+    the `timing` scalars, which go to timing.jsonl instead of metrics.jsonl so
+    that two runs of one config write identical metrics.jsonl files.
     """
 
     def __init__(self, workdir: str):
         self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+        self._timing = open(os.path.join(workdir, TIMING_FILE), "a")
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         self._tensorboard = RecordWriter(open(os.path.join(workdir, name), "wb"))
         self._write_event(Event(file_version="brain.Event:2"))
 
     def write(self, record: dict, timing: dict | None = None) -> None:
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        for file, line in ((self._jsonl, record), (self._timing, {"step": record["step"], **(timing or {})})):
+            file.write(json.dumps(line) + "\n")
+            file.flush()
         scalars = {**record, **(timing or {})}
         values = [Summary.Value(tag=name, simple_value=value) for name, value in scalars.items() if name != "step"]
         self._write_event(Event(step=record["step"], summary=Summary(value=values)))
@@ -70,4 +73,5 @@ class MetricWriter:
 
     def close(self) -> None:
         self._jsonl.close()
+        self._timing.close()
         self._tensorboard.close()

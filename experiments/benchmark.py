@@ -5,6 +5,7 @@ r"""Benchmarks: each compares variants side by side in one run, on one machine.
     python -m experiments.benchmark --what=input_pipeline
     python -m experiments.benchmark --what=max_pool
     python -m experiments.benchmark --what=fusion
+    python -m experiments.benchmark --what=vmap_seeds --seeds=4
 
 torch: training throughput of the seed network in cnn_jax and in the PyTorch
   reference (experiments/torch_reference.py: same architecture, initialisation,
@@ -29,6 +30,10 @@ fusion: training throughput of the seed network with training-mode BatchNorm,
   ReLU and 2x2 max-pooling fused in one compiled CPU kernel
   (cnn_jax.layers.BatchNormReluMaxPool) versus the same three layers left to
   XLA (the same max_pool, passed as a different function, is not fused).
+vmap_seeds: training throughput of `--seeds` copies of the seed network (an
+  ablation's seeds) run one after another, each with its own compiled step,
+  versus one step vectorised over the seeds with jax.vmap
+  (cnn_jax.vectorized); examples/s counts every seed's examples.
 
 Each variant runs a warm-up, then `--repeats` timed runs of `--steps` training
 steps at `--batch_size`, the variants taking turns run by run; the median of
@@ -46,18 +51,20 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cnn_jax import cli, data, layers, models, pooling, summary, train
+from cnn_jax import cli, data, layers, models, pooling, summary, train, vectorized
 from cnn_jax.config import Config
 
-flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion"],
+flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion", "vmap_seeds"],
                   "Which comparison to run.")
 flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs (0 skips them).")
 flags.DEFINE_integer("batch_size", 100, "Training examples per step.")
 flags.DEFINE_integer("steps", 200, "Timed steps per repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
+flags.DEFINE_integer("seeds", 4, "--what=vmap_seeds: seeds trained together.")
 FLAGS = flags.FLAGS
 
 
@@ -98,6 +105,34 @@ def host_loop(model, dataset, batch_size: int, steps: int):
         for batch in itertools.islice(data.batches(dataset.train_images, dataset.train_labels, batch_size, order), steps):
             state, _ = step(state, batch)
         jax.block_until_ready(state)
+
+    return run
+
+
+def seeds_one_by_one(model, dataset, batch_size: int, steps: int, seeds: int):
+    """A function running `steps` training steps of each of `seeds` models, one model after another."""
+    loops = [host_loop(model, dataset, batch_size, steps) for _ in range(seeds)]
+
+    def run():
+        for loop in loops:
+            loop()
+
+    return run
+
+
+def seeds_vmapped(model, dataset, batch_size: int, steps: int, seeds: int):
+    """A function running `steps` training steps of `seeds` models at once, vectorised (cnn_jax.vectorized)."""
+    config = Config(batch_size=batch_size)
+    create = functools.partial(train.initial_state, model, config, dataset.image_shape, steps)
+    states = jax.jit(jax.vmap(create))(jnp.arange(seeds))
+    step = jax.jit(jax.vmap(functools.partial(train.train_step, augment=config.augment)), donate_argnums=0)
+    orders = [data.epoch_permutation(seed, 0, len(dataset.train_labels)) for seed in range(seeds)]
+
+    def run():
+        nonlocal states
+        for i in range(steps):
+            states, _ = step(states, vectorized.stacked_batch(dataset, orders, i, batch_size))
+        jax.block_until_ready(states)
 
     return run
 
@@ -240,6 +275,11 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
             "XLA": host_loop(models.ConvNet(pool=functools.partial(pooling.max_pool, window=2)), dataset, batch_size,
                              steps),
         }
+    if what == "vmap_seeds":
+        return {
+            f"{FLAGS.seeds} seeds one by one": seeds_one_by_one(models.ConvNet(), dataset, batch_size, steps, FLAGS.seeds),
+            f"{FLAGS.seeds} seeds vmapped": seeds_vmapped(models.ConvNet(), dataset, batch_size, steps, FLAGS.seeds),
+        }
     windowed = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
     return {
         "cnn_jax max_pool": host_loop(models.ConvNet(), dataset, batch_size, steps),
@@ -254,7 +294,8 @@ def main(argv):
     if FLAGS.what == "conv_ops":
         return conv_ops(FLAGS.batch_size, FLAGS.repeats * 10)
     runs = variants(FLAGS.what, FLAGS.batch_size, FLAGS.steps)
-    rates = {name: FLAGS.steps * FLAGS.batch_size / t for name, t in interleaved_median_seconds(runs, FLAGS.repeats).items()}
+    examples = FLAGS.steps * FLAGS.batch_size * (FLAGS.seeds if FLAGS.what == "vmap_seeds" else 1)
+    rates = {name: examples / t for name, t in interleaved_median_seconds(runs, FLAGS.repeats).items()}
     print(f"{FLAGS.what} on {jax.devices()[0].device_kind} ({jax.default_backend()}): batch {FLAGS.batch_size}, "
           f"median of {FLAGS.repeats} x {FLAGS.steps} steps")
     baseline = next(iter(rates.values()))
