@@ -42,7 +42,7 @@ def train_seeds(config: Config, seeds: Sequence[int], workdirs: Sequence[str]) -
     wall_start = time.perf_counter()
     model, dataset, steps_per_epoch, total_steps = train.plan(config)
     configs = [Config(**{**config.to_dict(), "seed": seed}) for seed in seeds]
-    for run_config, workdir in zip(configs, workdirs):
+    for run_config, workdir in zip(configs, workdirs, strict=True):
         train._prepare_workdir(workdir, run_config, allow_config_change=False)
     create = functools.partial(train.initial_state, model, config, dataset.image_shape, total_steps)
     states = jax.jit(jax.vmap(create))(jnp.asarray(seeds))
@@ -90,7 +90,7 @@ def train_seeds(config: Config, seeds: Sequence[int], workdirs: Sequence[str]) -
     results = []
     params = models.count_params(jax.tree.map(lambda x: x[0], states.params))
     seconds = {"train": train_seconds / len(seeds), "compile": compile_seconds / len(seeds)}
-    for k, (run_config, workdir) in enumerate(zip(configs, workdirs)):
+    for k, (run_config, workdir) in enumerate(zip(configs, workdirs, strict=True)):
         state = jax.tree.map(lambda x, k=k: x[k], states)
         with checkpoint.manager(workdir) as checkpoints:
             checkpoint.save(checkpoints, state, {"step": step, "loss_sum": 0.0, "accuracy_sum": 0.0,
