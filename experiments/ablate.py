@@ -70,7 +70,10 @@ def _read_jsonl(path: str) -> list[dict]:
 
 def summarize_variant(label: str, workdirs: list[str], flops: int, target: float) -> tuple[dict, dict]:
     """One row of the summary from the variant's finished runs, and its mean test-accuracy curve."""
-    results = [json.load(open(os.path.join(w, "results.json"))) for w in workdirs]
+    results = []
+    for workdir in workdirs:
+        with open(os.path.join(workdir, "results.json")) as f:
+            results.append(json.load(f))
     metrics = [_read_jsonl(os.path.join(w, "metrics.jsonl")) for w in workdirs]
     timing = [_read_jsonl(os.path.join(w, "timing.jsonl")) for w in workdirs]
     accuracy = [r["test_accuracy"] for r in results]

@@ -38,6 +38,10 @@ def test_a_small_run_writes_every_output(tmp_path, idx_dir):
         }
         assert 0 <= line["test_accuracy"] <= 1
 
+    timing = [json.loads(line) for line in (workdir / "timing.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in timing] == [6, 12] and all(line["examples_per_second"] > 0 for line in timing)
+    assert 0 < timing[0]["train_seconds"] < timing[1]["train_seconds"]
+
     results = json.loads((workdir / "results.json").read_text())
     for key in ("test_accuracy", "test_loss", "train_seconds", "train_examples_per_second", "steps", "epochs"):
         assert key in results
