@@ -80,6 +80,12 @@ def train_step(state: TrainState, batch: dict, augment: str = "none",
     stochastic pooling) draw from the "dropout" stream. Returns the new state
     and the batch's mean 'loss' and 'accuracy' (before the update).
     """
+    grads, batch_stats, metrics = gradients(state, batch, augment, loss)
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+
+
+def gradients(state: TrainState, batch: dict, augment: str, loss: losses.Loss) -> tuple[Any, Any, dict]:
+    """`train_step`'s gradients of the mean loss, new BatchNorm statistics and metrics, before the update."""
     step_key = jax.random.fold_in(state.rng, state.step)
     images = data.normalize(batch["image"])
     if augment == "flip":
@@ -96,9 +102,8 @@ def train_step(state: TrainState, batch: dict, augment: str = "none",
         return loss(logits, batch["label"]).mean(), (logits, updates)
 
     (mean_loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return state, {"loss": mean_loss, "accuracy": accuracy}
+    return grads, updates.get("batch_stats", {}), {"loss": mean_loss, "accuracy": accuracy}
 
 
 def eval_step(state: TrainState, batch: dict, loss: losses.Loss = losses.softmax_cross_entropy) -> dict:

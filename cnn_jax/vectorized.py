@@ -1,14 +1,18 @@
-"""Several seeds of one config trained as one program: `train_step` vectorised over seeds with `jax.vmap`.
+"""Runs that share every shape trained as one program: `train_step` vectorised with `jax.vmap`.
 
 An ablation runs every variant over several seeds. Runs that differ only in
-their seed share every shape, so one compiled step can advance all of them:
-the states are stacked along a leading seed axis, each seed draws its own
-batches (its own epoch permutations, exactly as `train.train_and_evaluate`
-would) and random numbers, and every step updates all of them. Each run gets
-the workdir outputs of a normal run (config.json, metrics.jsonl,
-timing.jsonl, TensorBoard events, results.json), so a sweep's summary reads
-both kinds alike. Runs are checkpointed only at the end: an interrupted group
-starts again (`train.train_and_evaluate` resumes mid-run).
+their seed and learning rate share every shape, so one compiled step can
+advance all of them: the states are stacked along a leading run axis, each
+run draws its own batches (its own epoch permutations, exactly as
+`train.train_and_evaluate` would) and random numbers, and every step updates
+all of them. The learning rate enters as data: the optimizer is built with a
+peak rate of 1 (the schedule's shape) and each run's step is scaled by its own
+peak rate, which is the same update because Adam's step is proportional to
+its rate. Each run gets the workdir outputs of a normal run (config.json,
+metrics.jsonl, timing.jsonl, TensorBoard events, a final checkpoint,
+results.json), so a sweep's summary reads both kinds alike. Runs are
+checkpointed only at the end: an interrupted group starts again
+(`train.train_and_evaluate` resumes mid-run).
 """
 
 import functools
@@ -19,6 +23,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from cnn_jax import checkpoint, data, losses, models, train
 from cnn_jax.config import Config
@@ -31,48 +36,64 @@ def stacked_batch(dataset: data.Dataset, orders: list[np.ndarray], step_in_epoch
     return {"image": dataset.train_images[idx], "label": dataset.train_labels[idx]}
 
 
-def train_seeds(config: Config, seeds: Sequence[int], workdirs: Sequence[str]) -> list[dict]:
-    """Trains `config` once per seed (its `seed` replaced), all in one vmapped program; returns each results.json.
+def group_key(config: Config) -> tuple:
+    """Configs with equal keys can train together: everything but the seed and the learning rate is equal."""
+    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in ("seed", "learning_rate")))
 
-    Writes each run's outputs to its workdir (which must not hold a run), as
-    `train.train_and_evaluate` does, with a final checkpoint. Time is shared:
-    each run's train, compile and wall seconds are the group's divided by the
-    number of seeds. Runs on the first device.
+
+def scaled_step(state, batch, rate, augment, loss):
+    """`train.train_step` for an optimizer built at peak rate 1, its update scaled by this run's peak `rate`."""
+    grads, batch_stats, metrics = train.gradients(state, batch, augment, loss)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, jax.tree.map(lambda update: rate * update, updates))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats), metrics
+
+
+def train_group(configs: Sequence[Config], workdirs: Sequence[str]) -> list[dict]:
+    """Trains each config (equal `group_key`s) into its workdir, all in one vmapped program; returns each results.json.
+
+    Each workdir must not hold a run. Time is shared: each run's train,
+    compile and wall seconds are the group's divided by the number of runs.
+    Runs on the first device.
     """
+    if len({group_key(config) for config in configs}) != 1:
+        raise ValueError("train_group: the configs differ in more than their seeds and learning rates")
     wall_start = time.perf_counter()
-    model, dataset, steps_per_epoch, total_steps = train.plan(config)
-    configs = [Config(**{**config.to_dict(), "seed": seed}) for seed in seeds]
-    for run_config, workdir in zip(configs, workdirs, strict=True):
-        train._prepare_workdir(workdir, run_config, allow_config_change=False)
-    create = functools.partial(train.initial_state, model, config, dataset.image_shape, total_steps)
+    unit = Config(**{**configs[0].to_dict(), "learning_rate": 1.0})
+    model, dataset, steps_per_epoch, total_steps = train.plan(unit)
+    for config in configs:
+        config.validate()
+    for config, workdir in zip(configs, workdirs, strict=True):
+        train._prepare_workdir(workdir, config, allow_config_change=False)
+    seeds, rates = [config.seed for config in configs], jnp.asarray([config.learning_rate for config in configs])
+    create = functools.partial(train.initial_state, model, unit, dataset.image_shape, total_steps)
     states = jax.jit(jax.vmap(create))(jnp.asarray(seeds))
-    loss = losses.lookup(config.loss, config.label_smoothing)
+    loss = losses.lookup(unit.loss, unit.label_smoothing)
 
     compile_start = time.perf_counter()
-    step_fn = jax.jit(jax.vmap(functools.partial(train.train_step, augment=config.augment, loss=loss)),
-                      donate_argnums=0)
+    step_fn = jax.jit(jax.vmap(functools.partial(scaled_step, augment=unit.augment, loss=loss)), donate_argnums=0)
     eval_fn = jax.jit(jax.vmap(functools.partial(train.eval_step, loss=loss), in_axes=(0, None)))
-    first = stacked_batch(dataset, [np.arange(config.batch_size)] * len(seeds), 0, config.batch_size)
-    step_fn = step_fn.lower(states, first).compile()
-    eval_batch = next(data.batches(dataset.test_images, dataset.test_labels, config.eval_batch_size))
+    first = stacked_batch(dataset, [np.arange(unit.batch_size)] * len(seeds), 0, unit.batch_size)
+    step_fn = step_fn.lower(states, first, rates).compile()
+    eval_batch = next(data.batches(dataset.test_images, dataset.test_labels, unit.eval_batch_size))
     eval_fn = eval_fn.lower(states, eval_batch).compile()
     compile_seconds = time.perf_counter() - compile_start
 
     writers = [MetricWriter(workdir) for workdir in workdirs]
-    schedule = train.learning_rate_schedule(config, total_steps)
+    shape = train.learning_rate_schedule(unit, total_steps)  # Each run's rate is its peak times this.
     step, train_seconds, records = 0, 0.0, []
     while step < total_steps:
         epoch = step // steps_per_epoch
         orders = [data.epoch_permutation(seed, epoch, len(dataset.train_labels)) for seed in seeds]
         epoch_start, metrics = time.perf_counter(), []
         for i in range(min(steps_per_epoch, total_steps - step)):
-            states, step_metrics = step_fn(states, stacked_batch(dataset, orders, i, config.batch_size))
+            states, step_metrics = step_fn(states, stacked_batch(dataset, orders, i, unit.batch_size), rates)
             metrics.append(step_metrics)
         metrics = jax.device_get(metrics)  # Waits for the epoch's last step.
         epoch_seconds = time.perf_counter() - epoch_start
         step, train_seconds = step + len(metrics), train_seconds + epoch_seconds
         sums = [eval_fn(states, batch) for batch in
-                data.batches(dataset.test_images, dataset.test_labels, config.eval_batch_size)]
+                data.batches(dataset.test_images, dataset.test_labels, unit.eval_batch_size)]
         totals = jax.tree.map(lambda *xs: np.sum(xs, axis=0, dtype=np.float64), *jax.device_get(sums))
         records = []
         for k, writer in enumerate(writers):
@@ -80,8 +101,9 @@ def train_seeds(config: Config, seeds: Sequence[int], workdirs: Sequence[str]) -
             mean = {name: sum(float(m[name][k]) for m in metrics) / len(metrics) for name in ("loss", "accuracy")}
             test = {"loss": float(totals["loss"][k] / totals["count"][k]),
                     "accuracy": float(totals["correct"][k] / totals["count"][k])}
-            records.append(train.epoch_record(step, steps_per_epoch, mean, test, float(schedule(step))))
-            speed = len(metrics) * config.batch_size / epoch_seconds  # Each seed's share of the group's speed.
+            rate = configs[k].learning_rate * float(shape(step))
+            records.append(train.epoch_record(step, steps_per_epoch, mean, test, rate))
+            speed = len(metrics) * unit.batch_size / epoch_seconds  # Each run's share of the group's speed.
             writer.write(records[-1], timing={"examples_per_second": speed,
                                               "train_seconds": train_seconds / len(seeds)})
     for writer in writers:
@@ -98,7 +120,7 @@ def train_seeds(config: Config, seeds: Sequence[int], workdirs: Sequence[str]) -
                                                  "last_record": records[k]})
         seconds["wall"] = (time.perf_counter() - wall_start) / len(seeds)
         result = train.results_record(run_config, dataset, params, records[k], seconds, [str(jax.devices()[0])])
-        result["vectorized_seeds"] = len(seeds)
+        result["vectorized_runs"] = len(seeds)
         write_json_atomically(os.path.join(workdir, "results.json"), result)
         results.append(result)
     return results

@@ -5,9 +5,10 @@ r"""Ablation sweeps: every variant of a sweep (`cnn_jax.sweeps`) over several se
 
 Each run trains in `WORKDIR/<variant>/seed<k>` (a normal run's outputs). A
 finished run is skipped and an interrupted one resumes from its checkpoint,
-so running the same command again completes a sweep. With `--vmap` the seeds
-of a variant that have not started train together as one vectorised program
-(`cnn_jax.vectorized`). The summary goes to `WORKDIR/summary.csv` and
+so running the same command again completes a sweep. With `--vmap` the runs
+that have not started and differ only in seed and learning rate (a variant's
+seeds; every run of the `learning_rate` sweep) train together as one
+vectorised program (`cnn_jax.vectorized`). The summary goes to `WORKDIR/summary.csv` and
 `summary.json` (per variant: test accuracy mean ± std over seeds, final test
 loss, parameters, FLOPs, wall time, examples/s, steps to `--target_accuracy`),
 `accuracy.png` (test accuracy per variant with ±1 std error bars) and
@@ -29,7 +30,8 @@ flags.DEFINE_string("sweep", None, "The sweep to run: activation, pooling, batch
 flags.DEFINE_string("workdir", None, "Folder for the sweep's runs and summary; the same folder resumes it.")
 flags.DEFINE_bool("quick", False, "5 epochs on 6,000 training images (minutes on a CPU), 2 seeds unless --seeds.")
 flags.DEFINE_integer("seeds", None, "Seeds per variant (default 3; 2 with --quick).")
-flags.DEFINE_bool("vmap", False, "Train the seeds of a variant together, vectorised with jax.vmap.")
+flags.DEFINE_bool("vmap", False, "Train runs that differ only in seed and learning rate together, vectorised with "
+                  "jax.vmap (cnn_jax.vectorized).")
 flags.DEFINE_float("target_accuracy", 0.85, "Test accuracy whose first reaching (in steps) the summary reports.")
 flags.DEFINE_string("data_dir", None, "Folder with IDX files, or tensorflow-datasets' data_dir.")
 FLAGS = flags.FLAGS
@@ -47,20 +49,34 @@ def _started(workdir: str) -> bool:
     return os.path.isdir(os.path.join(workdir, "checkpoints")) and bool(os.listdir(os.path.join(workdir, "checkpoints")))
 
 
-def run_variant(config, workdirs: list[str], seeds: list[int], vmap: bool) -> None:
-    """Trains the seeds of one variant that have not finished: resumed ones alone, the rest vmapped or alone."""
-    from cnn_jax import train, vectorized
-    from cnn_jax.config import Config
+def run_all(runs: list, vmap: bool) -> None:
+    """Trains the runs [(config, workdir)] that have not finished.
 
-    todo = [(seed, workdir) for seed, workdir in zip(seeds, workdirs) if not _finished(workdir)]
-    fresh = [(seed, workdir) for seed, workdir in todo if not _started(workdir)]
+    Runs with a checkpoint resume one by one. With `vmap`, the others train in
+    groups of runs that differ only in seed and learning rate
+    (`cnn_jax.vectorized`); without, one by one.
+    """
+    from tqdm import tqdm
+
+    from cnn_jax import train, vectorized
+
+    todo = [(config, workdir) for config, workdir in runs if not _finished(workdir)]
+    fresh = [(config, workdir) for config, workdir in todo if not _started(workdir)]
     for _, workdir in fresh:  # Killed before its first checkpoint: start it again.
         shutil.rmtree(workdir, ignore_errors=True)
-    alone = [item for item in todo if item not in fresh] + ([] if vmap and len(fresh) > 1 else fresh)
-    for seed, workdir in alone:
-        train.train_and_evaluate(Config(**{**config.to_dict(), "seed": seed}), workdir, checkpoint_every=500)
-    if vmap and len(fresh) > 1:
-        vectorized.train_seeds(config, [seed for seed, _ in fresh], [workdir for _, workdir in fresh])
+    groups = {}
+    for config, workdir in fresh if vmap else []:
+        groups.setdefault(vectorized.group_key(config), []).append((config, workdir))
+    groups = [group for group in groups.values() if len(group) > 1]
+    grouped = {workdir for group in groups for _, workdir in group}
+    alone = [(config, workdir) for config, workdir in todo if workdir not in grouped]
+    with tqdm(total=len(todo), desc="runs", unit="run", disable=None) as bar:
+        for config, workdir in alone:
+            train.train_and_evaluate(config, workdir, checkpoint_every=500)
+            bar.update()
+        for group in groups:
+            vectorized.train_group(*zip(*group))
+            bar.update(len(group))
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -174,15 +190,18 @@ def main(argv: list[str]) -> None:
     for _, config in variants:
         config.validate()
 
-    from tqdm import tqdm
-
     from cnn_jax import data, models, summary
+    from cnn_jax.config import Config
 
+    def workdir(label, seed):
+        return os.path.join(FLAGS.workdir, label, f"seed{seed}")
+
+    run_all([(Config(**{**config.to_dict(), "seed": seed}), workdir(label, seed))
+             for label, config in variants for seed in seeds], FLAGS.vmap)
     rows, curves = [], {}
     dataset = data.load_dataset(variants[0][1].dataset, FLAGS.data_dir)
-    for label, config in tqdm(variants, desc=f"sweep {FLAGS.sweep}", unit="variant"):
-        workdirs = [os.path.join(FLAGS.workdir, label, f"seed{seed}") for seed in seeds]
-        run_variant(config, workdirs, seeds, FLAGS.vmap)
+    for label, config in variants:
+        workdirs = [workdir(label, seed) for seed in seeds]
         model = models.lookup(config.model)(num_classes=dataset.num_classes)
         flops = summary.summarize(model, dataset.image_shape)["total_flops"]
         row, curves[label] = summarize_variant(label, workdirs, flops, FLAGS.target_accuracy)

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cnn_jax import cli, data, layers, models, pooling, summary, train, vectorized
+from cnn_jax import cli, data, layers, losses, models, pooling, summary, train, vectorized
 from cnn_jax.config import Config
 
 flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion", "vmap_seeds"],
@@ -125,13 +125,16 @@ def seeds_vmapped(model, dataset, batch_size: int, steps: int, seeds: int):
     config = Config(batch_size=batch_size)
     create = functools.partial(train.initial_state, model, config, dataset.image_shape, steps)
     states = jax.jit(jax.vmap(create))(jnp.arange(seeds))
-    step = jax.jit(jax.vmap(functools.partial(train.train_step, augment=config.augment)), donate_argnums=0)
+    loss = losses.lookup(config.loss, config.label_smoothing)
+    step = jax.jit(jax.vmap(functools.partial(vectorized.scaled_step, augment=config.augment, loss=loss)),
+                   donate_argnums=0)
     orders = [data.epoch_permutation(seed, 0, len(dataset.train_labels)) for seed in range(seeds)]
+    rates = jnp.full(seeds, config.learning_rate)
 
     def run():
         nonlocal states
         for i in range(steps):
-            states, _ = step(states, vectorized.stacked_batch(dataset, orders, i, batch_size))
+            states, _ = step(states, vectorized.stacked_batch(dataset, orders, i, batch_size), rates)
         jax.block_until_ready(states)
 
     return run
