@@ -55,7 +55,8 @@ def watch(watcher: Callable):
 
 
 def _report(kind: str, x: jnp.ndarray, out: jnp.ndarray, window=None, stride=None, padding=0) -> jnp.ndarray:
-    """`out`, after telling the watchers that `kind` pooled `x` into it."""
+    """`out`, after telling the watchers that `kind` pooled `x` into it (`stride` None: the window)."""
+    stride = window if stride is None else stride
     for watcher in _watchers:
         watcher(kind, x, out, window, stride, padding)
     return out
@@ -133,7 +134,7 @@ def avg_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     `count_include_pad=True`), so every output divides by window².
     """
     out = _patches("avg_pool", x, window, stride, padding).mean(axis=-1)
-    return _report("avg_pool", x, out, window, window if stride is None else stride, padding)
+    return _report("avg_pool", x, out, window, stride, padding)
 
 
 def lp_pool(
@@ -150,7 +151,7 @@ def lp_pool(
     # An all-zero window (common after ReLU) has an infinite slope of the root; keep its gradient 0, not NaN.
     nonzero = total > 0
     out = jnp.where(nonzero, jnp.where(nonzero, total, 1.0) ** (1 / p), 0.0)
-    return _report("lp_pool", x, out, window, window if stride is None else stride, padding)
+    return _report("lp_pool", x, out, window, stride, padding)
 
 
 def gaussian_weights(window: int, sigma: float) -> np.ndarray:
@@ -175,7 +176,7 @@ def gaussian_pool(
         raise UserError(f"gaussian_pool: sigma={sigma} must be positive; use a width in pixels such as 1.0")
     patches = _patches("gaussian_pool", x, window, stride, padding)
     out = patches @ jnp.asarray(gaussian_weights(window, sigma), patches.dtype)
-    return _report("gaussian_pool", x, out, window, window if stride is None else stride, padding)
+    return _report("gaussian_pool", x, out, window, stride, padding)
 
 
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
@@ -286,8 +287,7 @@ class StochasticPool(nn.Module):
         else:
             total = a.sum(axis=-1)
             out = (a**2).sum(axis=-1) / jnp.where(total > 0, total, 1.0)
-        stride = self.window if self.stride is None else self.stride
-        return _report("stochastic_pool", x, out, self.window, stride, self.padding)
+        return _report("stochastic_pool", x, out, self.window, self.stride, self.padding)
 
 
 def fractional_boundaries(size: int, out: int, offset: int | jnp.ndarray) -> jnp.ndarray:

@@ -140,11 +140,8 @@ def evaluate(eval_fn, state: TrainState, images: np.ndarray, labels: np.ndarray,
 
     With `sharding` (every process calls it), each process feeds its share of each batch.
     """
-    if sharding is None:
-        sums = [eval_fn(state, batch) for batch in data.batches(images, labels, batch_size)]
-    else:
-        batches = data.batches(images, labels, batch_size, part=_process_part())
-        sums = [eval_fn(state, _global_batch(batch, sharding)) for batch in batches]
+    batches = data.batches(images, labels, batch_size, part=_process_part() if sharding else (0, 1))
+    sums = [eval_fn(state, batch if sharding is None else _global_batch(batch, sharding)) for batch in batches]
     totals = jax.tree.map(lambda *xs: float(np.sum(xs)), *_fetch(sums))
     return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
 
@@ -155,8 +152,9 @@ def data_mesh(*batch_sizes: int) -> Mesh:
     for flag, size in zip(flags, batch_sizes):
         if size % len(devices):
             below, above = size // len(devices) * len(devices), (size // len(devices) + 1) * len(devices)
+            examples = f"{below} or {above}" if below else f"{above}"
             raise UserError(f"{flag}={size} does not split evenly over {len(devices)} devices; use a multiple of "
-                            f"{len(devices)} such as {below or above} or {above}")
+                            f"{len(devices)} such as {examples}")
     return Mesh(np.array(devices), ("data",))
 
 
@@ -214,7 +212,7 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
 CONFIG_FILE = "config.json"
 
 
-def _prepare_workdir(workdir: str, config: Config, allow_config_change: bool) -> bool:
+def prepare_workdir(workdir: str, config: Config, allow_config_change: bool) -> bool:
     """Checks `workdir` and records `config` in it; True if it holds an unfinished run of this config to resume.
 
     Raises UserError if it cannot be written, holds a finished run, or holds a
@@ -378,7 +376,7 @@ def _run(config: Config, workdir: str, checkpoint_every: int, allow_config_chang
         raise UserError(f"--checkpoint_every must be >= 0 (0: at epoch ends only), got {checkpoint_every}")
     model, dataset, steps_per_epoch, total_steps = plan(config)
     mesh = data_mesh(config.batch_size, config.eval_batch_size)
-    resume = _prepare_workdir(workdir, config, allow_config_change)
+    resume = prepare_workdir(workdir, config, allow_config_change)
     lead = jax.process_index() == 0  # Only the first process writes metrics, results and logs.
 
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))

@@ -64,7 +64,7 @@ def train_group(configs: Sequence[Config], workdirs: Sequence[str]) -> list[dict
     for config in configs:
         config.validate()
     for config, workdir in zip(configs, workdirs, strict=True):
-        train._prepare_workdir(workdir, config, allow_config_change=False)
+        train.prepare_workdir(workdir, config, allow_config_change=False)
     seeds, rates = [config.seed for config in configs], jnp.asarray([config.learning_rate for config in configs])
     create = functools.partial(train.initial_state, model, unit, dataset.image_shape, total_steps)
     states = jax.jit(jax.vmap(create))(jnp.asarray(seeds))

@@ -57,7 +57,9 @@ def main(argv: list[str]) -> None:
     del argv
     config = config_from_flags()
     workdir = FLAGS.workdir or os.path.join("runs", f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from cnn_jax import train  # Imports JAX: after the flags, so --help stays fast.
+    import jax  # After the flags, so --help stays fast.
+
+    from cnn_jax import train
 
     train.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> None:
     except train.Preempted as e:
         print(e, file=sys.stderr)
         return
-    if results["processes"] == 1 or FLAGS.process_id in (None, 0):
+    if jax.process_index() == 0:  # Every process of a multi-process run gets the results; one prints them.
         print(f"test accuracy: {results['test_accuracy']:.4f}  (results in {os.path.join(workdir, 'results.json')})")
 
 

@@ -102,24 +102,26 @@ def memory_10240() -> Row:
                verdict({"values": 10240, "bytes": 10240}, computed, "10,240 is the number of values; in float32 that is 40,960 bytes"))
 
 
+def _conv3x3_output(claim: str, source: str, size: int, padding: int, expected: tuple[int, int]) -> Row:
+    """A claimed output size of a 3×3 convolution, stride 1, on a size×size×1 input."""
+    computed = output_shape(conv_block(1, 3, padding=padding), (size, size, 1))[:2]
+    return Row(claim, source, computed, verdict(expected, computed, "output size differs"))
+
+
 def padding_4x4() -> Row:
-    computed = output_shape(conv_block(1, 3, padding=0), (4, 4, 1))[:2]
-    return Row("4×4 with 3×3, P=0, S=1 -> 2×2", "001", computed, verdict((2, 2), computed, "output size differs"))
+    return _conv3x3_output("4×4 with 3×3, P=0, S=1 -> 2×2", "001", 4, 0, (2, 2))
 
 
 def padding_5x5_valid() -> Row:
-    computed = output_shape(conv_block(1, 3, padding=0), (5, 5, 1))[:2]
-    return Row("5×5 with 3×3, no padding -> 3×3", "003", computed, verdict((3, 3), computed, "output size differs"))
+    return _conv3x3_output("5×5 with 3×3, no padding -> 3×3", "003", 5, 0, (3, 3))
 
 
 def padding_5x5_same() -> Row:
-    computed = output_shape(conv_block(1, 3, padding=1), (5, 5, 1))[:2]
-    return Row("5×5 with 3×3, P=1 -> 5×5 (same size)", "003", computed, verdict((5, 5), computed, "output size differs"))
+    return _conv3x3_output("5×5 with 3×3, P=1 -> 5×5 (same size)", "003", 5, 1, (5, 5))
 
 
 def padding_7x7() -> Row:
-    computed = output_shape(conv_block(1, 3, padding=0), (7, 7, 1))[:2]
-    return Row("7×7×1 with 3×3 -> 5×5", "003", computed, verdict((5, 5), computed, "output size differs"))
+    return _conv3x3_output("7×7×1 with 3×3 -> 5×5", "003", 7, 0, (5, 5))
 
 
 def pool_4x4() -> Row:

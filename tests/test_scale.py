@@ -173,7 +173,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(refe
     assert not (tmp_path / "results.json").exists()
 
 
-def assert_close_curves(metrics, expected, rtol=1e-3):
+def assert_close_curves(metrics, expected, rtol=2e-4):
     """Two metrics.jsonl texts: the same steps, and every loss and accuracy equal to `rtol`."""
     lines, expected = ([json.loads(line) for line in text.splitlines()] for text in (metrics, expected))
     assert [line["step"] for line in lines] == [line["step"] for line in expected]
@@ -210,12 +210,13 @@ def test_two_processes_of_two_devices_match_one_process_of_four(reference, tmp_p
     address = f"localhost:{_free_port()}"
     processes = [start(tmp_path / "two", data_dir, f"--coordinator_address={address}", "--num_processes=2",
                        f"--process_id={i}", devices=2) for i in range(2)]
-    for process in processes:
-        code, _, err = finish(process)
-        assert code == 0, err
+    outputs = [finish(process) for process in processes]
+    assert all(code == 0 for code, _, _ in outputs), [err for _, _, err in outputs]
+    # Only process 0 reports and writes (orbax's checkpoints aside).
+    assert "test accuracy" in outputs[0][1] and "test accuracy" not in outputs[1][1] and not outputs[1][2].strip()
     one, two = outcome(tmp_path / "one"), outcome(tmp_path / "two")
     # The cross-process sums (gloo) add in another order than in-process ones: float32 rounding, as for 8 devices.
-    assert_close_curves(two[0], one[0])
+    assert_close_curves(two[0], one[0], rtol=1e-3)  # Measured: test loss up to 4.5e-4 apart.
     # (Parameters are not compared: the convolution biases before BatchNorm have gradients of pure rounding
     # noise, which Adam scales up to full-size steps, so they differ without changing any output.)
     assert two[1]["processes"] == 2 and len(two[1]["devices"]) == 4 and two[1]["steps"] == one[1]["steps"]
