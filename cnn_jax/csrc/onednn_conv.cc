@@ -2,7 +2,9 @@
 //
 // Tensors arrive in JAX's layouts: activations NHWC, kernels HWIO, float32.
 // oneDNN picks its own (blocked) layouts for speed; the handlers reorder into
-// them and back. Primitives and reorders are built once per shape and cached.
+// them and back, unless the two layouts place every value alike (a blocked
+// layout whose one block spans all channels is NHWC). Primitives are built
+// once per shape and cached.
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstdint>
@@ -31,8 +33,32 @@ struct Geometry {
 struct Plan {
   dnnl::primitive conv;
   memory::desc plain[3], chosen[3];  // src (or diff_src), weights (or diff_weights), dst (or diff_dst)
+  bool reorder[3];                    // Whether chosen[i] places values differently from plain[i].
   int args[3];
 };
+
+// Each dimension's stride in elements, where `d` is a plain layout or has one block that spans its dimension
+// (nChw16c with 16 channels); false for any other layout.
+bool ElementStrides(const memory::desc& d, memory::dims& strides) {
+  const dnnl_memory_desc_t& m = d.data;
+  if (m.format_kind != dnnl_blocked || m.format_desc.blocking.inner_nblks > 1) return false;
+  strides.assign(m.format_desc.blocking.strides, m.format_desc.blocking.strides + m.ndims);
+  for (int i = 0; i < m.ndims; ++i)
+    if (m.padded_dims[i] != m.dims[i] || m.padded_offsets[i] != 0) return false;
+  if (m.format_desc.blocking.inner_nblks == 1) {
+    const int dim = m.format_desc.blocking.inner_idxs[0];
+    if (m.format_desc.blocking.inner_blks[0] != m.dims[dim]) return false;
+    strides[dim] = 1;  // The block is innermost and contiguous; the block index itself is always 0.
+  }
+  return true;
+}
+
+// Whether every value of `a` and `b` (same dims and type) sits at the same offset, so no reorder is needed.
+bool SamePlaces(const memory::desc& a, const memory::desc& b) {
+  if (a == b) return true;
+  memory::dims sa, sb;
+  return a.data.offset0 == b.data.offset0 && ElementStrides(a, sa) && ElementStrides(b, sb) && sa == sb;
+}
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -77,6 +103,7 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g) {
     plan->chosen[2] = pd.diff_dst_desc();
     plan->args[0] = DNNL_ARG_SRC, plan->args[1] = DNNL_ARG_DIFF_WEIGHTS, plan->args[2] = DNNL_ARG_DIFF_DST;
   }
+  for (int i = 0; i < 3; ++i) plan->reorder[i] = !SamePlaces(plan->chosen[i], plan->plain[i]);
   return plan;
 }
 
@@ -96,12 +123,12 @@ void Run(Direction direction, const Geometry& g, float* buffers[3], int output) 
   memory plain[3], chosen[3];
   for (int i = 0; i < 3; ++i) {
     plain[i] = memory(plan->plain[i], engine, buffers[i]);
-    chosen[i] = plan->chosen[i] == plan->plain[i] ? plain[i] : memory(plan->chosen[i], engine);
-    if (i != output && chosen[i] != plain[i]) dnnl::reorder(plain[i], chosen[i]).execute(stream, plain[i], chosen[i]);
+    chosen[i] = plan->reorder[i] ? memory(plan->chosen[i], engine) : memory(plan->chosen[i], engine, buffers[i]);
+    if (i != output && plan->reorder[i]) dnnl::reorder(plain[i], chosen[i]).execute(stream, plain[i], chosen[i]);
     args[plan->args[i]] = chosen[i];
   }
   plan->conv.execute(stream, args);
-  if (chosen[output] != plain[output]) dnnl::reorder(chosen[output], plain[output]).execute(stream, chosen[output], plain[output]);
+  if (plan->reorder[output]) dnnl::reorder(chosen[output], plain[output]).execute(stream, chosen[output], plain[output]);
   stream.wait();
 }
 
