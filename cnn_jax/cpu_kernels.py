@@ -155,10 +155,11 @@ def batch_norm_relu_max_pool(x, offset, scale, bias, epsilon):
 def _batch_norm_relu_max_pool_fwd(x, offset, scale, bias, epsilon):
     n, h, w, c = x.shape
     shapes = (jax.ShapeDtypeStruct((n, h // 2, w // 2, c), x.dtype), jax.ShapeDtypeStruct((c,), x.dtype),
-              jax.ShapeDtypeStruct((c,), x.dtype), jax.ShapeDtypeStruct((n, h // 2, w // 2, c), np.int32))
+              jax.ShapeDtypeStruct((c,), x.dtype), jax.ShapeDtypeStruct((n, h // 2, w // 2, c), np.int8),
+              jax.ShapeDtypeStruct((n, h // 2, w // 2, c), x.dtype))
     # The offset moves the mean and nothing else: normalised, x + offset is x.
-    y, mean, var, argmax = _call("BatchNormReluMaxPoolForward", shapes)(x, scale, bias, **_epsilon(epsilon))
-    return (y, mean + offset, var), (x, scale, mean, var, argmax, y)
+    y, mean, var, winner, at_winner = _call("BatchNormReluMaxPoolForward", shapes)(x, scale, bias, **_epsilon(epsilon))
+    return (y, mean + offset, var), (x, scale, mean, var, winner, at_winner)
 
 
 def _batch_norm_relu_max_pool_bwd(epsilon, residuals, cotangents):
