@@ -24,13 +24,16 @@ import subprocess
 import sysconfig
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
             for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc")]
+_HEADERS = [os.path.join(os.path.dirname(__file__), "csrc", "few_channel_weight_gradient.h")]
 _TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
-            "FewChannelConvWeightGradient", "BatchNormReluMaxPoolForward", "BatchNormReluMaxPoolBackward")
+            "FewChannelConvWeightGradient", "BatchNormReluMaxPoolForward", "BatchNormReluMaxPoolBackward",
+            "BatchNormReluMaxPoolBackwardToConvWeights")
 
 # Input channels up to which `conv`'s weight gradient is `csrc/few_channel_weight_gradient.cc` (when the output
 # channels are a multiple of 8) rather than oneDNN's, whose kernels are made for many input channels. (Without
@@ -49,7 +52,7 @@ def _cpu_features() -> bytes:
 
 def _library_path() -> str:
     digest = hashlib.sha256(jax.__version__.encode() + _cpu_features())
-    for source in _SOURCES:
+    for source in _SOURCES + _HEADERS:
         with open(source, "rb") as f:
             digest.update(f.read())
     cache = os.environ.get("CNN_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "cnn_jax"))
@@ -117,15 +120,23 @@ def _conv_fwd(x, kernel, strides, padding):
     return conv(x, kernel, strides, padding), (x, kernel)
 
 
+def few_channels(kernel_shape) -> bool:
+    """Whether a convolution's weight gradient is `csrc/few_channel_weight_gradient.cc`'s rather than oneDNN's."""
+    return kernel_shape[2] <= FEW_CHANNELS and kernel_shape[3] % 8 == 0
+
+
+def _few_channel_attributes(attributes: dict) -> dict:
+    return {k: attributes[k] for k in ("stride_h", "stride_w", "pad_top", "pad_left")}
+
+
 def _conv_bwd(strides, padding, residuals, cotangent):
     x, kernel = residuals
     attributes = _attributes(strides, padding)
     dx = _call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x.shape, x.dtype))(
         cotangent, kernel, **attributes)
     dkernel_shape = jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
-    if kernel.shape[2] <= FEW_CHANNELS and kernel.shape[3] % 8 == 0:
-        dkernel = _call("FewChannelConvWeightGradient", dkernel_shape)(
-            x, cotangent, **{k: attributes[k] for k in ("stride_h", "stride_w", "pad_top", "pad_left")})
+    if few_channels(kernel.shape):
+        dkernel = _call("FewChannelConvWeightGradient", dkernel_shape)(x, cotangent, **_few_channel_attributes(attributes))
     else:
         dkernel = _call("OnednnConvWeightGradient", dkernel_shape)(x, cotangent, **attributes)
     return dx, dkernel
@@ -173,3 +184,37 @@ def _batch_norm_relu_max_pool_bwd(epsilon, residuals, cotangents):
 
 
 batch_norm_relu_max_pool.defvjp(_batch_norm_relu_max_pool_fwd, _batch_norm_relu_max_pool_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
+def batch_norm_relu_max_pool_after_conv(z, x, kernel, offset, scale, bias, strides, padding, epsilon):
+    """`batch_norm_relu_max_pool(z, ...)` where z = `conv(x, kernel, strides, padding)` has few input channels.
+
+    The same values; the gradients of `x` and `kernel` are computed here, the
+    kernel's from each image's gradient of z while it is in cache (it is
+    never stored whole), and z's is zero: pass z under `lax.stop_gradient` so
+    that the convolution's own gradients are not computed as well. Needs
+    `few_channels(kernel.shape)`. The gradient of `x`, if anything uses it,
+    goes through BatchNorm's and the convolution's gradients as usual.
+    """
+    return _batch_norm_relu_max_pool_fwd(z, offset, scale, bias, epsilon)[0]
+
+
+def _after_conv_fwd(z, x, kernel, offset, scale, bias, strides, padding, epsilon):
+    out, residuals = _batch_norm_relu_max_pool_fwd(z, offset, scale, bias, epsilon)
+    return out, (residuals, x, kernel)
+
+
+def _after_conv_bwd(strides, padding, epsilon, residuals, cotangents):
+    bn_residuals, x, kernel = residuals
+    vector = jax.ShapeDtypeStruct(bn_residuals[1].shape, x.dtype)
+    dkernel, doffset, dscale, dbias = _call(
+        "BatchNormReluMaxPoolBackwardToConvWeights", (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype), vector, vector, vector))(
+        *bn_residuals, cotangents[0], x, **_epsilon(epsilon), **_few_channel_attributes(_attributes(strides, padding)))
+    # XLA drops these two kernels where nothing uses x's gradient, as for a network's input images.
+    dz = _batch_norm_relu_max_pool_bwd(epsilon, bn_residuals, cotangents)[0]
+    dx = _conv_bwd(strides, padding, (x, kernel), dz)[0]
+    return jnp.zeros_like(bn_residuals[0]), dx, dkernel, doffset, dscale, dbias
+
+
+batch_norm_relu_max_pool_after_conv.defvjp(_after_conv_fwd, _after_conv_bwd)

@@ -119,20 +119,29 @@ class BatchNormReluMaxPool(nn.Module):
     batch_stats `mean`, `var`), so a `ConvBlock` uses it under BatchNorm's
     name while training and `nn.BatchNorm` itself otherwise; `offset` is the
     convolution's bias, which the kernel adds. Needs `cpu_kernels.load()`,
-    float32 NHWC input and even height and width.
+    float32 NHWC input and even height and width. Given `conv = (input,
+    kernel, strides, padding)` of the convolution that computed x, where
+    `cpu_kernels.few_channels(kernel.shape)`, the kernel's gradient comes from
+    `cpu_kernels.batch_norm_relu_max_pool_after_conv`, which never stores x's
+    gradient whole.
     """
 
     momentum: float = 0.9
     epsilon: float = 1e-5
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, offset: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, offset: jnp.ndarray, conv: tuple | None = None) -> jnp.ndarray:
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,))
         bias = self.param("bias", nn.initializers.zeros, (features,))
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
-        y, mean, var = cpu_kernels.batch_norm_relu_max_pool(x, offset, scale, bias, self.epsilon)
+        if conv is None:
+            y, mean, var = cpu_kernels.batch_norm_relu_max_pool(x, offset, scale, bias, self.epsilon)
+        else:
+            conv_input, kernel, strides, padding = conv
+            y, mean, var = cpu_kernels.batch_norm_relu_max_pool_after_conv(
+                lax.stop_gradient(x), conv_input, kernel, offset, scale, bias, strides, padding, self.epsilon)
         if not self.is_initializing():
             running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
             running_var.value = self.momentum * running_var.value + (1 - self.momentum) * var
@@ -161,12 +170,17 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         padding = self.padding if isinstance(self.padding, str) else [(self.padding, self.padding)] * 2
-        x, bias = ConvWithoutBias(self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
-                                  padding=padding, use_bias=False, conv_general_dilated=conv_general_dilated,
-                                  name="Conv_0")(x)
-        if train and self._fusable(x):
-            return BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="BatchNorm_0")(x, bias)
-        x = x + bias
+        conv = ConvWithoutBias(self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
+                               padding=padding, use_bias=False, conv_general_dilated=conv_general_dilated,
+                               name="Conv_0")
+        z, bias = conv(x)
+        if train and self._fusable(z):
+            batch_norm = BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="BatchNorm_0")
+            kernel = conv.variables["params"]["kernel"]
+            if isinstance(self.padding, int) and self.padding >= 0 and cpu_kernels.few_channels(kernel.shape):
+                return batch_norm(z, bias, conv=(x, kernel, (self.strides,) * 2, ((self.padding,) * 2,) * 2))
+            return batch_norm(z, bias)
+        x = z + bias
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
         x = self.activation(x)

@@ -169,12 +169,23 @@ def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient(shape, 
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-3)
 
 
-@pytest.mark.parametrize("shape", [(8, 12, 10, 6), (3, 28, 28, 16), (2, 2, 4, 1)])
-def test_fused_batch_norm_relu_max_pool_equals_flax_layers(monkeypatch, shape):
-    """The fused kernel against nn.BatchNorm -> relu -> max_pool_2x2: outputs, running statistics, gradients."""
+@pytest.mark.parametrize(
+    "shape, features, kernel, strides, padding",
+    [
+        ((8, 12, 10, 6), 5, 3, 1, 1),
+        ((3, 28, 28, 16), 5, 3, 1, 1),
+        ((2, 2, 4, 1), 5, 3, 1, 1),
+        # Few input channels: the kernel's gradient from BatchNormReluMaxPoolBackwardToConvWeights.
+        ((4, 28, 28, 1), 16, 5, 1, 2),  # The seed network's first layer.
+        ((3, 13, 17, 3), 8, 3, 2, 2),
+        ((2, 12, 8, 2), 24, 3, 1, 1),
+    ],
+)
+def test_fused_batch_norm_relu_max_pool_equals_flax_layers(monkeypatch, shape, features, kernel, strides, padding):
+    """The fused kernels against nn.BatchNorm -> relu -> max_pool_2x2: outputs, running statistics, gradients."""
     assert cpu_kernels.load()
     x = 3 * jax.random.normal(jax.random.key(0), shape) + 1
-    block = layers.ConvBlock(5, 3, padding=1, pool=pooling.max_pool_2x2)
+    block = layers.ConvBlock(features, kernel, strides=strides, padding=padding, pool=pooling.max_pool_2x2)
     variables = block.init(jax.random.key(1), x)
     variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(jax.random.key(2), v.shape), variables)
     weights = jax.random.normal(jax.random.key(3), block.apply(variables, x).shape)
@@ -182,15 +193,18 @@ def test_fused_batch_norm_relu_max_pool_equals_flax_layers(monkeypatch, shape):
     def step(fused):
         monkeypatch.setattr(layers.ConvBlock, "_fusable", lambda self, x: fused)
 
-        def loss(params):
+        def loss(params, x):
             y, updates = block.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
                                      mutable=["batch_stats"])
             return jnp.sum(y * weights), (y, updates)
 
-        return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+        return grad(variables["params"], x), grad.lower(variables["params"], x).as_text()
 
-    fused, plain = step(True), step(False)
-    for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):
+    (fused, fused_program), (plain, _) = step(True), step(False)
+    few_channels = cpu_kernels.few_channels((kernel, kernel, shape[-1], features))
+    assert ("BatchNormReluMaxPoolBackwardToConvWeights" in fused_program) == few_channels
+    for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):  # Including the input's gradient.
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 

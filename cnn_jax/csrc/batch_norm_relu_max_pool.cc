@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "few_channel_weight_gradient.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -171,62 +172,132 @@ ffi::Error Forward(Tensor x, Vector scale, Vector bias,
   return ffi::Error::Success();
 }
 
-// The gradients of Forward's y with respect to x, an offset added to x (Σ dx), scale and bias, given dy and what
-// Forward computed.
-ffi::Error Backward(Tensor x, Vector scale, Vector mean_in, Vector var_in, Winner winner, Tensor at_winner,
-                    Tensor dy, ffi::Result<Tensor> dx, ffi::Result<Vector> doffset,
-                    ffi::Result<Vector> dscale, ffi::Result<Vector> dbias, float epsilon) {
-  const Shape s = ShapeOf(x.dimensions());
-  const int64_t C = s.c;
-  const float *in = x.typed_data(), *kept = at_winner.typed_data(), *g = dy.typed_data(), *mean = mean_in.typed_data();
-  const int8_t* code = winner.typed_data();
-  std::vector<float> inv_std(C);
-  for (int64_t c = 0; c < C; ++c) inv_std[c] = 1.0f / std::sqrt(var_in.typed_data()[c] + epsilon);
-  // The pre-pooling gradient du is dy at each window's winner where the ReLU let it through, 0 elsewhere:
-  // dbias = Σ du, dscale = Σ du·x̂ with x̂ = (x − mean)/√(var + ε), both sums over the winners alone.
-  std::vector<double> sum_du, sum_du_xhat;
-  const float *mu = mean, *is = inv_std.data();
-  ChannelSums(s.pooled(), C, sum_du, sum_du_xhat, [&](int64_t p, float* a, float* b) {
-    const float *xk = kept + p * C, *gp = g + p * C;
-    const int8_t* k = code + p * C;
-    ForChannels(C, [&](auto lanes, int64_t c) {
-      using F = decltype(lanes);
-      const F du = LoadCode<F>(k + c) < kReluOff ? Load<F>(gp + c) : F{};
-      Store(a + c, Load<F>(a + c) + du);
-      Store(b + c, Load<F>(b + c) + du * ((Load<F>(xk + c) - Load<F>(mu + c)) * Load<F>(is + c)));
+// BatchNorm's backward pass through ReLU and the pooling, given dy and what Forward kept. Construction sums the
+// statistics dbias = Σ du and dscale = Σ du·x̂ over the winners alone, where du, the pre-pooling gradient, is dy at
+// each window's winner where the ReLU let it through and 0 elsewhere, and x̂ = (x − mean)/√(var + ε). Window() then
+// writes dx = scale/√(var + ε) · (du − mean(du) − x̂ · mean(du·x̂)) window by window.
+class BackwardPass {
+ public:
+  BackwardPass(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor at_winner, Tensor dy,
+               float epsilon)
+      : s_(ShapeOf(x.dimensions())), in_(x.typed_data()), g_(dy.typed_data()), code_(winner.typed_data()),
+        mean_(mean.typed_data()), inv_std_(s_.c), mul_(s_.c), mean_du_(s_.c), mean_du_xhat_(s_.c) {
+    const int64_t C = s_.c;
+    for (int64_t c = 0; c < C; ++c) inv_std_[c] = 1.0f / std::sqrt(var.typed_data()[c] + epsilon);
+    const float *kept = at_winner.typed_data(), *mu = mean_, *is = inv_std_.data();
+    ChannelSums(s_.pooled(), C, sum_du_, sum_du_xhat_, [&](int64_t p, float* a, float* b) {
+      const float *xk = kept + p * C, *gp = g_ + p * C;
+      const int8_t* k = code_ + p * C;
+      ForChannels(C, [&](auto lanes, int64_t c) {
+        using F = decltype(lanes);
+        const F du = LoadCode<F>(k + c) < kReluOff ? Load<F>(gp + c) : F{};
+        Store(a + c, Load<F>(a + c) + du);
+        Store(b + c, Load<F>(b + c) + du * ((Load<F>(xk + c) - Load<F>(mu + c)) * Load<F>(is + c)));
+      });
     });
-  });
-  // dx = scale/√(var + ε) · (du − mean(du) − x̂ · mean(du·x̂)).
-  std::vector<float> mul(C), mean_du(C), mean_du_xhat(C);
-  for (int64_t c = 0; c < C; ++c) {
-    dbias->typed_data()[c] = float(sum_du[c]);
-    dscale->typed_data()[c] = float(sum_du_xhat[c]);
-    mul[c] = scale.typed_data()[c] * inv_std[c];
-    mean_du[c] = float(sum_du[c] / s.count());
-    mean_du_xhat[c] = float(sum_du_xhat[c] / s.count());
+    for (int64_t c = 0; c < C; ++c) {
+      mul_[c] = scale.typed_data()[c] * inv_std_[c];
+      mean_du_[c] = float(sum_du_[c] / s_.count());
+      mean_du_xhat_[c] = float(sum_du_xhat_[c] / s_.count());
+    }
   }
-  // Writes dx and sums it per channel: that sum is the gradient of an offset added to x before BatchNorm (a
-  // convolution's bias), so its gradient needs no second pass over dx.
-  float* grad = dx->typed_data();
-  const float *ml = mul.data(), *md = mean_du.data(), *mdx = mean_du_xhat.data();
-  std::vector<double> sum_dx, unused;  // ChannelSums keeps two sums; this pass needs one.
-  ChannelSums(s.pooled(), C, sum_dx, unused, [&](int64_t p, float* a, float*) {
-    const float* gp = g + p * C;
-    const int8_t* k = code + p * C;
+
+  const Shape& shape() const { return s_; }
+
+  void WriteStatistics(float* dscale, float* dbias) const {
+    for (int64_t c = 0; c < s_.c; ++c) dbias[c] = float(sum_du_[c]), dscale[c] = float(sum_du_xhat_[c]);
+  }
+
+  // Writes dx for the window of pooled pixel p, whose top-left value is at `window` in an NHWC tensor of x's width,
+  // and adds it to the per-channel sums `sum`.
+  void Window(int64_t p, float* window, float* sum) const {
+    const int64_t C = s_.c;
+    const float *gp = g_ + p * C, *mu = mean_, *is = inv_std_.data(), *ml = mul_.data(), *md = mean_du_.data(),
+                *mdx = mean_du_xhat_.data();
+    const int8_t* k = code_ + p * C;
     for (int q = 0; q < 4; ++q) {
-      const float* xs = in + s.window_start(p) + s.window_offset(q);
-      float* gs = grad + s.window_start(p) + s.window_offset(q);
+      const float* xs = in_ + s_.window_start(p) + s_.window_offset(q);
+      float* gs = window + s_.window_offset(q);
       ForChannels(C, [&](auto lanes, int64_t c) {
         using F = decltype(lanes);
         const F du = LoadCode<F>(k + c) == q ? Load<F>(gp + c) : F{};  // Never where the ReLU clipped (k ≥ 4).
         const F grad_x = Load<F>(ml + c) * (du - Load<F>(md + c) - (Load<F>(xs + c) - Load<F>(mu + c)) *
                                                                       Load<F>(is + c) * Load<F>(mdx + c));
         Store(gs + c, grad_x);
-        Store(a + c, Load<F>(a + c) + grad_x);
+        Store(sum + c, Load<F>(sum + c) + grad_x);
       });
     }
-  });
-  for (int64_t c = 0; c < C; ++c) doffset->typed_data()[c] = float(sum_dx[c]);
+  }
+
+ private:
+  Shape s_;
+  const float *in_, *g_;
+  const int8_t* code_;
+  const float* mean_;
+  std::vector<float> inv_std_, mul_, mean_du_, mean_du_xhat_;
+  std::vector<double> sum_du_, sum_du_xhat_;
+};
+
+// The gradients of Forward's y with respect to x, an offset added to x (Σ dx: the gradient of a convolution's bias,
+// summed while dx is written), scale and bias, given dy and what Forward computed.
+ffi::Error Backward(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor at_winner, Tensor dy,
+                    ffi::Result<Tensor> dx, ffi::Result<Vector> doffset, ffi::Result<Vector> dscale,
+                    ffi::Result<Vector> dbias, float epsilon) {
+  const BackwardPass pass(x, scale, mean, var, winner, at_winner, dy, epsilon);
+  pass.WriteStatistics(dscale->typed_data(), dbias->typed_data());
+  const Shape& s = pass.shape();
+  float* grad = dx->typed_data();
+  std::vector<double> sum_dx, unused;  // ChannelSums keeps two sums; this pass needs one.
+  ChannelSums(s.pooled(), s.c, sum_dx, unused,
+              [&](int64_t p, float* a, float*) { pass.Window(p, grad + s.window_start(p), a); });
+  for (int64_t c = 0; c < s.c; ++c) doffset->typed_data()[c] = float(sum_dx[c]);
+  return ffi::Error::Success();
+}
+
+// Backward's gradients of the offset, scale and bias, and instead of dx, the gradient of the weights of the
+// convolution with few input channels that computed x from `conv_input` (few_channel_weight_gradient.h): each image's
+// dx is written to a buffer that stays in cache and consumed there, never stored whole.
+ffi::Error BackwardToConvWeights(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor at_winner,
+                                 Tensor dy, Tensor conv_input, ffi::Result<Tensor> dkernel,
+                                 ffi::Result<Vector> doffset, ffi::Result<Vector> dscale, ffi::Result<Vector> dbias,
+                                 float epsilon, int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                                 int64_t pad_left) {
+  const BackwardPass pass(x, scale, mean, var, winner, at_winner, dy, epsilon);
+  pass.WriteStatistics(dscale->typed_data(), dbias->typed_data());
+  const Shape& s = pass.shape();
+  const auto cd = conv_input.dimensions(), kd = dkernel->dimensions();
+  const cnn_jax::Geometry g{cd[1], cd[2], cd[3], s.h, s.w, s.c, kd[0], kd[1], stride_h, stride_w, pad_top, pad_left};
+  if (g.out % 8 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 8");
+  const int64_t image_size = s.h * s.w * s.c, pooled_per_image = s.pooled() / s.n, size = g.kh * g.kw * g.c * g.out;
+  const float* input = conv_input.typed_data();
+  std::vector<std::vector<float>> partial_dk(omp_get_max_threads());
+  std::vector<std::vector<double>> partial_dx(omp_get_max_threads());
+#pragma omp parallel
+  {
+    std::vector<float>& acc = partial_dk[omp_get_thread_num()];
+    std::vector<double>& sum_dx = partial_dx[omp_get_thread_num()];
+    acc.assign(size, 0.0f);
+    sum_dx.assign(s.c, 0.0);
+    std::vector<float> image_dx(image_size), image_sum(s.c), planes(cnn_jax::PlaneSize(g));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < s.n; ++n) {
+      std::fill(image_sum.begin(), image_sum.end(), 0.0f);
+      for (int64_t p = n * pooled_per_image; p < (n + 1) * pooled_per_image; ++p)
+        pass.Window(p, image_dx.data() + s.window_start(p) - n * image_size, image_sum.data());
+      for (int64_t c = 0; c < s.c; ++c) sum_dx[c] += image_sum[c];
+      cnn_jax::AddImage(g, input + n * g.h * g.w * g.c, image_dx.data(), planes.data(), acc.data());
+    }
+  }
+  // Summed in thread order, so the result does not depend on which thread finished first.
+  float* dk = dkernel->typed_data();
+  std::fill(dk, dk + size, 0.0f);
+  std::vector<double> sum_dx(s.c, 0.0);
+  for (size_t t = 0; t < partial_dk.size(); ++t) {
+    if (partial_dk[t].empty()) continue;
+    for (int64_t k = 0; k < size; ++k) dk[k] += partial_dk[t][k];
+    for (int64_t c = 0; c < s.c; ++c) sum_dx[c] += partial_dx[t][c];
+  }
+  for (int64_t c = 0; c < s.c; ++c) doffset->typed_data()[c] = float(sum_dx[c]);
   return ffi::Error::Success();
 }
 
@@ -257,3 +328,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackward, Backward,
                                   .Ret<Vector>()
                                   .Ret<Vector>()
                                   .Attr<float>("epsilon"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeights, BackwardToConvWeights,
+                              ffi::Ffi::Bind()
+                                  .Arg<Tensor>()
+                                  .Arg<Vector>()
+                                  .Arg<Vector>()
+                                  .Arg<Vector>()
+                                  .Arg<Winner>()
+                                  .Arg<Tensor>()
+                                  .Arg<Tensor>()
+                                  .Arg<Tensor>()
+                                  .Ret<Tensor>()
+                                  .Ret<Vector>()
+                                  .Ret<Vector>()
+                                  .Ret<Vector>()
+                                  .Attr<float>("epsilon")
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
