@@ -208,6 +208,26 @@ def test_fused_batch_norm_relu_max_pool_equals_flax_layers(monkeypatch, shape, f
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_fused_kernels_under_vmap_equal_them_one_by_one():
+    """As `cnn_jax.vectorized` runs them (several models' parameters, one batch of images): bit for bit."""
+    block = layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2)
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    variables = jax.vmap(lambda key: block.init(key, x))(jax.random.split(jax.random.key(1), 2))
+
+    def grads(params, stats, x):
+        def loss(params):
+            y, _ = block.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+            return jnp.sum(y * jnp.sin(jnp.arange(y.size).reshape(y.shape)))
+
+        return jax.grad(loss)(params)
+
+    together = jax.jit(jax.vmap(grads, in_axes=(0, 0, None)))(variables["params"], variables["batch_stats"], x)
+    for k in range(2):
+        alone = jax.jit(grads)(*(jax.tree.map(lambda v: v[k], variables[c]) for c in ("params", "batch_stats")), x)
+        for got, want in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_array_equal(got[k], want)
+
+
 def test_seed_network_trains_through_the_fused_kernel_on_cpu():
     x = jnp.zeros((2, 28, 28, 1))
     assert layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2)._fusable(x)
