@@ -155,7 +155,9 @@ class ConvBlock(nn.Module):
     1e-5) so results compare with the PyTorch code the seeds show. `padding` is
     the number of zeros added on each side, or "SAME"/"VALID". On the CPU,
     training-mode BatchNorm -> ReLU -> `max_pool_2x2` runs as one fused kernel
-    (`BatchNormReluMaxPool`), which also adds the convolution's bias. The
+    (`BatchNormReluMaxPool`), which also adds the convolution's bias, and
+    after a float32 convolution with few input channels and integer padding
+    (a first layer) computes that convolution's weight gradient too. The
     variables are those of `nn.Conv` and `nn.BatchNorm` either way.
     """
 
@@ -177,7 +179,9 @@ class ConvBlock(nn.Module):
         if train and self._fusable(z):
             batch_norm = BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="BatchNorm_0")
             kernel = conv.variables["params"]["kernel"]
-            if isinstance(self.padding, int) and self.padding >= 0 and cpu_kernels.few_channels(kernel.shape):
+            few_channel_conv = (isinstance(self.padding, int) and self.padding >= 0 and x.dtype == jnp.float32
+                                and cpu_kernels.few_channels(kernel.shape))
+            if few_channel_conv:
                 return batch_norm(z, bias, conv=(x, kernel, (self.strides,) * 2, ((self.padding,) * 2,) * 2))
             return batch_norm(z, bias)
         x = z + bias
