@@ -24,7 +24,6 @@ import subprocess
 import sysconfig
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -214,7 +213,7 @@ def _after_conv_bwd(strides, padding, epsilon, residuals, cotangents):
     # XLA drops these two kernels where nothing uses x's gradient, as for a network's input images.
     dz = _batch_norm_relu_max_pool_bwd(epsilon, bn_residuals, cotangents)[0]
     dx = _conv_bwd(strides, padding, (x, kernel), dz)[0]
-    return jnp.zeros_like(bn_residuals[0]), dx, dkernel, doffset, dscale, dbias
+    return None, dx, dkernel, doffset, dscale, dbias  # None: a zero gradient for z.
 
 
 batch_norm_relu_max_pool_after_conv.defvjp(_after_conv_fwd, _after_conv_bwd)

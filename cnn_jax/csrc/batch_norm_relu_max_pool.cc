@@ -55,12 +55,10 @@ void ChannelSums(int64_t rows, int64_t channels, std::vector<double>& sum_a, std
       for (int64_t c = 0; c < channels; ++c) local_a[c] += block_a[c], local_b[c] += block_b[c];
     }
   }
-  // Summed in thread order, so the result does not depend on which thread finished first.
-  sum_a.assign(channels, 0.0);
-  sum_b.assign(channels, 0.0);
-  for (size_t t = 0; t < partial_a.size(); ++t)
-    for (int64_t c = 0; c < static_cast<int64_t>(partial_a[t].size()); ++c)
-      sum_a[c] += partial_a[t][c], sum_b[c] += partial_b[t][c];
+  sum_a.resize(channels);
+  sum_b.resize(channels);
+  cnn_jax::SumInThreadOrder(partial_a, sum_a.data(), channels);
+  cnn_jax::SumInThreadOrder(partial_b, sum_b.data(), channels);
 }
 
 // x's shape, and where the 2×2 windows of pooled pixel p = (n·H/2 + i)·W/2 + j lie in x.
@@ -262,12 +260,12 @@ ffi::Error BackwardToConvWeights(Tensor x, Vector scale, Vector mean, Vector var
                                  ffi::Result<Vector> doffset, ffi::Result<Vector> dscale, ffi::Result<Vector> dbias,
                                  float epsilon, int64_t stride_h, int64_t stride_w, int64_t pad_top,
                                  int64_t pad_left) {
+  const auto cd = conv_input.dimensions(), kd = dkernel->dimensions();
+  if (kd[3] % 8 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 8");
   const BackwardPass pass(x, scale, mean, var, winner, at_winner, dy, epsilon);
   pass.WriteStatistics(dscale->typed_data(), dbias->typed_data());
   const Shape& s = pass.shape();
-  const auto cd = conv_input.dimensions(), kd = dkernel->dimensions();
   const cnn_jax::Geometry g{cd[1], cd[2], cd[3], s.h, s.w, s.c, kd[0], kd[1], stride_h, stride_w, pad_top, pad_left};
-  if (g.out % 8 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 8");
   const int64_t image_size = s.h * s.w * s.c, pooled_per_image = s.pooled() / s.n, size = g.kh * g.kw * g.c * g.out;
   const float* input = conv_input.typed_data();
   std::vector<std::vector<float>> partial_dk(omp_get_max_threads());
@@ -288,17 +286,16 @@ ffi::Error BackwardToConvWeights(Tensor x, Vector scale, Vector mean, Vector var
       cnn_jax::AddImage(g, input + n * g.h * g.w * g.c, image_dx.data(), planes.data(), acc.data());
     }
   }
-  // Summed in thread order, so the result does not depend on which thread finished first.
-  float* dk = dkernel->typed_data();
-  std::fill(dk, dk + size, 0.0f);
-  std::vector<double> sum_dx(s.c, 0.0);
-  for (size_t t = 0; t < partial_dk.size(); ++t) {
-    if (partial_dk[t].empty()) continue;
-    for (int64_t k = 0; k < size; ++k) dk[k] += partial_dk[t][k];
-    for (int64_t c = 0; c < s.c; ++c) sum_dx[c] += partial_dx[t][c];
-  }
+  cnn_jax::SumInThreadOrder(partial_dk, dkernel->typed_data(), size);
+  std::vector<double> sum_dx(s.c);
+  cnn_jax::SumInThreadOrder(partial_dx, sum_dx.data(), s.c);
   for (int64_t c = 0; c < s.c; ++c) doffset->typed_data()[c] = float(sum_dx[c]);
   return ffi::Error::Success();
+}
+
+// The arguments BackwardPass reads, first in both backward handlers: x, scale, mean, var, winner, at_winner, dy.
+auto BindBackwardPass() {
+  return ffi::Ffi::Bind().Arg<Tensor>().Arg<Vector>().Arg<Vector>().Arg<Vector>().Arg<Winner>().Arg<Tensor>().Arg<Tensor>();
 }
 
 }  // namespace
@@ -315,28 +312,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForward, Forward,
                                   .Ret<Tensor>()
                                   .Attr<float>("epsilon"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Arg<Tensor>()
-                                  .Arg<Vector>()
-                                  .Arg<Vector>()
-                                  .Arg<Vector>()
-                                  .Arg<Winner>()
-                                  .Arg<Tensor>()
-                                  .Arg<Tensor>()
+                              BindBackwardPass()
                                   .Ret<Tensor>()
                                   .Ret<Vector>()
                                   .Ret<Vector>()
                                   .Ret<Vector>()
                                   .Attr<float>("epsilon"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeights, BackwardToConvWeights,
-                              ffi::Ffi::Bind()
-                                  .Arg<Tensor>()
-                                  .Arg<Vector>()
-                                  .Arg<Vector>()
-                                  .Arg<Vector>()
-                                  .Arg<Winner>()
-                                  .Arg<Tensor>()
-                                  .Arg<Tensor>()
+                              BindBackwardPass()
                                   .Arg<Tensor>()
                                   .Ret<Tensor>()
                                   .Ret<Vector>()

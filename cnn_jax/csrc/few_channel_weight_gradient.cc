@@ -45,12 +45,7 @@ ffi::Error WeightGradient(Tensor x, Tensor dy, ffi::Result<Tensor> dw, int64_t s
     for (int64_t n = 0; n < images; ++n)
       cnn_jax::AddImage(g, in + n * g.h * g.w * g.c, grad + n * g.p * g.q * g.out, planes.data(), acc.data());
   }
-  // Summed in thread order, so the result does not depend on which thread finished first.
-  float* out = dw->typed_data();
-  std::fill(out, out + size, 0.0f);
-  for (const auto& acc : partial)
-    if (!acc.empty())
-      for (int64_t k = 0; k < size; ++k) out[k] += acc[k];
+  cnn_jax::SumInThreadOrder(partial, dw->typed_data(), size);
   return ffi::Error::Success();
 }
 

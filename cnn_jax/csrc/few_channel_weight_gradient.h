@@ -11,6 +11,9 @@
 namespace cnn_jax {
 
 typedef float v8 __attribute__((vector_size(32)));
+
+// The convolution: input H×W×C, output P×Q×Cout (`out`), kernel KH×KW, strides, and the zeros padded before the
+// first row (`top`) and column (`left`).
 struct Geometry {
   int64_t h, w, c, p, q, out, kh, kw, sh, sw, top, left;
   int64_t padded_w() const { return (q - 1) * sw + kw; }  // Padded input columns the kernel reaches.
@@ -74,6 +77,16 @@ inline void AddImage(const Geometry& g, const float* image, const float* image_d
       else Blocks<1>(g, plane, image_dy, i, c, acc);
     }
   }
+}
+
+// Sums per-thread accumulators (those a thread filled; the rest are empty) into out[0 .. size), in thread order, so
+// the result does not depend on which thread finished first.
+template <typename T>
+inline void SumInThreadOrder(const std::vector<std::vector<T>>& partial, T* out, int64_t size) {
+  std::fill(out, out + size, T(0));
+  for (const auto& acc : partial)
+    if (!acc.empty())
+      for (int64_t k = 0; k < size; ++k) out[k] += acc[k];
 }
 
 }  // namespace cnn_jax
