@@ -98,8 +98,9 @@ def test_runs_vmapped_over_seeds_and_learning_rates_train_as_the_runs_one_by_one
         alone = train.train_and_evaluate(config, str(tmp_path / f"s{k}"))
         assert result["vectorized_runs"] == 3 and result["config"] == alone["config"]
         assert result["steps"] == alone["steps"]
-        # The scaled update differs from optax's by an ulp here and there; training grows that. Measured: train
-        # loss within 5e-8, test loss within 1.5e-3 (relative), test accuracy within 2 of the 200 test images.
+        # Measured: train loss within 5e-8, test loss within 1.5e-3 (relative), test accuracy within 2 of the 200
+        # test images. The test-set gap is larger than the training one and was there before the fused kernels
+        # changed (1.3e-4 after one epoch whose training losses were bit-identical); its cause is not yet known.
         for key in ("train_loss", "train_accuracy"):
             assert result[key] == pytest.approx(alone[key], rel=1e-3), key
         assert result["test_loss"] == pytest.approx(alone["test_loss"], rel=5e-3)
