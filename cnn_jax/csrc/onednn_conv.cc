@@ -4,7 +4,11 @@
 // oneDNN picks its own (blocked) layouts for speed; the handlers reorder into
 // them and back, unless the two layouts place every value alike (a blocked
 // layout whose one block spans all channels is NHWC). Primitives are built
-// once per shape and cached.
+// once per shape and cached, each with its own scratchpad: XLA runs a cached
+// primitive on whichever of its threads is free, and oneDNN's default
+// scratchpad belongs to the thread that created the primitive (on CPUs whose
+// kernels need one, such as AVX2's gemm-based weight gradient, running it on
+// another thread wrote past that thread's smaller scratchpad and crashed).
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstdint>
@@ -32,6 +36,7 @@ struct Geometry {
 // its three operands, the reorder between JAX's plain layout and oneDNN's.
 struct Plan {
   dnnl::primitive conv;
+  memory scratchpad;
   memory::desc plain[3], chosen[3];  // src (or diff_src), weights (or diff_weights), dst (or diff_dst)
   bool reorder[3];                    // Whether chosen[i] places values differently from plain[i].
   int args[3];
@@ -73,31 +78,36 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g) {
   const tag activations = direction == Direction::kForward ? tag::any : tag::nhwc;
   memory::desc src_any(g.src, f32, activations), w_any(g.weights, f32, tag::any), dst_any(g.dst, f32, activations);
   auto algo = dnnl::algorithm::convolution_direct;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::convolution_forward::desc fwd_desc(dnnl::prop_kind::forward_training, algo, src_any, w_any, dst_any,
                                            g.strides, g.pad_l, g.pad_r);
-  dnnl::convolution_forward::primitive_desc fwd_pd(fwd_desc, engine);
+  dnnl::convolution_forward::primitive_desc fwd_pd(fwd_desc, attr, engine);
   auto plan = std::make_unique<Plan>();
   plan->plain[0] = memory::desc(g.src, f32, tag::nhwc);
   plan->plain[1] = memory::desc(g.weights, f32, tag::hwio);
   plan->plain[2] = memory::desc(g.dst, f32, tag::nhwc);
   if (direction == Direction::kForward) {
     plan->conv = dnnl::convolution_forward(fwd_pd);
+    plan->scratchpad = memory(fwd_pd.scratchpad_desc(), engine);
     plan->chosen[0] = fwd_pd.src_desc();
     plan->chosen[1] = fwd_pd.weights_desc();
     plan->chosen[2] = fwd_pd.dst_desc();
     plan->args[0] = DNNL_ARG_SRC, plan->args[1] = DNNL_ARG_WEIGHTS, plan->args[2] = DNNL_ARG_DST;
   } else if (direction == Direction::kInputGradient) {
     dnnl::convolution_backward_data::desc desc(algo, src_any, w_any, dst_any, g.strides, g.pad_l, g.pad_r);
-    dnnl::convolution_backward_data::primitive_desc pd(desc, engine, fwd_pd);
+    dnnl::convolution_backward_data::primitive_desc pd(desc, attr, engine, fwd_pd);
     plan->conv = dnnl::convolution_backward_data(pd);
+    plan->scratchpad = memory(pd.scratchpad_desc(), engine);
     plan->chosen[0] = pd.diff_src_desc();
     plan->chosen[1] = pd.weights_desc();
     plan->chosen[2] = pd.diff_dst_desc();
     plan->args[0] = DNNL_ARG_DIFF_SRC, plan->args[1] = DNNL_ARG_WEIGHTS, plan->args[2] = DNNL_ARG_DIFF_DST;
   } else {
     dnnl::convolution_backward_weights::desc desc(algo, src_any, w_any, dst_any, g.strides, g.pad_l, g.pad_r);
-    dnnl::convolution_backward_weights::primitive_desc pd(desc, engine, fwd_pd);
+    dnnl::convolution_backward_weights::primitive_desc pd(desc, attr, engine, fwd_pd);
     plan->conv = dnnl::convolution_backward_weights(pd);
+    plan->scratchpad = memory(pd.scratchpad_desc(), engine);
     plan->chosen[0] = pd.src_desc();
     plan->chosen[1] = pd.diff_weights_desc();
     plan->chosen[2] = pd.diff_dst_desc();
@@ -119,7 +129,7 @@ void Run(Direction direction, const Geometry& g, float* buffers[3], int output) 
   if (!plan) plan = MakePlan(direction, g);
   auto& engine = Engine();
   dnnl::stream stream(engine);
-  std::unordered_map<int, memory> args;
+  std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, plan->scratchpad}};
   memory plain[3], chosen[3];
   for (int i = 0; i < 3; ++i) {
     plain[i] = memory(plan->plain[i], engine, buffers[i]);
