@@ -31,4 +31,4 @@ fi
 .venv/bin/python -m pip install -q -e ".${extras}"
 # Compile the CPU kernels now rather than on the first run (it warns, and cnn_jax
 # falls back to XLA's operations, if it cannot).
-.venv/bin/python -c "from cnn_jax import cpu_kernels; cpu_kernels.load()"
+.venv/bin/python -c "from cnn_jax.kernels import ffi; ffi.load()"

@@ -23,7 +23,7 @@ import statistics
 
 from absl import flags
 
-from cnn_jax import cli
+from experiments import cli
 
 flags.DEFINE_string("sweep", None, "The sweep to run: activation, pooling, batchnorm, kernels, depth_width, "
                     "learning_rate (cnn_jax/sweeps.py).")
@@ -58,7 +58,7 @@ def run_all(runs: list, vmap: bool) -> None:
     """
     from tqdm import tqdm
 
-    from cnn_jax import train, vectorized
+    from cnn_jax.training import loop, vectorized
 
     todo = [(config, workdir) for config, workdir in runs if not _finished(workdir)]
     fresh = [(config, workdir) for config, workdir in todo if not _started(workdir)]
@@ -72,7 +72,7 @@ def run_all(runs: list, vmap: bool) -> None:
     alone = [(config, workdir) for config, workdir in todo if workdir not in grouped]
     with tqdm(total=len(todo), desc="runs", unit="run", disable=None) as bar:
         for config, workdir in alone:
-            train.train_and_evaluate(config, workdir, checkpoint_every=500)
+            loop.train_and_evaluate(config, workdir, checkpoint_every=500)
             bar.update()
         for group in groups:
             vectorized.train_group(*zip(*group))
@@ -123,7 +123,7 @@ def write_summary(workdir: str, sweep_name: str, claim: str, rows: list[dict], c
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cnn_jax.writers import write_json_atomically
+    from cnn_jax.training.writers import write_json_atomically
 
     with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
@@ -174,7 +174,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str]) -> None:
     del argv
     from cnn_jax.errors import UserError
-    from cnn_jax.sweeps import SWEEPS
+    from cnn_jax.training.sweeps import SWEEPS
 
     if FLAGS.sweep not in SWEEPS:
         raise UserError(f"--sweep={FLAGS.sweep!r} is not a sweep; choose one of {', '.join(SWEEPS)}")
@@ -190,8 +190,9 @@ def main(argv: list[str]) -> None:
     for _, config in variants:
         config.validate()
 
-    from cnn_jax import data, models, summary
-    from cnn_jax.config import Config
+    from cnn_jax import data, models
+    from cnn_jax.analysis import summary
+    from cnn_jax.training.config import Config
 
     def workdir(label, seed):
         return os.path.join(FLAGS.workdir, label, f"seed{seed}")

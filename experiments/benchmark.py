@@ -55,8 +55,12 @@ import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cnn_jax import cli, data, layers, losses, models, pooling, summary, train, vectorized
-from cnn_jax.config import Config
+from cnn_jax import data, layers, models
+from cnn_jax.analysis import summary
+from cnn_jax.layers import losses, pooling
+from cnn_jax.training import loop, vectorized
+from cnn_jax.training.config import Config
+from experiments import cli
 
 flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion", "vmap_seeds"],
                   "Which comparison to run.")
@@ -94,10 +98,10 @@ def interleaved_median_seconds(runs: dict, repeats: int) -> dict:
 def host_loop(model, dataset, batch_size: int, steps: int):
     """A function running `steps` training steps of `model` as cnn_jax.train does: host batches, AOT-compiled step."""
     config = Config(batch_size=batch_size)
-    mesh = train.data_mesh(batch_size, config.eval_batch_size)
-    state = train.create_train_state(model, config, dataset.image_shape, steps)
+    mesh = loop.data_mesh(batch_size, config.eval_batch_size)
+    state = steps.create_train_state(model, config, dataset.image_shape, steps)
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-    step, _ = train.compile_steps(state, dataset, config, mesh)
+    step, _ = loop.compile_steps(state, dataset, config, mesh)
     order = data.epoch_permutation(0, 0, len(dataset.train_labels))
 
     def run():
@@ -111,11 +115,11 @@ def host_loop(model, dataset, batch_size: int, steps: int):
 
 def seeds_one_by_one(model, dataset, batch_size: int, steps: int, seeds: int):
     """A function running `steps` training steps of each of `seeds` models, one model after another."""
-    loops = [host_loop(model, dataset, batch_size, steps) for _ in range(seeds)]
+    runs = [host_loop(model, dataset, batch_size, steps) for _ in range(seeds)]
 
     def run():
-        for loop in loops:
-            loop()
+        for run_seed in runs:
+            run_seed()
 
     return run
 
@@ -123,7 +127,7 @@ def seeds_one_by_one(model, dataset, batch_size: int, steps: int, seeds: int):
 def seeds_vmapped(model, dataset, batch_size: int, steps: int, seeds: int):
     """A function running `steps` training steps of `seeds` models at once, vectorised (cnn_jax.vectorized)."""
     config = Config(batch_size=batch_size)
-    create = functools.partial(train.initial_state, model, config, dataset.image_shape, steps)
+    create = functools.partial(steps.initial_state, model, config, dataset.image_shape, steps)
     states = jax.jit(jax.vmap(create))(jnp.arange(seeds))
     loss = losses.lookup(config.loss, config.label_smoothing)
     step = jax.jit(jax.vmap(functools.partial(vectorized.scaled_step, augment=config.augment, loss=loss)),
@@ -143,8 +147,8 @@ def seeds_vmapped(model, dataset, batch_size: int, steps: int, seeds: int):
 def device_loop(model, dataset, batch_size: int, steps: int):
     """A function running `steps` training steps of `model`, batches gathered on the device."""
     config = Config(batch_size=batch_size)
-    state = train.create_train_state(model, config, dataset.image_shape, steps)
-    step_fn = functools.partial(train.train_step, augment=config.augment)
+    state = steps.create_train_state(model, config, dataset.image_shape, steps)
+    step_fn = functools.partial(steps.train_step, augment=config.augment)
     order = data.epoch_permutation(0, 0, len(dataset.train_labels))
     images, labels, order = jax.device_put((dataset.train_images, dataset.train_labels, order))
 

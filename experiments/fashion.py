@@ -15,8 +15,8 @@ import time
 
 from absl import flags
 
-from cnn_jax import cli
-from cnn_jax.config import AUGMENTATIONS, LR_SCHEDULES, Config
+from cnn_jax.training.config import AUGMENTATIONS, LR_SCHEDULES, Config
+from experiments import cli
 
 _DEFAULTS = Config()
 
@@ -59,12 +59,12 @@ def main(argv: list[str]) -> None:
     workdir = FLAGS.workdir or os.path.join("runs", f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     import jax  # After the flags, so --help stays fast.
 
-    from cnn_jax import train
+    from cnn_jax.training import loop
 
-    train.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    loop.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
-        results = train.train_and_evaluate(config, workdir, FLAGS.checkpoint_every, FLAGS.allow_config_change)
-    except train.Preempted as e:
+        results = loop.train_and_evaluate(config, workdir, FLAGS.checkpoint_every, FLAGS.allow_config_change)
+    except loop.Preempted as e:
         print(e, file=sys.stderr)
         return
     if jax.process_index() == 0:  # Every process of a multi-process run gets the results; one prints them.

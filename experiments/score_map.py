@@ -17,8 +17,8 @@ import os
 import numpy as np
 from absl import flags
 
-from cnn_jax import cli
 from cnn_jax.errors import UserError
+from experiments import cli
 
 flags.DEFINE_string("workdir", None, "A training run's folder (results.json and checkpoints); trained here if empty.")
 flags.DEFINE_string("data_dir", None, "Folder with the dataset's IDX files (default: the standard places).")
@@ -38,7 +38,8 @@ def class_probabilities(model, conv_variables, canvas: np.ndarray) -> np.ndarray
     """Softmax class probabilities at every position of a uint8 `[H, W, c]` canvas: `[h', w', num_classes]`."""
     import jax
 
-    from cnn_jax import convert, data
+    from cnn_jax import data
+    from cnn_jax.analysis import convert
 
     logits = convert.apply_fully_convolutional(model, conv_variables, data.normalize(canvas)[None])[0]
     return np.asarray(jax.nn.softmax(logits, axis=-1))
@@ -46,18 +47,19 @@ def class_probabilities(model, conv_variables, canvas: np.ndarray) -> np.ndarray
 
 def load_or_train(workdir: str, data_dir: str | None):
     """(model, variables, dataset) of the run in `workdir`; trains the seed ConvNet for 1 epoch there if it has none."""
-    from cnn_jax import checkpoint, data, models, train
-    from cnn_jax.config import Config
+    from cnn_jax import data, models
+    from cnn_jax.training import checkpoint, loop, steps
+    from cnn_jax.training.config import Config
 
     results_path = os.path.join(workdir, "results.json")
     if os.path.exists(results_path):
         with open(results_path) as f:
             results = json.load(f)
     else:
-        results = train.train_and_evaluate(Config(epochs=1, data_dir=data_dir), workdir)
+        results = loop.train_and_evaluate(Config(epochs=1, data_dir=data_dir), workdir)
     dataset = data.load_dataset(results["dataset"], data_dir)
     model = models.lookup(results["model"])(num_classes=dataset.num_classes)
-    target = train.create_train_state(model, Config(), dataset.image_shape)
+    target = steps.create_train_state(model, Config(), dataset.image_shape)
     try:
         state = checkpoint.restore(workdir, target)
     except FileNotFoundError as e:
@@ -113,7 +115,7 @@ def plot(plt, canvas: np.ndarray, probabilities: np.ndarray, stride: tuple[int, 
 
 def score_map(workdir: str, data_dir: str | None, test_indices: list[str], out: str) -> str:
     """Builds the canvas from `test_indices`, computes its score map and writes the PNG to `out`; returns `out`."""
-    from cnn_jax import convert
+    from cnn_jax.analysis import convert
 
     plt = pyplot()  # Before any training: a missing matplotlib should not cost an epoch.
     try:

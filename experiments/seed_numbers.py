@@ -21,12 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from cnn_jax import arithmetic, cli, models
+from cnn_jax import models
+from cnn_jax.analysis import arithmetic
+from cnn_jax.analysis.summary import summarize
 from cnn_jax.layers import Conv, ConvBlock
-from cnn_jax.pooling import max_pool_2x2
-from cnn_jax.summary import summarize
+from cnn_jax.layers.pooling import max_pool_2x2
+from experiments import cli
 
-FLAGS = flags.FLAGS  # --json is cnn_jax.summary's flag, defined on import: here it prints the rows as a JSON list.
+flags.DEFINE_bool("json", False, "Print the rows as one JSON list instead of a table.")
+FLAGS = flags.FLAGS
 
 
 class Row(NamedTuple):
@@ -266,7 +269,7 @@ def three_layers_72mb() -> Row:
 def mlp_600x377x3() -> Row:
     # One perceptron per input value (a weight and a bias each): a 1×1 locally connected layer over the values.
     params = variables_of(nn.ConvLocal(1, (1, 1)), (600, 377 * 3, 1))["params"]
-    computed = models.count_params(params)
+    computed = arithmetic.count_params(params)
     return Row("an MLP's input layer on a 600×377×3 image: 600·377·3·2 ≈ 1.5 M parameters", "003", computed,
                verdict(1.5, round(computed / 1e6, 1), "600·377·3·2 = 1,357,200 ≈ 1.4 M, not 1.5 M"))
 

@@ -18,8 +18,9 @@ import torch
 from absl import flags
 from torch import nn
 
-from cnn_jax import cli, data
-from cnn_jax.config import Config
+from cnn_jax import data
+from cnn_jax.training.config import Config
+from experiments import cli
 
 FLAGS = flags.FLAGS
 

@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from cnn_jax import cli, models
+from cnn_jax import models
+from cnn_jax.analysis import arithmetic
+from experiments import cli
 
 flags.DEFINE_bool("write", False, "Replace the table between its markers in README.md instead of printing it.")
 FLAGS = flags.FLAGS
@@ -30,7 +32,7 @@ def parameter_count(name: str, image_shape: tuple[int, int, int], num_classes: i
     model = models.lookup(name)(num_classes=num_classes)
     key = jax.random.key(0)
     variables = jax.eval_shape(model.init, {"params": key, "dropout": key}, jnp.zeros((1, *image_shape)))
-    return models.count_params(variables["params"])
+    return arithmetic.count_params(variables["params"])
 
 
 def table() -> str:

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import models, sweeps, train, vectorized
-from cnn_jax.config import Config
+from cnn_jax import models
+from cnn_jax.training import loop, sweeps, vectorized
+from cnn_jax.training.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,7 +96,7 @@ def test_runs_vmapped_over_seeds_and_learning_rates_train_as_the_runs_one_by_one
     workdirs = [str(tmp_path / f"v{k}") for k in range(3)]
     together = vectorized.train_group(configs, workdirs)
     for k, (config, result) in enumerate(zip(configs, together, strict=True)):
-        alone = train.train_and_evaluate(config, str(tmp_path / f"s{k}"))
+        alone = loop.train_and_evaluate(config, str(tmp_path / f"s{k}"))
         assert result["vectorized_runs"] == 3 and result["config"] == alone["config"]
         assert result["steps"] == alone["steps"]
         # Measured: train loss within 5e-8, test loss within 1.5e-3 (relative), test accuracy within 2 of the 200

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from cnn_jax import activations
 from cnn_jax.errors import UserError
+from cnn_jax.layers import activations
 
 X = np.linspace(-6, 6, 97).astype(np.float32)
 erf = np.vectorize(math.erf)

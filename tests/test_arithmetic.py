@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import arithmetic
+from cnn_jax.analysis import arithmetic
 from cnn_jax.errors import UserError
 
 

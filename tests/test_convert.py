@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import convert, layers, models
+from cnn_jax import layers, models
+from cnn_jax.analysis import convert
 from cnn_jax.errors import UserError
-from cnn_jax.pooling import max_pool_2x2
+from cnn_jax.layers.pooling import max_pool_2x2
 
 
 class UnpaddedNet(nn.Module):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import data
+from cnn_jax.data import sources
 from cnn_jax.errors import UserError
 
 
@@ -121,7 +122,7 @@ def test_without_any_source_the_error_lists_the_ways_to_get_the_data(tmp_path, m
     def offline(*args, **kwargs):
         raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
 
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
     with pytest.raises(data.DataError) as error:
         data.load_dataset("fashion_mnist", str(tmp_path))
@@ -130,7 +131,8 @@ def test_without_any_source_the_error_lists_the_ways_to_get_the_data(tmp_path, m
     assert "Failed to resolve" in message
     assert "put the four IDX files" in message
     assert "apt-get install dataset-fashion-mnist" in message
-    assert "tensorflow-datasets download 'fashion_mnist'" in message
+    assert message.startswith("downloading 'fashion_mnist' through tensorflow-datasets failed")
+    assert "copy ~/tensorflow_datasets/fashion_mnist into `data_dir`" in message
 
 
 def test_unknown_dataset_is_named(tmp_path):
@@ -139,7 +141,7 @@ def test_unknown_dataset_is_named(tmp_path):
 
 
 def test_debian_package_provides_the_real_fashion_mnist():
-    assert os.path.isdir(data.DEBIAN_FASHION_MNIST_DIR), "apt-get install dataset-fashion-mnist (setup.sh does)"
+    assert os.path.isdir(sources.DEBIAN_FASHION_MNIST_DIR), "apt-get install dataset-fashion-mnist (setup.sh does)"
     dataset = data.load_dataset("fashion_mnist")
     assert dataset.train_images.shape == (60000, 28, 28, 1)
     assert dataset.test_images.shape == (10000, 28, 28, 1)

@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from cnn_jax import checkpoint, models, train
-from cnn_jax.config import Config
+from cnn_jax import models
+from cnn_jax.training import checkpoint, loop, steps
+from cnn_jax.training.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,19 +60,19 @@ def test_a_small_run_writes_every_output(tmp_path, idx_dir):
     assert [e.step for e in test_accuracy] == [6, 12]
     np.testing.assert_allclose([e.value for e in test_accuracy], [line["test_accuracy"] for line in lines], rtol=1e-6)
 
-    target = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    target = steps.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
     restored = checkpoint.restore(str(workdir), target)
     assert int(restored.step) == 12
     assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), restored.params, target.params)))
 
 
 def test_the_network_learns_the_synthetic_task(tmp_path, idx_dir):
-    results = train.train_and_evaluate(Config(data_dir=idx_dir, epochs=8, batch_size=25), str(tmp_path / "run"))
+    results = loop.train_and_evaluate(Config(data_dir=idx_dir, epochs=8, batch_size=25), str(tmp_path / "run"))
     assert results["test_accuracy"] > 0.9
 
 
 def test_max_steps_stops_mid_epoch_and_still_evaluates(tmp_path, idx_dir):
-    results = train.train_and_evaluate(Config(data_dir=idx_dir, epochs=5, batch_size=50, max_steps=8), str(tmp_path))
+    results = loop.train_and_evaluate(Config(data_dir=idx_dir, epochs=5, batch_size=50, max_steps=8), str(tmp_path))
     assert results["steps"] == 8 and results["epochs"] == pytest.approx(8 / 6, abs=1e-4)
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 

@@ -3,9 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import losses
-from cnn_jax.config import Config
 from cnn_jax.errors import UserError
+from cnn_jax.layers import losses
+from cnn_jax.training.config import Config
 
 K = 5
 

@@ -5,8 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import cpu_kernels, layers, models, pooling
+from cnn_jax import layers, models
+from cnn_jax.layers import blocks
+from cnn_jax.analysis import arithmetic
 from cnn_jax.errors import UserError
+from cnn_jax.kernels import ffi
+from cnn_jax.layers import pooling
 
 
 def test_seed_network_maps_28x28x1_images_to_10_logits():
@@ -20,9 +24,9 @@ def test_seed_network_maps_28x28x1_images_to_10_logits():
 def test_seed_network_has_29034_trainable_parameters():
     model = models.ConvNet()
     params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
-    assert models.count_params(params) == 29_034
+    assert arithmetic.count_params(params) == 29_034
     # (5·5·1 + 1)·16 + BN 2·16 + (5·5·16 + 1)·32 + BN 2·32 + (32·7·7 + 1)·10
-    per_layer = {name: models.count_params(p) for name, p in params.items()}
+    per_layer = {name: arithmetic.count_params(p) for name, p in params.items()}
     assert per_layer == {"ConvBlock_0": 416 + 32, "ConvBlock_1": 12_832 + 64, "DenseHead_0": 15_690}
 
 
@@ -85,10 +89,10 @@ def test_conv_block_padding_is_per_side():
 def test_dense_head_flattens_and_stacks_hidden_layers():
     head = layers.DenseHead(3, hidden=(7,))
     params = head.init(jax.random.key(0), jnp.zeros((2, 2, 2, 5)))["params"]
-    assert models.count_params(params) == (20 * 7 + 7) + (7 * 3 + 3)
+    assert arithmetic.count_params(params) == (20 * 7 + 7) + (7 * 3 + 3)
 
 
-@pytest.mark.parametrize("implementation", ["tap sum", "cpu_kernels"])
+@pytest.mark.parametrize("implementation", ["tap sum", "ffi"])
 @pytest.mark.parametrize(
     "shape, kernel, strides, padding",
     [
@@ -100,13 +104,13 @@ def test_dense_head_flattens_and_stacks_hidden_layers():
 )
 def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(implementation, shape, kernel, strides,
                                                                             padding):
-    """The tap sum (without oneDNN) and `cpu_kernels.conv`, whose weight gradient is its own for few channels."""
-    assert cpu_kernels.load()
+    """The tap sum (without oneDNN) and `ffi.conv`, whose weight gradient is its own for few channels."""
+    assert ffi.load()
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kernel)
 
     def fast(x, w):
-        return (layers._tap_sum_conv if implementation == "tap sum" else cpu_kernels.conv)(x, w, strides, padding)
+        return (blocks._tap_sum_conv if implementation == "tap sum" else ffi.conv)(x, w, strides, padding)
 
     def plain(x, w):
         return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -126,19 +130,19 @@ def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(im
 )
 def test_convolution_dispatch_by_channels_padding_and_onednn(monkeypatch, onednn_available, expected):
     calls = []
-    monkeypatch.setattr(cpu_kernels, "load", lambda: onednn_available)
-    monkeypatch.setattr(layers, "_tap_sum_conv", lambda *args: calls.append("tap sum"))
-    monkeypatch.setattr(cpu_kernels, "conv", lambda *args: calls.append("cpu kernels"))
+    monkeypatch.setattr(ffi, "load", lambda: onednn_available)
+    monkeypatch.setattr(blocks, "_tap_sum_conv", lambda *args: calls.append("tap sum"))
+    monkeypatch.setattr(ffi, "conv", lambda *args: calls.append("cpu kernels"))
     monkeypatch.setattr(jax.lax, "conv_general_dilated", lambda *args, **kwargs: calls.append("xla"))
     pads = ((1, 1), (1, 1))
     for cin, padding in ((1, pads), (16, pads), (16, "SAME"), (16, ((-1, 1), (1, 1)))):
         dn = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
-        layers.conv_general_dilated(jnp.zeros((1, 8, 8, cin)), jnp.zeros((3, 3, cin, 4)), (1, 1), padding, dimension_numbers=dn)
+        blocks.conv_general_dilated(jnp.zeros((1, 8, 8, cin)), jnp.zeros((3, 3, cin, 4)), (1, 1), padding, dimension_numbers=dn)
     assert calls == expected
 
 
 def test_onednn_is_available_here():
-    assert cpu_kernels.load(), "apt-get install libdnnl-dev g++ (setup.sh does)"
+    assert ffi.load(), "apt-get install libdnnl-dev g++ (setup.sh does)"
 
 
 @pytest.mark.parametrize(
@@ -150,7 +154,7 @@ def test_onednn_is_available_here():
     ],
 )
 def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient(shape, kernel, strides, padding):
-    assert cpu_kernels.load()
+    assert ffi.load()
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kernel)
 
@@ -158,7 +162,7 @@ def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient(shape, 
         return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def fast(x, w):
-        return cpu_kernels.conv(x, w, strides, padding)
+        return ffi.conv(x, w, strides, padding)
 
     out = plain(x, w)
     np.testing.assert_allclose(jax.jit(fast)(x, w), out, rtol=1e-5, atol=1e-4)
@@ -183,7 +187,7 @@ def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient(shape, 
 )
 def test_fused_batch_norm_relu_max_pool_equals_flax_layers(monkeypatch, shape, features, kernel, strides, padding):
     """The fused kernels against nn.BatchNorm -> relu -> max_pool_2x2: outputs, running statistics, gradients."""
-    assert cpu_kernels.load()
+    assert ffi.load()
     x = 3 * jax.random.normal(jax.random.key(0), shape) + 1
     block = layers.ConvBlock(features, kernel, strides=strides, padding=padding, pool=pooling.max_pool_2x2)
     variables = block.init(jax.random.key(1), x)
@@ -202,7 +206,7 @@ def test_fused_batch_norm_relu_max_pool_equals_flax_layers(monkeypatch, shape, f
         return grad(variables["params"], x), grad.lower(variables["params"], x).as_text()
 
     (fused, fused_program), (plain, _) = step(True), step(False)
-    few_channels = cpu_kernels.few_channels((kernel, kernel, shape[-1], features))
+    few_channels = ffi.few_channels((kernel, kernel, shape[-1], features))
     assert ("BatchNormReluMaxPoolBackwardToConvWeights" in fused_program) == few_channels
     for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain)):  # Including the input's gradient.
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -237,12 +241,12 @@ def test_seed_network_trains_through_the_fused_kernel_on_cpu():
 
 
 def test_fused_kernel_takes_the_conv_bias_as_an_offset_that_moves_only_the_mean():
-    assert cpu_kernels.load()
+    assert ffi.load()
     x = 2 * jax.random.normal(jax.random.key(0), (4, 6, 8, 8)) + 1
     offset, scale, bias = (jax.random.normal(jax.random.key(i), (8,)) for i in (1, 2, 3))
 
     def fused(x, offset):
-        return cpu_kernels.batch_norm_relu_max_pool(x, offset, scale, bias, 1e-5)
+        return ffi.batch_norm_relu_max_pool(x, offset, scale, bias, 1e-5)
 
     (y, mean, var), vjp = jax.vjp(fused, x, offset)
     y0, mean0, var0 = fused(x, jnp.zeros(8))

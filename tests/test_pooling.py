@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import layers, pooling
+from cnn_jax import layers
 from cnn_jax.errors import UserError
+from cnn_jax.layers import pooling
 
 FORMULA = "out = floor((in + 2·padding − window)/stride) + 1"
 KEYS = {"params": jax.random.key(1), "dropout": jax.random.key(2)}

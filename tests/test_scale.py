@@ -16,8 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from cnn_jax import checkpoint, models, train
-from cnn_jax.config import Config
+from cnn_jax import models
+from cnn_jax.training import checkpoint, steps
+from cnn_jax.training.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ("--epochs=3", "--batch_size=40", "--eval_batch_size=40", "--checkpoint_every=2", "--seed=5")
@@ -43,7 +44,7 @@ def run(workdir, data_dir, *flags, devices=1):
 def outcome(workdir):
     """(metrics.jsonl text, results.json without timing, final parameters) of a finished run."""
     results = json.loads((workdir / "results.json").read_text())
-    target = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    target = steps.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
     params = checkpoint.restore(str(workdir), target).params
     return (workdir / "metrics.jsonl").read_text(), {k: v for k, v in results.items() if k not in TIMING}, params
 
@@ -167,7 +168,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(refe
     step = int(err.split(" at step ")[1].split(";")[0])
     good = int(err.split("last good checkpoint (step ")[1].split(")")[0])
     assert good == step - 1 and sorted(int(n) for n in os.listdir(tmp_path / "checkpoints"))[-1] == good
-    target = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    target = steps.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
     restored = checkpoint.restore(str(tmp_path), target)
     assert int(restored.step) == good and all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
     assert not (tmp_path / "results.json").exists()

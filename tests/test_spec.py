@@ -6,16 +6,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import cpu_kernels, models, spec, train
-from cnn_jax.config import Config
+from cnn_jax import models
+from cnn_jax.analysis import arithmetic
 from cnn_jax.errors import UserError
-from cnn_jax.spec import PatternNet, Stage
+from cnn_jax.kernels import ffi
+from cnn_jax.models import spec
+from cnn_jax.models.spec import PatternNet, Stage
+from cnn_jax.training import steps
+from cnn_jax.training.config import Config
 
 SEED_SPEC = "c16k5-max-c32k5-max"
 
 
 def init(model, shape=(1, 28, 28, 1)):
-    """`model.init`, compiled unoptimised as `train.create_train_state` does: far faster than op by op."""
+    """`model.init`, compiled unoptimised as `steps.create_train_state` does: far faster than op by op."""
     args = (jax.random.key(0), jnp.zeros(shape))
     return jax.jit(model.init).lower(*args).compile({"xla_backend_optimization_level": 0})(*args)
 
@@ -52,7 +56,7 @@ def test_seed_spec_is_the_seed_network_with_its_29034_parameters_and_outputs():
     variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(1), v.shape), init(convnet))
     own = init(patternnet)
     assert jax.tree.structure(variables) == jax.tree.structure(own)
-    assert models.count_params(own["params"]) == 29_034
+    assert arithmetic.count_params(own["params"]) == 29_034
     x = jax.random.normal(jax.random.key(2), (4, 28, 28, 1))
 
     @functools.partial(jax.jit, static_argnums=0)
@@ -80,11 +84,11 @@ def test_to_spec_writes_defaults_out_and_repeats_as_counts():
 
 
 def test_seed_spec_trains_through_the_fused_cpu_kernel(monkeypatch):
-    assert cpu_kernels.load()
+    assert ffi.load()
     calls = []
     for name in ("batch_norm_relu_max_pool", "batch_norm_relu_max_pool_after_conv"):
-        kernel = getattr(cpu_kernels, name)
-        monkeypatch.setattr(cpu_kernels, name, lambda *args, name=name, kernel=kernel: calls.append(name) or kernel(*args))
+        kernel = getattr(ffi, name)
+        monkeypatch.setattr(ffi, name, lambda *args, name=name, kernel=kernel: calls.append(name) or kernel(*args))
     model, x = spec.parse(SEED_SPEC)(), jnp.zeros((2, 28, 28, 1))
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     jax.eval_shape(functools.partial(model.apply, train=True, mutable=["batch_stats"]), variables, x)
@@ -139,10 +143,10 @@ def test_stack_too_deep_for_its_input_fails_at_init_naming_the_layer_and_formula
 
 def test_a_tanh_avg_pooling_spec_learns_in_one_adam_step():
     model = spec.parse("c8-avg-c16-avg-fc32:act=tanh:drop=0.2")(num_classes=10)
-    state = train.create_train_state(model, Config(learning_rate=1e-2, lr_schedule="constant"), (28, 28, 1))
+    state = steps.create_train_state(model, Config(learning_rate=1e-2, lr_schedule="constant"), (28, 28, 1))
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (16, 28, 28, 1), np.uint8), "label": rng.integers(0, 10, 16)}
-    step = jax.jit(train.train_step)
+    step = jax.jit(steps.train_step)
     state, before = step(state, batch)
     _, after = step(state.replace(step=0), batch)  # The same dropout mask as the first step.
     assert after["loss"] < before["loss"]

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import arithmetic, cpu_kernels, models, summary
+from cnn_jax import models
+from cnn_jax.analysis import arithmetic, summary
+from cnn_jax.kernels import ffi
 
 
 class PlainChain(nn.Module):
@@ -86,8 +88,8 @@ def test_zoo_flops_are_xla_cost_analysis_plus_padding_taps_within_15_percent(nam
     activations, poolings and biases. At these sizes the first outweighs the
     second: XLA's count is up to 14% lower (2-7% at 224×224).
     """
-    monkeypatch.setattr(cpu_kernels, "load", lambda: False)
-    monkeypatch.setattr(cpu_kernels, "FEW_CHANNELS", 0)
+    monkeypatch.setattr(ffi, "load", lambda: False)
+    monkeypatch.setattr(ffi, "FEW_CHANNELS", 0)
     model, image = models.lookup(name)(num_classes=10), jnp.zeros((1, *shape))
     variables = jax.eval_shape(model.init, jax.random.key(0), image)
     xla = jax.jit(model.apply).lower(variables, image).compile().cost_analysis()["flops"]
@@ -185,13 +187,13 @@ def test_every_zoo_model_sums_to_count_params(name):
     image = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), image)
     result = summary.summarize(model, (28, 28, 1))
-    assert result["total_params"] == models.count_params(variables["params"])
+    assert result["total_params"] == arithmetic.count_params(variables["params"])
     assert sum(row["params"] for row in result["layers"]) == result["total_params"]
     assert result["output_shape"] == [1, 10]
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "cnn_jax.summary", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "experiments.summary", *args], capture_output=True, text=True)
 
 
 def test_json_output_parses_with_every_field():

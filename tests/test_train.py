@@ -4,9 +4,10 @@ import numpy as np
 import optax
 import pytest
 
-from cnn_jax import data, models, train
-from cnn_jax.config import Config
+from cnn_jax import data, models
 from cnn_jax.errors import UserError
+from cnn_jax.training import loop, steps
+from cnn_jax.training.config import Config
 
 
 def fixed_batch(size=32, seed=0):
@@ -15,8 +16,8 @@ def fixed_batch(size=32, seed=0):
 
 
 def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
-    state = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
-    step = jax.jit(train.train_step)
+    state = steps.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    step = jax.jit(steps.train_step)
     batch = fixed_batch()
     state, before = step(state, batch)
     _, after = step(state, batch)  # Metrics are computed before the update: this is the loss after one step.
@@ -25,9 +26,9 @@ def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
 
 
 def test_train_step_is_pure():
-    state = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    state = steps.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
     batch = fixed_batch()
-    (a, ma), (b, mb) = train.train_step(state, batch), train.train_step(state, batch)
+    (a, ma), (b, mb) = steps.train_step(state, batch), steps.train_step(state, batch)
     assert float(ma["loss"]) == float(mb["loss"])
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
 
@@ -41,7 +42,7 @@ class PixelsAsLogits(nn.Module):
 
 
 def hand_made_state():
-    return train.TrainState.create(
+    return steps.TrainState.create(
         apply_fn=PixelsAsLogits().apply, params={}, batch_stats={}, rng=jax.random.PRNGKey(0), tx=optax.sgd(0.1)
     )
 
@@ -50,7 +51,7 @@ def test_eval_step_counts_correct_predictions_and_ignores_masked_examples():
     image = np.zeros((5, 1, 3, 1), np.uint8)
     image[:, 0, :, 0] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 0, 0], [0, 255, 0]]  # argmax 0, 1, 2, 0, 1
     batch = {"image": image, "label": np.array([0, 1, 0, 2, 2]), "mask": np.array([1, 1, 1, 1, 0], np.float32)}
-    sums = train.eval_step(hand_made_state(), batch)
+    sums = steps.eval_step(hand_made_state(), batch)
     assert float(sums["correct"]) == 2 and float(sums["count"]) == 4
     logits = data.normalize(image).reshape(5, 3)[:4]
     expected_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"][:4]).sum()
@@ -61,7 +62,7 @@ def test_evaluate_gives_the_same_answer_for_any_batch_size():
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (23, 1, 3, 1)).astype(np.uint8), rng.integers(0, 3, 23).astype(np.int32)
     state = hand_made_state()
-    results = [train.evaluate(jax.jit(train.eval_step), state, images, labels, size) for size in (1, 5, 23, 64)]
+    results = [loop.evaluate(jax.jit(steps.eval_step), state, images, labels, size) for size in (1, 5, 23, 64)]
     for result in results[1:]:
         assert result["accuracy"] == results[0]["accuracy"]
         np.testing.assert_allclose(result["loss"], results[0]["loss"], rtol=1e-6)
@@ -87,7 +88,7 @@ def test_config_rejects_bad_values(field, value, message):
 def test_batch_larger_than_the_training_set_is_refused_before_writing(tmp_path, idx_dir):
     config = Config(data_dir=idx_dir, batch_size=1000)
     with pytest.raises(UserError, match="--batch_size=1000 exceeds the 300 training examples"):
-        train.train_and_evaluate(config, str(tmp_path / "run"))
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
@@ -97,43 +98,43 @@ def test_a_workdir_holding_a_run_it_cannot_resume_is_refused(tmp_path, idx_dir, 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / name).write_text("{}")
     with pytest.raises(UserError, match=message):
-        train.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "run"))
+        loop.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "run"))
 
 
 def test_cosine_schedule_decays_from_the_learning_rate_to_zero_and_constant_stays():
-    cosine = train.learning_rate_schedule(Config(learning_rate=0.01, lr_schedule="cosine"), total_steps=100)
+    cosine = steps.learning_rate_schedule(Config(learning_rate=0.01, lr_schedule="cosine"), total_steps=100)
     assert float(cosine(0)) == pytest.approx(0.01)
     assert float(cosine(50)) == pytest.approx(0.005)
     assert float(cosine(100)) == pytest.approx(0.0)
-    constant = train.learning_rate_schedule(Config(learning_rate=0.01, lr_schedule="constant"), total_steps=100)
+    constant = steps.learning_rate_schedule(Config(learning_rate=0.01, lr_schedule="constant"), total_steps=100)
     assert float(constant(0)) == float(constant(100)) == pytest.approx(0.01)
 
 
 def test_flip_augmentation_depends_only_on_seed_and_step():
-    state = train.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    state = steps.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
     batch = fixed_batch()
-    (a, _), (b, _) = train.train_step(state, batch, "flip"), train.train_step(state, batch, "flip")
+    (a, _), (b, _) = steps.train_step(state, batch, "flip"), steps.train_step(state, batch, "flip")
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
-    c, _ = train.train_step(state, batch, "none")
+    c, _ = steps.train_step(state, batch, "none")
     assert not np.array_equal(a.params["DenseHead_0"]["Dense_0"]["kernel"], c.params["DenseHead_0"]["Dense_0"]["kernel"])
 
 
 def test_an_unwritable_workdir_is_refused_before_training(tmp_path, idx_dir):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match=r"--workdir=.*/file/run is not writable \(Not a directory\)"):
-        train.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "file" / "run"))
+        loop.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "file" / "run"))
 
 
 @pytest.mark.parametrize("loss_name", ["sigmoid_cross_entropy", "l2"])
 def test_train_and_eval_steps_use_the_configured_loss(loss_name):
-    from cnn_jax import losses
+    from cnn_jax.layers import losses
 
     loss = losses.lookup(loss_name)
     image = np.zeros((2, 1, 3, 1), np.uint8)
     image[:, 0, :, 0] = [[255, 0, 0], [0, 128, 0]]
     batch = {"image": image, "label": np.array([0, 2]), "mask": np.ones(2, np.float32)}
     logits = data.normalize(image).reshape(2, 3)
-    sums = train.eval_step(hand_made_state(), batch, loss=loss)
+    sums = steps.eval_step(hand_made_state(), batch, loss=loss)
     np.testing.assert_allclose(float(sums["loss"]), float(loss(logits, batch["label"]).sum()), rtol=1e-6)
-    _, metrics = train.train_step(hand_made_state(), batch, loss=loss)
+    _, metrics = steps.train_step(hand_made_state(), batch, loss=loss)
     np.testing.assert_allclose(float(metrics["loss"]), float(loss(logits, batch["label"]).mean()), rtol=1e-6)

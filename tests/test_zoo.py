@@ -11,8 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from cnn_jax import models, spec
+from cnn_jax import models
 from cnn_jax.errors import UserError
+from cnn_jax.models import spec
 from experiments import zoo_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnn_jax.analysis.arithmetic import count_params
 from cnn_jax.errors import UserError
-from cnn_jax import pooling
-from cnn_jax.models import count_params
-from cnn_jax.zoo import alexnet, allconv, lenet, vgg
+from cnn_jax.layers import pooling
+from cnn_jax.models import alexnet, allconv, lenet, vgg
 
 ZOO = {**lenet.MODELS, **alexnet.MODELS, **vgg.MODELS, **allconv.MODELS}
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnn_jax.analysis.arithmetic import count_params
 from cnn_jax.errors import UserError
-from cnn_jax.models import count_params
-from cnn_jax.zoo import googlenet, resnet, variants
+from cnn_jax.models import googlenet, resnet, variants
 
 ZOO = {**resnet.MODELS, **googlenet.MODELS, **variants.MODELS}
 

@@ -1,8 +1,7 @@
-"""The classic architectures, one module per family; `cnn_jax.models` gathers them by name.
+"""What every model family shares: the registry's entry, and the input size below which ImageNet models adapt.
 
-Each module defines `MODELS: dict[str, Entry]`. A model is a linen module
-called as `model.apply(variables, images, train)` on `[batch, height, width,
-channels]` images, giving logits `[batch, num_classes]`.
+Each family's module defines `MODELS: dict[str, Entry]`; `cnn_jax.models`
+gathers them by name.
 """
 
 import dataclasses

@@ -6,6 +6,7 @@ width separately. FLOPs count a multiply-add as 2.
 
 from collections.abc import Iterable, Sequence
 
+import jax
 import numpy as np
 
 from cnn_jax.errors import UserError
@@ -45,6 +46,11 @@ def pool_output_size(size: int, window: int, stride: int | None = None, padding:
 def conv_params(kernel_h: int, kernel_w: int, in_ch: int, out_ch: int, bias: bool = True) -> int:
     """Trainable scalars of a convolution: kernel_h·kernel_w·in_ch·out_ch weights, plus out_ch biases."""
     return kernel_h * kernel_w * in_ch * out_ch + (out_ch if bias else 0)
+
+
+def count_params(params) -> int:
+    """The number of scalars in a parameter pytree (trainable parameters, not batch statistics)."""
+    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
 
 
 def dense_params(in_features: int, out_features: int, bias: bool = True) -> int:

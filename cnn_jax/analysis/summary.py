@@ -1,7 +1,7 @@
-r"""Per-layer summary of a model: shapes, parameters, FLOPs, activation memory and receptive fields.
+"""Per-layer summary of a model: shapes, parameters, FLOPs, activation memory and receptive fields.
 
-    python -m cnn_jax.summary convnet
-    python -m cnn_jax.summary resnet18 --input_shape=32,32,3 --num_classes=100 --json
+    summarize(models.lookup("convnet")(num_classes=10), (28, 28, 1))   # rows and totals, JSON-ready
+    print(format_table(summary))                                       # the table `experiments.summary` prints
 
 The model is traced once with `jax.eval_shape` inside `nn.intercept_methods`
 and `pooling.watch`, so nothing is allocated. Rows are the `nn.Conv`,
@@ -36,20 +36,13 @@ share), and tests hold it within 15%.
 
 import collections
 import functools
-import json
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import flags
 
-from cnn_jax import arithmetic, cli, models, pooling
-from cnn_jax.errors import UserError
-
-flags.DEFINE_string("input_shape", "28,28,1", "Image shape height,width,channels.")
-flags.DEFINE_integer("num_classes", 10, "Number of classes the model predicts.")
-flags.DEFINE_bool("json", False, "Print the summary as one JSON document instead of a table.")
-FLAGS = flags.FLAGS
+from cnn_jax.analysis import arithmetic
+from cnn_jax.layers import pooling
 
 
 def _pair(value) -> tuple[int, int]:
@@ -199,20 +192,11 @@ def summarize(model: nn.Module, input_shape) -> dict:
         subtree = params if row["type"] in ("conv", "dense", "batch_norm") else {}
         for part in row["name"].split("/"):
             subtree = subtree.get(part, {})
-        row["params"] = models.count_params(subtree)
+        row["params"] = arithmetic.count_params(subtree)
     forward = sum(row["memory"] for row in tracer.rows)
-    return dict(layers=tracer.rows, total_params=models.count_params(params),
+    return dict(layers=tracer.rows, total_params=arithmetic.count_params(params),
                 total_flops=sum(row["flops"] for row in tracer.rows), activation_bytes=forward,
                 training_activation_bytes=2 * forward, output_shape=list(out.shape))
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    """"28,28,1" -> (28, 28, 1): height, width, channels, each a positive integer."""
-    parts = text.split(",")
-    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise UserError(f"--input_shape={text!r} is not height,width,channels; write three positive integers "
-                        "such as 28,28,1")
-    return tuple(int(p) for p in parts)
 
 
 def format_table(summary: dict) -> str:
@@ -232,14 +216,3 @@ def format_table(summary: dict) -> str:
                  f"{summary['activation_bytes']:,} activation bytes forward "
                  f"({summary['training_activation_bytes']:,} training), output {cell(summary['output_shape'])}")
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> None:
-    model = models.lookup(argv[1])(num_classes=FLAGS.num_classes)
-    summary = summarize(model, parse_shape(FLAGS.input_shape))
-    print(json.dumps(summary) if FLAGS.json else format_table(summary))
-
-
-if __name__ == "__main__":
-    cli.run(main, usage="python -m cnn_jax.summary MODEL [--input_shape=H,W,C] [--num_classes=N] [--json]",
-            positional=1)

@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import ConvBlock, DenseHead
-from cnn_jax.pooling import adaptive_avg_pool, max_pool_2x2
-from cnn_jax.zoo import SMALL_INPUT, Entry
+from cnn_jax.layers.pooling import adaptive_avg_pool, max_pool_2x2
+from cnn_jax.models.base import SMALL_INPUT, Entry
 
 STAGE_WIDTHS = (64, 128, 256, 512, 512)
 """Filters in each of VGG's five stages; every stage ends in a 2×2 max-pool."""

@@ -7,8 +7,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import Conv, ConvBlock
-from cnn_jax.pooling import global_avg_pool
-from cnn_jax.zoo import Entry
+from cnn_jax.layers.pooling import global_avg_pool
+from cnn_jax.models.base import Entry
 
 
 class AllConvNet(nn.Module):

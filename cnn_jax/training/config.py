@@ -4,7 +4,6 @@ import dataclasses
 
 from cnn_jax.errors import UserError
 
-
 LR_SCHEDULES = ("cosine", "constant")
 AUGMENTATIONS = ("flip", "none")
 
@@ -50,7 +49,7 @@ class Config:
                 raise UserError(f"--{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        from cnn_jax import losses  # Imports JAX: not at module level, so the command line stays fast.
+        from cnn_jax.layers import losses  # Imports JAX: not at module level, so the command line stays fast.
 
         losses.lookup(self.loss, self.label_smoothing)
         return self

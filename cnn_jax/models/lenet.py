@@ -6,9 +6,9 @@ Tensors are `[batch, height, width, channels]`.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import Activation, Conv
-from cnn_jax.pooling import adaptive_avg_pool, avg_pool
-from cnn_jax.zoo import Entry
+from cnn_jax.layers.blocks import Activation, Conv
+from cnn_jax.layers.pooling import adaptive_avg_pool, avg_pool
+from cnn_jax.models.base import Entry
 
 
 class LeNet5(nn.Module):

@@ -13,7 +13,7 @@ import dataclasses
 import itertools
 from typing import Any
 
-from cnn_jax.config import Config
+from cnn_jax.training.config import Config
 
 SEED_NETWORK = "c16k5-max-c32k5-max"
 

@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import ConvBN
-from cnn_jax.pooling import adaptive_avg_pool, global_avg_pool, max_pool, max_pool_ceil
-from cnn_jax.zoo import SMALL_INPUT, Entry
+from cnn_jax.layers.pooling import adaptive_avg_pool, global_avg_pool, max_pool, max_pool_ceil
+from cnn_jax.models.base import SMALL_INPUT, Entry
 
 # torchvision draws every weight from N(0, 0.01²) truncated to [-2, 2], i.e. 200 standard deviations: a normal.
 init = nn.initializers.normal(0.01)

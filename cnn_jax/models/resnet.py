@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.layers import ConvBN
-from cnn_jax.pooling import global_avg_pool, max_pool
-from cnn_jax.zoo import SMALL_INPUT, Entry
+from cnn_jax.layers.pooling import global_avg_pool, max_pool
+from cnn_jax.models.base import SMALL_INPUT, Entry
 
 
 class ResidualBlock(nn.Module):

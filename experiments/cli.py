@@ -1,10 +1,13 @@
 """Running a command-line tool: absl flags, quiet library logs, and user mistakes as one line.
 
-Every `python -m ...` entry point calls `run(main)`. A malformed flag, stray
-arguments or a `UserError` print `error: <message>` on stderr and exit with
-status 2, without a traceback. This module imports no JAX, so `--help` stays fast.
+Every `python -m experiments...` entry point calls `run(main)`. A malformed
+flag, stray arguments or a `UserError` print `error: <message>` on stderr and
+exit with status 2, without a traceback; the settings the message names in
+backticks are printed as the flags of the same name (`cnn_jax.errors`). This
+module imports no JAX, so `--help` stays fast.
 """
 
+import re
 import sys
 from collections.abc import Callable
 
@@ -13,8 +16,13 @@ from absl import app, flags, logging
 from cnn_jax.errors import UserError
 
 
+def as_flags(message: str) -> str:
+    """`message` with each setting it names in backticks that is a defined flag written as that flag."""
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: f"--{m[1]}" if m[1] in flags.FLAGS else m[0], message)
+
+
 def _fail(message) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {as_flags(str(message))}", file=sys.stderr)
     sys.exit(2)
 
 

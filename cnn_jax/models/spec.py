@@ -34,10 +34,9 @@ import re
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax import activations, pooling
 from cnn_jax.errors import UserError
-from cnn_jax.layers import ConvBlock, DenseHead
-from cnn_jax.pooling import apply_pool
+from cnn_jax.layers import ConvBlock, DenseHead, activations, pooling
+from cnn_jax.layers.pooling import apply_pool
 
 GRAMMAR = ("write layers such as c32k5s1p2, maxk3s2, fc128 (each may start with Nx, a repeat count) "
            "joined by '-', then options :bn :nobn :act=NAME :drop=RATE")

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax import cpu_kernels
-from cnn_jax.pooling import Pooling, apply_pool, max_pool_2x2
+from cnn_jax.kernels import ffi
+from cnn_jax.layers.pooling import Pooling, apply_pool, max_pool_2x2
 
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -67,9 +67,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
     A drop-in for `flax.linen.Conv(conv_general_dilated=...)`. Plain means
     NHWC × HWIO, explicit padding ≥ 0, no dilation, no groups, float32. On the
-    CPU backend a plain convolution runs on `cnn_jax.cpu_kernels.conv`
+    CPU backend a plain convolution runs on `cnn_jax.ffi.conv`
     (oneDNN, and a weight gradient of our own for few input channels); without
-    oneDNN, one with up to `cpu_kernels.FEW_CHANNELS` input channels runs as a tap sum
+    oneDNN, one with up to `ffi.FEW_CHANNELS` input channels runs as a tap sum
     (with XLA's gradients). Every other case, and every other backend, goes to
     XLA's convolution.
     """
@@ -87,9 +87,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     )
     if plain:
         strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
-        if cpu_kernels.load():
-            return cpu_kernels.conv(lhs, rhs, strides, pads)
-        if rhs.shape[2] <= cpu_kernels.FEW_CHANNELS:
+        if ffi.load():
+            return ffi.conv(lhs, rhs, strides, pads)
+        if rhs.shape[2] <= ffi.FEW_CHANNELS:
             return _tap_sum_conv(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, **kwargs)
@@ -118,11 +118,11 @@ class BatchNormReluMaxPool(nn.Module):
     Its variables are exactly `nn.BatchNorm`'s (params `scale`, `bias`;
     batch_stats `mean`, `var`), so a `ConvBlock` uses it under BatchNorm's
     name while training and `nn.BatchNorm` itself otherwise; `offset` is the
-    convolution's bias, which the kernel adds. Needs `cpu_kernels.load()`,
+    convolution's bias, which the kernel adds. Needs `ffi.load()`,
     float32 NHWC input and even height and width. Given `conv = (input,
     kernel, strides, padding)` of the convolution that computed x, where
-    `cpu_kernels.few_channels(kernel.shape)`, the kernel's gradient comes from
-    `cpu_kernels.batch_norm_relu_max_pool_after_conv`, which never stores x's
+    `ffi.few_channels(kernel.shape)`, the kernel's gradient comes from
+    `ffi.batch_norm_relu_max_pool_after_conv`, which never stores x's
     gradient whole.
     """
 
@@ -137,10 +137,10 @@ class BatchNormReluMaxPool(nn.Module):
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
         if conv is None:
-            y, mean, var = cpu_kernels.batch_norm_relu_max_pool(x, offset, scale, bias, self.epsilon)
+            y, mean, var = ffi.batch_norm_relu_max_pool(x, offset, scale, bias, self.epsilon)
         else:
             conv_input, kernel, strides, padding = conv
-            y, mean, var = cpu_kernels.batch_norm_relu_max_pool_after_conv(
+            y, mean, var = ffi.batch_norm_relu_max_pool_after_conv(
                 lax.stop_gradient(x), conv_input, kernel, offset, scale, bias, strides, padding, self.epsilon)
         if not self.is_initializing():
             running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
@@ -180,7 +180,7 @@ class ConvBlock(nn.Module):
             batch_norm = BatchNormReluMaxPool(momentum=0.9, epsilon=1e-5, name="BatchNorm_0")
             kernel = conv.variables["params"]["kernel"]
             few_channel_conv = (isinstance(self.padding, int) and self.padding >= 0 and x.dtype == jnp.float32
-                                and cpu_kernels.few_channels(kernel.shape))
+                                and ffi.few_channels(kernel.shape))
             if few_channel_conv:
                 return batch_norm(z, bias, conv=(x, kernel, (self.strides,) * 2, ((self.padding,) * 2,) * 2))
             return batch_norm(z, bias)
@@ -200,7 +200,7 @@ class ConvBlock(nn.Module):
             and x.shape[1] % 2 == 0
             and x.shape[2] % 2 == 0
             and jax.default_backend() == "cpu"
-            and cpu_kernels.load()
+            and ffi.load()
         )
 
 

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
 from cnn_jax.layers import ConvBN
-from cnn_jax.pooling import global_avg_pool
-from cnn_jax.zoo import Entry
+from cnn_jax.layers.pooling import global_avg_pool
+from cnn_jax.models.base import Entry
 
 
 class ConvSpec(NamedTuple):

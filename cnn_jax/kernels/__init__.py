@@ -1,0 +1,4 @@
+"""How a layer is computed: XLA's own operations, or cnn_jax's compiled CPU kernels.
+
+    ffi.py   the compiled kernels (csrc/), built on first use and called through XLA's FFI
+"""

@@ -1,0 +1,109 @@
+"""One training or evaluation step: the TrainState and the pure functions that advance or measure it.
+
+`train_step` and `eval_step` are pure functions of (state, batch): jitting them
+over a device mesh with sharded batches and replicated state needs no change to
+their bodies, because every reduction (loss, gradients, BatchNorm statistics)
+is written over the whole batch.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from cnn_jax import data
+from cnn_jax.layers import losses
+from cnn_jax.training.config import Config
+
+
+class TrainState(train_state.TrainState):
+    """Parameters, optimizer state and step, plus BatchNorm's running statistics and the run's base key.
+
+    Randomness at step t uses `fold_in(rng, t)`, so it depends on nothing but the seed and the step.
+    """
+
+    batch_stats: Any
+    rng: jax.Array
+
+
+def learning_rate_schedule(config: Config, total_steps: int) -> optax.Schedule:
+    """Adam's learning rate at each step: `config.learning_rate`, constant or cosine-decayed to 0."""
+    if config.lr_schedule == "cosine":
+        return optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(total_steps, 1))
+    return optax.constant_schedule(config.learning_rate)
+
+
+def initial_state(model, config: Config, image_shape: tuple[int, int, int], total_steps: int, seed) -> TrainState:
+    """`model` initialised from `seed` (an int, or traced under `jax.vmap`) for images of `image_shape` (H, W, C),
+    with Adam on a `total_steps` schedule."""
+    init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
+    variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    return TrainState.create(
+        rng=rng,
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        # Adam on all parameters as one flat vector: the same arithmetic in a few fused loops instead of a
+        # few per parameter array, which XLA's CPU runtime launches one by one.
+        tx=optax.flatten(optax.adam(learning_rate_schedule(config, total_steps))),
+    )
+
+
+def create_train_state(model, config: Config, image_shape: tuple[int, int, int], total_steps: int = 1) -> TrainState:
+    """`initial_state` from `config.seed`, built by one compiled program."""
+    create = functools.partial(initial_state, model, config, image_shape, total_steps, config.seed)
+    # One program, run once: unoptimised, it compiles in a fraction of the time (0.25 s vs 1.2 s for the seed
+    # network; its dozen small operations run one by one would each be compiled too).
+    return jax.jit(create).lower().compile({"xla_backend_optimization_level": 0})()
+
+
+def train_step(state: TrainState, batch: dict, augment: str = "none",
+               loss: losses.Loss = losses.softmax_cross_entropy) -> tuple[TrainState, dict]:
+    """One optimizer step on `batch` ({'image': uint8 [b, h, w, c], 'label': int [b]}).
+
+    `augment` is "none" or "flip" (random left-right mirroring); `loss` gives
+    per-example losses (`cnn_jax.losses`). Layers with randomness (dropout,
+    stochastic pooling) draw from the "dropout" stream. Returns the new state
+    and the batch's mean 'loss' and 'accuracy' (before the update).
+    """
+    grads, batch_stats, metrics = gradients(state, batch, augment, loss)
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+
+
+def gradients(state: TrainState, batch: dict, augment: str, loss: losses.Loss) -> tuple[Any, Any, dict]:
+    """`train_step`'s gradients of the mean loss, new BatchNorm statistics and metrics, before the update."""
+    step_key = jax.random.fold_in(state.rng, state.step)
+    images = data.normalize(batch["image"])
+    if augment == "flip":
+        images = data.random_flip(images, step_key)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.fold_in(step_key, 1)},
+        )
+        return loss(logits, batch["label"]).mean(), (logits, updates)
+
+    (mean_loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return grads, updates.get("batch_stats", {}), {"loss": mean_loss, "accuracy": accuracy}
+
+
+def eval_step(state: TrainState, batch: dict, loss: losses.Loss = losses.softmax_cross_entropy) -> dict:
+    """Sums of loss and correct predictions over the examples of `batch` whose 'mask' is 1.
+
+    Returns {'loss': sum, 'correct': count, 'count': count}, so batches of any
+    padding add up to exact totals.
+    """
+    logits = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, data.normalize(batch["image"]), train=False
+    )
+    mask = batch["mask"]
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {"loss": jnp.sum(loss(logits, batch["label"]) * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
