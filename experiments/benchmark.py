@@ -16,7 +16,7 @@ torch: training throughput of the seed network in cnn_jax and in the PyTorch
 
 conv_ops: each convolution of the seed network's training step on its own
   (forward, gradient to the weights, gradient to the input), in JAX (XLA's
-  convolution and cnn_jax.layers.conv_general_dilated) and in PyTorch, as ms
+  convolution and cnn_jax.kernels.dispatch.conv_general_dilated) and in PyTorch, as ms
   per batch and GFLOP/s: where the time of a step goes.
 input_pipeline: training throughput of the seed network when batches are cut
   on the host (NumPy gather, copied to the device at each step: what
@@ -28,8 +28,9 @@ max_pool: training throughput of the seed network with cnn_jax's max-pooling
   whose gradient is select-and-scatter).
 fusion: training throughput of the seed network with training-mode BatchNorm,
   ReLU and 2x2 max-pooling fused in one compiled CPU kernel
-  (cnn_jax.layers.BatchNormReluMaxPool) versus the same three layers left to
-  XLA (the same max_pool, passed as a different function, is not fused).
+  (cnn_jax.kernels.fused.BatchNormReluMaxPool) versus the same three layers left
+  to XLA (the same max_pool inside a lambda, which `pooling.describe` cannot see
+  into, is not fused).
 vmap_seeds: training throughput of `--seeds` copies of the seed network (an
   ablation's seeds) run one after another, each with its own compiled step,
   versus one step vectorised over the seeds with jax.vmap
@@ -55,8 +56,9 @@ import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cnn_jax import data, layers, models
+from cnn_jax import data, models
 from cnn_jax.analysis import summary
+from cnn_jax.kernels import dispatch
 from cnn_jax.layers import losses, pooling
 from cnn_jax.training import loop, vectorized
 from cnn_jax.training.config import Config
@@ -254,7 +256,8 @@ def conv_ops(batch_size: int, repeats: int) -> None:
         tg = torch.randn(batch_size, cout, size, size)
         flops = 2 * batch_size * size * size * cout * 25 * cin
         rows = {}
-        for impl_name, impl in (("XLA conv", jax.lax.conv_general_dilated), ("cnn_jax conv", layers.conv_general_dilated)):
+        for impl_name, impl in (("XLA conv", jax.lax.conv_general_dilated),
+                                ("cnn_jax conv", dispatch.conv_general_dilated)):
             conv = functools.partial(impl, window_strides=(1, 1), padding=((2, 2), (2, 2)), dimension_numbers=dn)
             rows.setdefault("forward", []).append(jax_ms(conv, x, w))
             rows.setdefault("weight gradient", []).append(jax_ms(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g), x, w, g))
@@ -279,8 +282,8 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
     if what == "fusion":
         return {
             "fused kernel": host_loop(models.ConvNet(), dataset, batch_size, steps),
-            "XLA": host_loop(models.ConvNet(pool=functools.partial(pooling.max_pool, window=2)), dataset, batch_size,
-                             steps),
+            # A pooling function that does not say what it computes (`pooling.describe` is None) is never fused.
+            "XLA": host_loop(models.ConvNet(pool=lambda x: pooling.max_pool(x, 2)), dataset, batch_size, steps),
         }
     if what == "vmap_seeds":
         return {

@@ -1,7 +1,11 @@
-"""Shared test fixtures: small synthetic IDX datasets written to a temporary folder."""
+"""Shared test fixtures and helpers: small synthetic IDX datasets, and the kernels a training step calls."""
 
+import collections
 import os
+import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -37,3 +41,26 @@ def idx_dir(tmp_path):
     directory = tmp_path / "idx"
     directory.mkdir()
     return write_idx_dataset(str(directory))
+
+
+def ffi_targets(model, image_shape) -> collections.Counter:
+    """How many times each compiled kernel (FFI target) is called in one training step of `model` on `image_shape`.
+
+    The step is the gradient of a training-mode forward pass, lowered (not
+    compiled) for abstract parameters: what the program asks for, before XLA
+    drops unused results.
+    """
+    x = jnp.zeros(image_shape)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+    def loss(params, batch_stats):
+        y, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.key(1)})
+        return y.sum()
+
+    return custom_calls(jax.jit(jax.grad(loss)).lower(variables["params"], variables.get("batch_stats", {})))
+
+
+def custom_calls(lowered) -> collections.Counter:
+    """How many times each FFI target is called in a lowered program (`jax.jit(f).lower(...)`)."""
+    return collections.Counter(re.findall(r"custom_call @(\w+)", lowered.as_text()))

@@ -44,8 +44,29 @@ def test_conv_output_size_matches_lax_convolution():
 
 def test_pool_output_size_matches_flax_max_pool():
     for size, window, stride, padding in itertools.product((4, 7), (1, 2, 3), (1, 2, 3), (0, 1)):
-        out = nn.max_pool(jnp.zeros((1, size, size, 1)), (window, window), (stride, stride), [(padding, padding)] * 2)
-        assert out.shape[1] == arithmetic.pool_output_size(size, window, stride, padding)
+        if padding < window:  # A window of padding alone would pool nothing: refused (test below).
+            out = nn.max_pool(jnp.zeros((1, size, size, 1)), (window, window), (stride, stride),
+                              [(padding, padding)] * 2)
+            assert out.shape[1] == arithmetic.pool_output_size(size, window, stride, padding)
+
+
+def test_pool_padding_must_be_less_than_the_window():
+    with pytest.raises(UserError, match=r"pool: padding 1 is outside \[0, window\)"):
+        arithmetic.pool_output_size(4, 1, 1, 1)
+
+
+@pytest.mark.parametrize("size, window, stride, padding, expected", [
+    (7, 2, 2, 0, 4), (28, 3, 2, 0, 14), (4, 3, 2, 0, 2), (2, 3, 2, 0, 1), (6, 3, 3, 0, 2),
+    (5, 2, 2, 1, 3),  # Rounding up gives 4, but the 4th window would start in the right padding.
+])
+def test_ceil_mode_pool_output_size_follows_pytorch(size, window, stride, padding, expected):
+    """PyTorch's MaxPool2d(ceil_mode=True) output-size rule (ATen's pooling_output_shape), worked by hand."""
+    assert arithmetic.pool_output_size(size, window, stride, padding, ceil_mode=True) == expected
+
+
+def test_convolutions_take_padding_per_side():
+    assert arithmetic.conv_output_size(10, 4, 3, (0, 2)) == 3 == (10 + 0 + 2 - 4) // 3 + 1
+    assert arithmetic.same_output_size(7, 2) == 4
 
 
 def test_pool_stride_defaults_to_window():

@@ -1,5 +1,6 @@
 """Every pooling against a plain NumPy reference (values) and a jnp loop reference (gradients)."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -241,10 +242,22 @@ def test_global_avg_pool_is_the_spatial_mean():
     np.testing.assert_allclose(pooling.global_avg_pool(jnp.asarray(x)), x.mean(axis=(1, 2)), rtol=1e-6)
 
 
-def test_lookup_of_max_2x2_is_the_fused_max_pool_2x2():
-    assert pooling.lookup("max") is pooling.max_pool_2x2
-    assert pooling.lookup("max", window=2, stride=2) is pooling.max_pool_2x2
-    assert pooling.lookup("max", window=3, stride=2) is not pooling.max_pool_2x2
+def test_equal_poolings_built_different_ways_describe_themselves_alike():
+    max_2x2 = pooling.Description("max", window=2, stride=2, padding=0)
+    for pool in (pooling.max_pool_2x2, pooling.lookup("max"), pooling.lookup("max", window=2, stride=2),
+                 functools.partial(pooling.max_pool, window=2), functools.partial(pooling.max_pool, stride=2)):
+        assert pooling.describe(pool) == max_2x2
+    assert pooling.describe(pooling.lookup("max", window=3, stride=2)) == pooling.Description("max", 3, 2, 0)
+    assert pooling.describe(pooling.lookup("l2", 3, p=3.0)) == pooling.Description("l2", 3, 3, 0, (("p", 3.0),))
+    learned = pooling.Description("mixed", 2, 2, 0, (("learned", True), ("mix", 0.5)))
+    assert pooling.describe(pooling.lookup("mixed_learned")) == pooling.describe(pooling.MixedPool(learned=True)) == learned
+    assert pooling.describe(pooling.lookup("spp")) == pooling.Description("spp", options=(("levels", (1, 2, 4)),))
+
+
+def test_poolings_written_elsewhere_describe_as_nothing():
+    assert pooling.describe(None) is None
+    assert pooling.describe(lambda x: pooling.max_pool(x, 2)) is None
+    assert pooling.describe(functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))) is None
 
 
 def test_lookup_of_unknown_name_lists_the_choices():

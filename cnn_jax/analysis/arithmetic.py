@@ -4,6 +4,7 @@ Sizes are in pixels along one spatial axis; apply a function to height and
 width separately. FLOPs count a multiply-add as 2.
 """
 
+import math
 from collections.abc import Iterable, Sequence
 
 import jax
@@ -12,35 +13,80 @@ import numpy as np
 from cnn_jax.errors import UserError
 
 
-def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
+def _per_side(padding: int | tuple[int, int]) -> tuple[int, int]:
+    return (padding, padding) if isinstance(padding, int) else tuple(padding)
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int | tuple[int, int] = 0, dilation: int = 1,
                      layer: str = "conv") -> int:
     """Output size of a convolution: floor((size + 2·padding − dilation·(kernel − 1) − 1)/stride) + 1.
 
-    `padding` is zeros added on each side. Raises `UserError` naming `layer`,
-    the input size and the formula when the (dilated) kernel is larger than
-    the padded input, or a setting is out of range.
+    `padding` is zeros added on each side, or (before, after) when the sides
+    differ (then 2·padding is before + after). Raises `UserError` naming
+    `layer`, the input size and the formula when the (dilated) kernel is
+    larger than the padded input, or a setting is out of range.
     """
+    before, after = _per_side(padding)
     span = dilation * (kernel - 1) + 1  # Pixels the dilated kernel covers.
-    if min(kernel, stride, dilation) < 1 or padding < 0:
+    padded = size + before + after
+    added = f"2·{before}" if before == after else f"{before} + {after}"
+    if min(kernel, stride, dilation) < 1 or min(before, after) < 0:
         problem = f"kernel {kernel}, stride {stride} and dilation {dilation} must be ≥ 1 and padding {padding} ≥ 0"
         fix = "use positive settings"
-    elif span > size + 2 * padding:
-        problem = f"kernel spans {span} pixels, more than the padded input {size} + 2·{padding} = {size + 2 * padding}"
+    elif span > padded:
+        problem = f"kernel spans {span} pixels, more than the padded input {size} + {added} = {padded}"
         fix = "use a smaller kernel, more padding, a larger input, or downsample less before this layer"
     else:
-        return (size + 2 * padding - span) // stride + 1
+        return (padded - span) // stride + 1
     settings = f"in={size}, kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}"
     raise UserError(f"{layer}: {problem} (out = floor((in + 2·padding − dilation·(kernel − 1) − 1)/stride) + 1 "
                     f"with {settings}); {fix}")
 
 
-def pool_output_size(size: int, window: int, stride: int | None = None, padding: int = 0, layer: str = "pool") -> int:
+def same_output_size(size: int, stride: int = 1) -> int:
+    """Output size of a convolution with "SAME" padding: ceil(size/stride), whatever the kernel."""
+    return -(-size // stride)
+
+
+def pool_output_size(size: int, window: int, stride: int | None = None, padding: int = 0, ceil_mode: bool = False,
+                     layer: str = "pool") -> int:
     """Output size of a pooling: floor((size + 2·padding − window)/stride) + 1, stride defaulting to the window.
 
-    The seed documents' (W1 − F)/S + 1 is this with padding 0. It is
-    `conv_output_size` with dilation 1 (and raises the same `UserError`).
+    The seed documents' (W1 − F)/S + 1 is this with padding 0. `ceil_mode` is
+    PyTorch's `ceil_mode=True`: it rounds up, so the last window may hang over
+    the bottom or right edge (even be larger than the input), but it must
+    start inside the input or its left padding. Raises `UserError` naming
+    `layer`, the setting that makes it impossible, the formula and the fix.
     """
-    return conv_output_size(size, window, window if stride is None else stride, padding, layer=layer)
+    stride = window if stride is None else stride
+    padded = size + 2 * padding
+    out = None
+    if window < 1:
+        problem, fix = f"window {window} is below 1", "use a window of at least 1"
+    elif stride < 1:
+        problem, fix = f"stride {stride} is below 1", "use a stride of at least 1"
+    elif not 0 <= padding < window:
+        problem, fix = f"padding {padding} is outside [0, window)", f"use a padding from 0 to {window - 1}"
+    elif ceil_mode:
+        out = -(-(padded - window) // stride) + 1
+        out -= (out - 1) * stride >= size + padding  # The last window would start in the right padding.
+        problem = f"no window starts inside the input {size} + 2·{padding} = {padded}"
+        fix = "use a smaller window or stride, or pool earlier in the network"
+    elif window > padded:
+        problem = f"window {window} is larger than the padded input {size} + 2·{padding} = {padded}"
+        fix = f"use a window of at most {padded}, more padding, or pool earlier in the network"
+    else:
+        out = (padded - window) // stride + 1
+    if out is not None and out >= 1:
+        return out
+    settings = f"in={size}, window={window}, stride={stride}, padding={padding}"
+    formula = f"out = {'ceil' if ceil_mode else 'floor'}((in + 2·padding − window)/stride) + 1 with {settings}"
+    raise UserError(f"{layer}: {problem} ({formula}); {fix}")
+
+
+def fractional_pool_output_size(size: int, ratio: float) -> int:
+    """Output size of fractional max-pooling (Graham 2014) by `ratio` in (1, 2): floor(size/ratio)."""
+    return math.floor(size / ratio)
 
 
 def conv_params(kernel_h: int, kernel_w: int, in_ch: int, out_ch: int, bias: bool = True) -> int:

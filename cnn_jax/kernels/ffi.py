@@ -1,6 +1,8 @@
 """Compiled kernels for XLA's CPU backend, called through XLA's FFI: oneDNN convolutions, a
 few-input-channel weight gradient, and BatchNorm -> ReLU -> 2×2 max-pooling fused.
 
+Which layer uses which kernel is decided in `cnn_jax.kernels.dispatch`, not here.
+
 XLA:CPU's own convolutions (Eigen) run the seed network's second convolution
 and its gradients 2-4× slower than oneDNN (BENCHMARKS.md), and it computes a
 training-mode BatchNorm, ReLU and max-pool as several passes over the
@@ -27,17 +29,14 @@ import jax
 import numpy as np
 from absl import logging
 
+from cnn_jax.analysis import arithmetic
+
 _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
             for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc")]
 _HEADERS = [os.path.join(os.path.dirname(__file__), "csrc", "few_channel_weight_gradient.h")]
 _TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
             "FewChannelConvWeightGradient", "BatchNormReluMaxPoolForward", "BatchNormReluMaxPoolBackward",
             "BatchNormReluMaxPoolBackwardToConvWeights")
-
-# Input channels up to which `conv`'s weight gradient is `csrc/few_channel_weight_gradient.cc` (when the output
-# channels are a multiple of 8) rather than oneDNN's, whose kernels are made for many input channels. (Without
-# these kernels, `cnn_jax.layers` computes such a convolution's forward pass as a tap sum.)
-FEW_CHANNELS = 4
 
 
 def _cpu_features() -> bytes:
@@ -99,15 +98,19 @@ def _attributes(strides, padding) -> dict:
 
 def _output_shape(x_shape, kernel_shape, strides, padding) -> tuple:
     (n, h, w, _), (kh, kw, _, out) = x_shape, kernel_shape
-    return (n, (h + sum(padding[0]) - kh) // strides[0] + 1, (w + sum(padding[1]) - kw) // strides[1] + 1, out)
+    height, width = (arithmetic.conv_output_size(size, k, stride, pads)
+                     for size, k, stride, pads in zip((h, w), (kh, kw), strides, padding))
+    return n, height, width, out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv(x, kernel, strides, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv(x, kernel, strides, padding, few_channel_weight_gradient: bool):
     """NHWC × HWIO float32 convolution on oneDNN; `strides` (sh, sw), `padding` ((top, bottom), (left, right)) ≥ 0.
 
-    Its gradients are oneDNN's too, except the weight gradient for up to
-    `FEW_CHANNELS` input channels (see there).
+    Its gradients are oneDNN's too, except the weight gradient with
+    `few_channel_weight_gradient`, which is `csrc/few_channel_weight_gradient.cc`'s
+    (for a few input channels and a multiple of 8 output channels, where
+    oneDNN's kernels, made for many channels, are slow).
 
     Call `load()` first (and only use it where it returned True).
     """
@@ -115,30 +118,29 @@ def conv(x, kernel, strides, padding):
     return _call("OnednnConvForward", shape)(x, kernel, **_attributes(strides, padding))
 
 
-def _conv_fwd(x, kernel, strides, padding):
-    return conv(x, kernel, strides, padding), (x, kernel)
-
-
-def few_channels(kernel_shape) -> bool:
-    """Whether a convolution's weight gradient is `csrc/few_channel_weight_gradient.cc`'s rather than oneDNN's."""
-    return kernel_shape[2] <= FEW_CHANNELS and kernel_shape[3] % 8 == 0
+def _conv_fwd(x, kernel, strides, padding, few_channel_weight_gradient):
+    return conv(x, kernel, strides, padding, few_channel_weight_gradient), (x, kernel)
 
 
 def _few_channel_attributes(attributes: dict) -> dict:
     return {k: attributes[k] for k in ("stride_h", "stride_w", "pad_top", "pad_left")}
 
 
-def _conv_bwd(strides, padding, residuals, cotangent):
+def _input_gradient(dy, kernel, x_shape, strides, padding):
+    """The gradient of `conv`'s input x (of shape `x_shape`) given its output's gradient `dy`."""
+    return _call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x_shape, dy.dtype))(
+        dy, kernel, **_attributes(strides, padding))
+
+
+def _conv_bwd(strides, padding, few_channel_weight_gradient, residuals, cotangent):
     x, kernel = residuals
     attributes = _attributes(strides, padding)
-    dx = _call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x.shape, x.dtype))(
-        cotangent, kernel, **attributes)
     dkernel_shape = jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
-    if few_channels(kernel.shape):
+    if few_channel_weight_gradient:
         dkernel = _call("FewChannelConvWeightGradient", dkernel_shape)(x, cotangent, **_few_channel_attributes(attributes))
     else:
         dkernel = _call("OnednnConvWeightGradient", dkernel_shape)(x, cotangent, **attributes)
-    return dx, dkernel
+    return _input_gradient(cotangent, kernel, x.shape, strides, padding), dkernel
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
@@ -192,8 +194,9 @@ def batch_norm_relu_max_pool_after_conv(z, x, kernel, offset, scale, bias, strid
     The same values; the gradients of `x` and `kernel` are computed here, the
     kernel's from each image's gradient of z while it is in cache (it is
     never stored whole), and z's is zero: pass z under `lax.stop_gradient` so
-    that the convolution's own gradients are not computed as well. Needs
-    `few_channels(kernel.shape)`. The gradient of `x`, if anything uses it,
+    that the convolution's own gradients are not computed as well. Needs the
+    few-channel weight gradient's shapes (`conv`): a few input channels, a
+    multiple of 8 output channels. The gradient of `x`, if anything uses it,
     goes through BatchNorm's and the convolution's gradients as usual.
     """
     return _batch_norm_relu_max_pool_fwd(z, offset, scale, bias, epsilon)[0]
@@ -212,7 +215,7 @@ def _after_conv_bwd(strides, padding, epsilon, residuals, cotangents):
         *bn_residuals, cotangents[0], x, **_epsilon(epsilon), **_few_channel_attributes(_attributes(strides, padding)))
     # XLA drops these two kernels where nothing uses x's gradient, as for a network's input images.
     dz = _batch_norm_relu_max_pool_bwd(epsilon, bn_residuals, cotangents)[0]
-    dx = _conv_bwd(strides, padding, (x, kernel), dz)[0]
+    dx = _input_gradient(dz, kernel, x.shape, strides, padding)
     return None, dx, dkernel, doffset, dscale, dbias  # None: a zero gradient for z.
 
 

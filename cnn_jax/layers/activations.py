@@ -34,3 +34,8 @@ def lookup(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
     if name not in ACTIVATIONS:
         raise UserError(f"unknown activation '{name}': choose one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
+
+
+def name_of(activation: Callable[[jnp.ndarray], jnp.ndarray]) -> str | None:
+    """The name `activation` is registered under ("relu" for `nn.relu`, which is `jax.nn.relu`), or None."""
+    return next((name for name, function in ACTIVATIONS.items() if function is activation), None)

@@ -18,16 +18,19 @@ reports its input, output and geometry to the watchers of `watch` (that is how
 """
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax.analysis import arithmetic
 from cnn_jax.errors import UserError
 
 Pooling = Callable[[jnp.ndarray], jnp.ndarray] | nn.Module
@@ -69,27 +72,9 @@ def apply_pool(pool: Pooling | None, x: jnp.ndarray, train: bool) -> jnp.ndarray
     return pool(x, train=train) if isinstance(pool, nn.Module) else pool(x)
 
 
-def _output_size(layer: str, size: int, window: int, stride: int, padding: int) -> int:
-    """floor((size + 2·padding − window)/stride) + 1, or a UserError naming the setting that makes it impossible."""
-    if window < 1:
-        problem, fix = f"window {window} is below 1", "use a window of at least 1"
-    elif stride < 1:
-        problem, fix = f"stride {stride} is below 1", "use a stride of at least 1"
-    elif not 0 <= padding < window:
-        problem, fix = f"padding {padding} is outside [0, window)", f"use a padding from 0 to {window - 1}"
-    elif window > size + 2 * padding:
-        problem = f"window {window} is larger than the padded input {size} + 2·{padding} = {size + 2 * padding}"
-        fix = f"use a window of at most {size + 2 * padding}, more padding, or pool earlier in the network"
-    else:
-        return (size + 2 * padding - window) // stride + 1
-    settings = f"in={size}, window={window}, stride={stride}, padding={padding}"
-    formula = f"out = floor((in + 2·padding − window)/stride) + 1 with {settings}"
-    raise UserError(f"{layer}: {problem} ({formula}); {fix}")
-
-
 def _output_shape(layer: str, x: jnp.ndarray, window: int, stride: int, padding: int) -> tuple[int, int]:
-    """The pooled (height, width) of `x` `[b, h, w, c]`, checked by `_output_size`."""
-    return tuple(_output_size(layer, size, window, stride, padding) for size in x.shape[1:3])
+    """The pooled (height, width) of `x` `[b, h, w, c]` (`arithmetic.pool_output_size`, which checks the settings)."""
+    return tuple(arithmetic.pool_output_size(size, window, stride, padding, layer=layer) for size in x.shape[1:3])
 
 
 def _patches(layer: str, x: jnp.ndarray, window: int, stride: int | None, padding: int) -> jnp.ndarray:
@@ -321,7 +306,7 @@ class FractionalMaxPool(nn.Module):
         if not 1 < self.ratio < 2:
             raise UserError(f"FractionalMaxPool: ratio={self.ratio} must be in (1, 2); use e.g. sqrt(2) ≈ 1.414")
         b, h, w, c = x.shape
-        out_h, out_w = math.floor(h / self.ratio), math.floor(w / self.ratio)
+        out_h, out_w = (arithmetic.fractional_pool_output_size(size, self.ratio) for size in (h, w))
         if min(out_h, out_w) < 1:
             raise UserError(
                 f"FractionalMaxPool: input {h}×{w} gives out = floor(in/ratio) = "
@@ -365,15 +350,12 @@ def lookup(name: str, window: int = 2, stride: int | None = None, padding: int =
     as instances. "spp", "fractional" and "global_avg" have no window, so those
     must stay at their defaults. Options are the pooling's own keywords: `p`
     ("l2"), `sigma` ("gaussian"), `mix` ("mixed", "mixed_learned"), `levels`
-    ("spp"), `ratio` and `overlapping` ("fractional"). "max" with window 2,
-    stride 2 and no padding is `max_pool_2x2` itself, which ConvBlock fuses.
-    "gaussian" at the default window 2 is plain averaging (all four cells are
-    equally far from the centre): give it window=3 or more.
+    ("spp"), `ratio` and `overlapping` ("fractional"). "gaussian" at the
+    default window 2 is plain averaging (all four cells are equally far from
+    the centre): give it window=3 or more.
     """
     if name not in POOLINGS:
         raise UserError(f"unknown pooling '{name}': choose one of {', '.join(POOLINGS)}")
-    if name == "max" and window == 2 and stride in (None, 2) and padding == 0 and not options:
-        return max_pool_2x2
     pooling = POOLINGS[name]
     arguments = set(inspect.signature(pooling).parameters)
     parameters = arguments - {"x", "parent", "name"}
@@ -391,6 +373,51 @@ def lookup(name: str, window: int = 2, stride: int | None = None, padding: int =
     return built if "x" in arguments else built()
 
 
+@dataclasses.dataclass(frozen=True)
+class Description:
+    """What a pooling computes: its kind (the `POOLINGS` function or module it runs) and its settings.
+
+    `window` and `stride` are None for the poolings without a window (spp,
+    fractional, global average); a stride left to default is the window.
+    `options` are the pooling's other settings, as sorted (name, value) pairs.
+    """
+
+    kind: str
+    window: int | None = None
+    stride: int | None = None
+    padding: int = 0
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+_KINDS = {pooling: name for name, pooling in POOLINGS.items() if not isinstance(pooling, functools.partial)}
+
+
+def describe(pool: Pooling | None) -> Description | None:
+    """What `pool` computes, if it is one of this module's poolings; None for no pooling or any other callable.
+
+    A pooling function, a `functools.partial` of one with its settings bound
+    by keyword (what `lookup` returns), and a pooling module all describe
+    themselves, so equal poolings built different ways have equal
+    descriptions: `describe(lookup("max", 2)) == describe(max_pool_2x2)`.
+    """
+    function, bound = pool, {}
+    if isinstance(pool, functools.partial):
+        if pool.args:  # A positional argument would be the map itself, or a module field: not a setting by name.
+            return None
+        function, bound = pool.func, pool.keywords
+    if isinstance(function, nn.Module):
+        function, bound = type(function), {f.name: getattr(function, f.name) for f in dataclasses.fields(function)
+                                           if f.name not in ("parent", "name")}
+    if not callable(function) or function not in _KINDS:
+        return None
+    parameters = inspect.signature(function).parameters
+    settings = {name: p.default for name, p in parameters.items() if name not in ("x", "parent", "name")}
+    settings.update({name: value for name, value in bound.items() if name in settings})
+    window, stride, padding = (settings.pop(name, None) for name in ("window", "stride", "padding"))
+    stride = window if stride is None else stride
+    return Description(_KINDS[function], window, stride, padding or 0, tuple(sorted(settings.items())))
+
+
 def max_pool_ceil(x: jnp.ndarray, window: int, stride: int) -> jnp.ndarray:
     """PyTorch's `MaxPool2d(window, stride, ceil_mode=True)`: ceil((h − window) / stride) + 1 rows.
 
@@ -399,7 +426,7 @@ def max_pool_ceil(x: jnp.ndarray, window: int, stride: int) -> jnp.ndarray:
     """
     pads = []
     for size in x.shape[1:3]:
-        out = max(math.ceil((size - window) / stride), 0) + 1
+        out = arithmetic.pool_output_size(size, window, stride, ceil_mode=True, layer="max_pool_ceil")
         pads.append((0, max((out - 1) * stride + window - size, 0)))
     out = nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
     return _report("max_pool_ceil", x, out, window, stride, [list(p) for p in pads])

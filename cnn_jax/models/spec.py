@@ -23,7 +23,7 @@ Settings come in the order k, s, p and may be left out. Examples:
     c32s2-c64s2-global_avg                            all-convolutional
 
 A spec that cannot work on its input fails when the model is initialised, naming
-the layer, its input size and out = floor((in + 2·pad − k)/s) + 1.
+the layer, its input size and the output-size formula with the offending values.
 """
 
 import dataclasses
@@ -34,6 +34,7 @@ import re
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnn_jax.analysis import arithmetic
 from cnn_jax.errors import UserError
 from cnn_jax.layers import ConvBlock, DenseHead, activations, pooling
 from cnn_jax.layers.pooling import apply_pool
@@ -117,18 +118,12 @@ def _conv_padding(stage: Stage) -> int | str:
 
 
 def _conv_output_size(size: tuple[int, int], stage: Stage, layer: str) -> tuple[int, int]:
-    """(height, width) after one of `stage`'s convolutions; "same" padding gives ceil(in / stride)."""
-    k, s, pad = stage.kernel_size, stage.strides, stage.padding
-    if pad == "same":
-        return tuple(-(-n // s) for n in size)
-    for n in size:
-        if k > n + 2 * pad:
-            raise UserError(
-                f"{layer} cannot work on its {size[0]}×{size[1]} input: out = floor((in + 2·pad − k)/s) + 1 = "
-                f"floor(({n} + 2·{pad} − {k})/{s}) + 1 = {(n + 2 * pad - k) // s + 1}, as the kernel {k} is larger "
-                f"than the padded input {n + 2 * pad}; use a smaller kernel, more padding, a larger input "
-                "or less downsampling before it")
-    return tuple((n + 2 * pad - k) // s + 1 for n in size)
+    """(height, width) after one of `stage`'s convolutions (`arithmetic`: "same" padding gives ceil(in / stride))."""
+    if stage.padding == "same":
+        return tuple(arithmetic.same_output_size(n, stage.strides) for n in size)
+    where = f"{layer} on its {size[0]}×{size[1]} input"
+    return tuple(arithmetic.conv_output_size(n, stage.kernel_size, stage.strides, stage.padding, layer=where)
+                 for n in size)
 
 
 def _options(letters: str, values: tuple, defaults: tuple) -> str:

@@ -1,0 +1,131 @@
+"""The one place that decides how a layer runs: XLA's own operations, or one of cnn_jax's compiled CPU kernels.
+
+Layers say what they compute; the functions here match on that when a layer
+is traced and pick the implementation. Every fast path is here:
+
+- A convolution (`conv_general_dilated`, which every `cnn_jax.layers.Conv`
+  and `ConvBlock` calls) that is plain, float32 NHWC × HWIO with explicit
+  padding ≥ 0, no dilation and no groups, runs on oneDNN (`ffi.conv`); its
+  weight gradient is cnn_jax's own kernel when it has at most `FEW_CHANNELS`
+  input channels and a multiple of 8 output channels (a first layer:
+  `few_channel_weight_gradient`). Without the compiled kernels, a plain
+  convolution with at most `FEW_CHANNELS` input channels is a tap sum
+  (`tap_sum.conv`, XLA's operations in a faster form).
+- A `ConvBlock` training with BatchNorm, ReLU and 2×2 stride-2 max-pooling
+  (`fuses_batch_norm_relu_max_pool`) runs the three as one kernel
+  (`fused.BatchNormReluMaxPool`), which also adds the convolution's bias;
+  after a first layer with explicit padding it computes that convolution's
+  weight gradient too (`fuses_conv_weight_gradient`). The activation and the
+  pooling are matched by what they are (`activations.name_of`,
+  `pooling.describe`), however they were built.
+- Everything else, and everything on a GPU or TPU, is XLA's.
+
+The compiled kernels run on the CPU backend where they could be built
+(`ffi.load()`). The environment variable `CNN_JAX_KERNELS=xla`, or a
+`with xla_only():` block, makes every layer traced meanwhile use XLA's own
+operations, for comparisons and tests. The choice is made when a function is
+traced: a function jitted before keeps what it was compiled with.
+"""
+
+import contextlib
+import contextvars
+import os
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cnn_jax.errors import UserError
+from cnn_jax.kernels import ffi, tap_sum
+
+FEW_CHANNELS = 4
+"""Input channels up to which a convolution counts as a first layer: its weight gradient is cnn_jax's own kernel
+(oneDNN's are made for many channels), and without the compiled kernels its forward pass is a tap sum."""
+
+_XLA_ONLY = contextvars.ContextVar("xla_only", default=False)
+_MODES = ("auto", "xla")
+
+
+@contextlib.contextmanager
+def xla_only():
+    """Within the block, layers traced use XLA's own operations only: no compiled kernels, no tap sums."""
+    token = _XLA_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _XLA_ONLY.reset(token)
+
+
+def _cpu_fast_paths() -> bool:
+    """Whether the CPU's fast paths apply to layers traced now: the CPU backend, and XLA's operations not forced."""
+    mode = os.environ.get("CNN_JAX_KERNELS", "auto")
+    if mode not in _MODES:
+        raise UserError(f"CNN_JAX_KERNELS={mode} is not one of {', '.join(_MODES)}: 'xla' forces XLA's own "
+                        "operations, 'auto' (or unset) uses cnn_jax's compiled CPU kernels where they apply")
+    return mode == "auto" and not _XLA_ONLY.get() and jax.default_backend() == "cpu"
+
+
+def compiled_kernels() -> bool:
+    """Whether layers traced now may use the compiled CPU kernels."""
+    return _cpu_fast_paths() and ffi.load()
+
+
+def _plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count) -> bool:
+    """Whether a convolution is what the CPU's fast paths compute: float32 NHWC × HWIO, explicit padding ≥ 0,
+    no dilation, no groups."""
+    return (
+        rhs.ndim == 4
+        and lhs.dtype == rhs.dtype == jnp.float32
+        and feature_group_count == 1
+        and not isinstance(padding, str)
+        and all(p >= 0 for pair in padding for p in pair)
+        and all(d == 1 for d in (lhs_dilation or ()) + (rhs_dilation or ()))
+        and dimension_numbers is not None  # Flax always passes them.
+        and tuple(dimension_numbers.lhs_spec) == tuple(dimension_numbers.out_spec) == (0, 3, 1, 2)
+        and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+    )
+
+
+def few_channel_weight_gradient(kernel_shape) -> bool:
+    """Whether a convolution of HWIO `kernel_shape` gets cnn_jax's own weight gradient rather than oneDNN's."""
+    return kernel_shape[2] <= FEW_CHANNELS and kernel_shape[3] % 8 == 0
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, **kwargs):
+    """`jax.lax.conv_general_dilated`, computed the fastest way cnn_jax knows (see the module docstring).
+
+    A drop-in for `flax.linen.Conv(conv_general_dilated=...)`.
+    """
+    if _cpu_fast_paths() and _plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                    feature_group_count):
+        strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
+        if ffi.load():
+            return ffi.conv(lhs, rhs, strides, pads, few_channel_weight_gradient(rhs.shape))
+        if rhs.shape[2] <= FEW_CHANNELS:
+            return tap_sum.conv(lhs, rhs, strides, pads)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, **kwargs)
+
+
+def fuses_batch_norm_relu_max_pool(batch_norm: bool, activation: str | None, pool, z: jnp.ndarray) -> bool:
+    """Whether a training block's BatchNorm -> `activation` -> `pool` on the convolution's output `z` is one kernel.
+
+    `activation` is a registered name (`activations.name_of`), `pool` a
+    `pooling.Description` (`pooling.describe`) or None. The kernel computes
+    max-pooling over 2×2 windows at stride 2 without padding, on float32 NHWC
+    with even height and width.
+    """
+    max_2x2 = pool is not None and (pool.kind, pool.window, pool.stride, pool.padding) == ("max", 2, 2, 0)
+    return (batch_norm and activation == "relu" and max_2x2 and z.dtype == jnp.float32
+            and z.shape[1] % 2 == 0 and z.shape[2] % 2 == 0 and compiled_kernels())
+
+
+def fuses_conv_weight_gradient(x: jnp.ndarray, kernel_shape, padding) -> bool:
+    """Whether the fused kernel after a convolution of `x` also computes the convolution's weight gradient.
+
+    For a first layer (`few_channel_weight_gradient`) on float32 input with
+    explicit padding ((top, bottom), (left, right)) ≥ 0; never for "SAME" or "VALID".
+    """
+    explicit = not isinstance(padding, str) and all(p >= 0 for pair in padding for p in pair)
+    return explicit and x.dtype == jnp.float32 and few_channel_weight_gradient(kernel_shape)

@@ -1,0 +1,246 @@
+"""How layers run: the dispatch rules, the switch to XLA's operations, and every kernel against XLA's version.
+
+Tests that need cnn_jax's compiled kernels say so in their names: they need
+oneDNN and g++ on this machine (`apt-get install libdnnl-dev g++`, which setup.sh does).
+"""
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import custom_calls, ffi_targets
+
+from cnn_jax import layers, models
+from cnn_jax.kernels import dispatch, ffi, tap_sum
+from cnn_jax.layers import pooling
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEEDS_KERNELS = "cnn_jax's compiled CPU kernels need oneDNN and g++: apt-get install libdnnl-dev g++ (setup.sh does)"
+
+
+def test_compiled_kernels_build_and_load_with_onednn_and_gxx_installed():
+    assert ffi.load(), NEEDS_KERNELS
+
+
+def _xla_conv(x, w, strides, padding):
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def assert_same_value_and_gradients(fast, x, w, strides, padding, rtol, atol):
+    """`fast(x, w)` against XLA's convolution: output, and gradients for a random cotangent."""
+    plain = functools.partial(_xla_conv, strides=strides, padding=padding)
+    out = plain(x, w)
+    np.testing.assert_allclose(jax.jit(fast)(x, w), out, rtol=rtol, atol=atol)
+    cotangent = jax.random.normal(jax.random.key(2), out.shape)
+    got = jax.jit(jax.grad(lambda x, w: jnp.sum(fast(x, w) * cotangent), (0, 1)))(x, w)
+    want = jax.grad(lambda x, w: jnp.sum(plain(x, w) * cotangent), (0, 1))(x, w)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=10 * atol)
+
+
+@pytest.mark.parametrize("implementation", ["tap sum", "onednn and gxx"])
+@pytest.mark.parametrize(
+    "shape, kernel, strides, padding",
+    [
+        ((3, 28, 28, 1), (5, 5, 1, 16), (1, 1), ((2, 2), (2, 2))),  # The seed network's first layer.
+        ((2, 9, 11, 3), (3, 3, 3, 8), (2, 2), ((1, 1), (1, 1))),
+        ((2, 10, 10, 2), (4, 2, 2, 5), (3, 1), ((0, 2), (1, 0))),  # Output channels not a multiple of 8: oneDNN's.
+        ((2, 10, 13, 4), (4, 7, 4, 24), (3, 2), ((0, 2), (3, 0))),  # Kernel columns in blocks 5 + 2; last unused.
+    ],
+)
+def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(implementation, shape, kernel, strides,
+                                                                            padding):
+    """The tap sum (without the compiled kernels), and `ffi.conv` with its own weight gradient for few channels."""
+    if implementation == "onednn and gxx":
+        assert ffi.load(), NEEDS_KERNELS
+        few = dispatch.few_channel_weight_gradient(kernel)
+        fast = lambda x, w: ffi.conv(x, w, strides, padding, few)  # noqa: E731
+    else:
+        fast = lambda x, w: tap_sum.conv(x, w, strides, padding)  # noqa: E731
+    x, w = jax.random.normal(jax.random.key(0), shape), jax.random.normal(jax.random.key(1), kernel)
+    assert_same_value_and_gradients(fast, x, w, strides, padding, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides, padding",
+    [
+        ((4, 14, 14, 16), (5, 5, 16, 32), (1, 1), ((2, 2), (2, 2))),
+        ((3, 11, 9, 8), (3, 3, 8, 5), (2, 1), ((1, 0), (2, 1))),
+        ((2, 7, 7, 5), (1, 1, 5, 6), (1, 1), ((0, 0), (0, 0))),
+        ((4, 1, 1, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1))),  # VGG's last layers at 28×28: all but one tap pad.
+    ],
+)
+def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient_with_onednn_and_gxx(shape, kernel, strides,
+                                                                                           padding):
+    assert ffi.load(), NEEDS_KERNELS
+    x, w = jax.random.normal(jax.random.key(0), shape), jax.random.normal(jax.random.key(1), kernel)
+    fast = lambda x, w: ffi.conv(x, w, strides, padding, False)  # noqa: E731
+    assert_same_value_and_gradients(fast, x, w, strides, padding, rtol=1e-5, atol=1e-4)
+
+
+DN = jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # NHWC × HWIO, as Flax passes them.
+PADS = ((1, 1), (1, 1))
+
+
+def _conv_program(cin: int, padding, dilation: int = 1):
+    """`dispatch.conv_general_dilated` lowered for an 8×8 map with `cin` channels and 8 3×3 filters."""
+    conv = functools.partial(dispatch.conv_general_dilated, window_strides=(1, 1), padding=padding,
+                             rhs_dilation=(dilation, dilation), dimension_numbers=DN)
+    return jax.jit(conv).lower(jnp.zeros((1, 8, 8, cin)), jnp.zeros((3, 3, cin, 8)))
+
+
+def test_plain_convolutions_run_on_onednn_and_others_on_xla_with_onednn_and_gxx():
+    assert ffi.load(), NEEDS_KERNELS
+    onednn, xla = custom_calls(_conv_program(1, PADS)), custom_calls(_conv_program(16, "SAME"))
+    assert onednn == custom_calls(_conv_program(16, PADS)) == {"OnednnConvForward": 1}
+    assert not xla and not custom_calls(_conv_program(16, ((-1, 1), (1, 1)))) and not custom_calls(_conv_program(16, PADS, 2))
+
+
+def test_first_layers_get_their_own_weight_gradient_kernel():
+    assert dispatch.few_channel_weight_gradient((5, 5, 1, 16))  # The seed network's first layer.
+    assert not dispatch.few_channel_weight_gradient((5, 5, 16, 32))  # Many input channels: oneDNN's.
+    assert not dispatch.few_channel_weight_gradient((3, 3, 3, 5))  # Output channels not a multiple of 8.
+
+
+def test_without_the_compiled_kernels_few_channel_convolutions_are_tap_sums(monkeypatch):
+    """On a machine where the kernels cannot be built (`ffi.load()` is False): no FFI call, and a tap sum for few
+    channels, which XLA's program shows as no convolution at all."""
+    monkeypatch.setattr(ffi, "load", lambda: False)
+    for cin, convolutions in ((1, 0), (16, 1)):
+        program = _conv_program(cin, PADS)
+        assert program.as_text().count("stablehlo.convolution") == convolutions and not custom_calls(program)
+
+
+def test_xla_only_switches_every_layer_to_xla_operations_with_onednn_and_gxx():
+    assert ffi.load(), NEEDS_KERNELS
+    with dispatch.xla_only():
+        assert not dispatch.compiled_kernels()
+        assert sum(ffi_targets(models.ConvNet(), (2, 28, 28, 1)).values()) == 0
+    assert dispatch.compiled_kernels() and sum(ffi_targets(models.ConvNet(), (2, 28, 28, 1)).values()) > 0
+
+
+def test_the_environment_variable_switches_to_xla_operations_and_rejects_unknown_values():
+    check = ("from cnn_jax.kernels import dispatch; from cnn_jax.errors import UserError\n"
+             "try:\n    print(dispatch.compiled_kernels())\nexcept UserError as e:\n    print(e)")
+    results = {}
+    for value in ("xla", "fast"):
+        environment = {**os.environ, "CNN_JAX_KERNELS": value}
+        results[value] = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT,
+                                        env=environment).stdout.strip()
+    assert results["xla"] == "False"
+    assert results["fast"].startswith("CNN_JAX_KERNELS=fast is not one of auto, xla")
+
+
+# The seed network's blocks with its pooling built in the ways a user might: all are the same 2×2 max-pool.
+EQUIVALENT_POOLINGS = {
+    "max_pool_2x2": pooling.max_pool_2x2,
+    "lookup": pooling.lookup("max", 2),
+    "lookup_with_stride": pooling.lookup("max", 2, 2, 0),
+    "partial": functools.partial(pooling.max_pool, window=2),
+    "partial_of_partial": functools.partial(functools.partial(pooling.max_pool, window=2), stride=2),
+}
+
+
+@pytest.mark.parametrize("name", list(EQUIVALENT_POOLINGS))
+def test_the_seed_network_trains_through_the_fused_kernels_however_its_pooling_was_built_with_onednn_and_gxx(name):
+    assert ffi.load(), NEEDS_KERNELS
+    targets = ffi_targets(models.ConvNet(pool=EQUIVALENT_POOLINGS[name]), (2, 28, 28, 1))
+    assert targets["BatchNormReluMaxPoolForward"] == 2
+    # The first layer's weight gradient comes from the fused backward pass, the second's from oneDNN.
+    assert targets["BatchNormReluMaxPoolBackwardToConvWeights"] == targets["BatchNormReluMaxPoolBackward"] == 1
+    assert targets["OnednnConvWeightGradient"] == 1 and "FewChannelConvWeightGradient" not in targets
+
+
+@pytest.mark.parametrize("block, shape", [
+    (layers.ConvBlock(16, 5, padding=2, pool=None), (2, 28, 28, 1)),
+    (layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2, activation=jnp.tanh), (2, 28, 28, 1)),
+    (layers.ConvBlock(16, 5, padding=2, pool=pooling.lookup("max", 2, 1)), (2, 28, 28, 1)),
+    (layers.ConvBlock(16, 5, padding=2, pool=pooling.lookup("avg", 2)), (2, 28, 28, 1)),
+    (layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2, batch_norm=False), (2, 28, 28, 1)),
+    (layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2), (2, 7, 7, 1)),  # Odd size.
+])
+def test_blocks_that_compute_something_else_are_not_fused(block, shape):
+    assert not any(name.startswith("BatchNormReluMaxPool") for name in ffi_targets(block, shape))
+
+
+@pytest.mark.parametrize(
+    "shape, features, kernel, strides, padding",
+    [
+        ((8, 12, 10, 6), 5, 3, 1, 1),
+        ((3, 28, 28, 16), 5, 3, 1, 1),
+        ((2, 2, 4, 1), 5, 3, 1, 1),
+        # Few input channels: the kernel's gradient from BatchNormReluMaxPoolBackwardToConvWeights.
+        ((4, 28, 28, 1), 16, 5, 1, 2),  # The seed network's first layer.
+        ((3, 13, 17, 3), 8, 3, 2, 2),
+        ((2, 12, 8, 2), 24, 3, 1, 1),
+    ],
+)
+def test_fused_batch_norm_relu_max_pool_equals_xla_layers_with_onednn_and_gxx(shape, features, kernel, strides,
+                                                                             padding):
+    """The fused kernels against XLA's convolution -> BatchNorm -> relu -> max-pool: outputs, statistics, gradients."""
+    assert ffi.load(), NEEDS_KERNELS
+    x = 3 * jax.random.normal(jax.random.key(0), shape) + 1
+    block = layers.ConvBlock(features, kernel, strides=strides, padding=padding, pool=pooling.max_pool_2x2)
+    variables = block.init(jax.random.key(1), x)
+    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(jax.random.key(2), v.shape), variables)
+    weights = jax.random.normal(jax.random.key(3), block.apply(variables, x).shape)
+
+    def loss(params, x):
+        y, updates = block.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                                 mutable=["batch_stats"])
+        return jnp.sum(y * weights), (y, updates)
+
+    step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    fused_program = jax.jit(step).lower(variables["params"], x).as_text()
+    fused = jax.jit(step)(variables["params"], x)
+    with dispatch.xla_only():
+        plain = jax.jit(step)(variables["params"], x)
+    few_channels = dispatch.few_channel_weight_gradient((kernel, kernel, shape[-1], features))
+    assert "BatchNormReluMaxPoolForward" in fused_program
+    assert ("BatchNormReluMaxPoolBackwardToConvWeights" in fused_program) == few_channels
+    for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain), strict=True):  # The input's gradient too.
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_kernels_under_vmap_equal_them_one_by_one_with_onednn_and_gxx():
+    """As `cnn_jax.training.vectorized` runs them (several models' parameters, one batch of images): bit for bit."""
+    assert ffi.load(), NEEDS_KERNELS
+    block = layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2)
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    variables = jax.vmap(lambda key: block.init(key, x))(jax.random.split(jax.random.key(1), 2))
+
+    def grads(params, stats, x):
+        def loss(params):
+            y, _ = block.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+            return jnp.sum(y * jnp.sin(jnp.arange(y.size).reshape(y.shape)))
+
+        return jax.grad(loss)(params)
+
+    together = jax.jit(jax.vmap(grads, in_axes=(0, 0, None)))(variables["params"], variables["batch_stats"], x)
+    for k in range(2):
+        alone = jax.jit(grads)(*(jax.tree.map(lambda v: v[k], variables[c]) for c in ("params", "batch_stats")), x)
+        for got, want in zip(jax.tree.leaves(together), jax.tree.leaves(alone), strict=True):
+            np.testing.assert_array_equal(got[k], want)
+
+
+def test_fused_kernel_takes_the_conv_bias_as_an_offset_that_moves_only_the_mean_with_onednn_and_gxx():
+    assert ffi.load(), NEEDS_KERNELS
+    x = 2 * jax.random.normal(jax.random.key(0), (4, 6, 8, 8)) + 1
+    offset, scale, bias = (jax.random.normal(jax.random.key(i), (8,)) for i in (1, 2, 3))
+
+    def fused(x, offset):
+        return ffi.batch_norm_relu_max_pool(x, offset, scale, bias, 1e-5)
+
+    (y, mean, var), vjp = jax.vjp(fused, x, offset)
+    y0, mean0, var0 = fused(x, jnp.zeros(8))
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_allclose(mean, mean0 + offset, rtol=1e-6)
+    np.testing.assert_array_equal(var, var0)
+    dy = jax.random.normal(jax.random.key(4), y.shape)
+    dx, doffset = vjp((dy, jnp.zeros(8), jnp.zeros(8)))
+    np.testing.assert_allclose(doffset, dx.sum(axis=(0, 1, 2)), atol=1e-5)  # The gradient of x + offset.
