@@ -1,4 +1,4 @@
-r"""Ablation sweeps: every variant of a sweep (`cnn_jax.sweeps`) over several seeds, then a table and plots.
+r"""Ablation sweeps: every variant of a sweep (`cnn_jax.training.sweeps`) over several seeds, then a table and plots.
 
     python -m experiments.ablate --sweep=pooling --workdir=runs/pooling --quick
     python -m experiments.ablate --sweep=activation --workdir=runs/activation --seeds=5
@@ -6,9 +6,10 @@ r"""Ablation sweeps: every variant of a sweep (`cnn_jax.sweeps`) over several se
 Each run trains in `WORKDIR/<variant>/seed<k>` (a normal run's outputs). A
 finished run is skipped and an interrupted one resumes from its checkpoint,
 so running the same command again completes a sweep. With `--vmap` the runs
-that have not started and differ only in seed and learning rate (a variant's
-seeds; every run of the `learning_rate` sweep) train together as one
-vectorised program (`cnn_jax.vectorized`). The summary goes to `WORKDIR/summary.csv` and
+that differ only in seed and learning rate (a variant's seeds; every run of
+the `learning_rate` sweep) train together as one vectorised program
+(`cnn_jax.training.vectorized`), which resumes alike. SIGTERM saves a
+checkpoint of the runs in progress and exits. The summary goes to `WORKDIR/summary.csv` and
 `summary.json` (per variant: test accuracy mean ± std over seeds, final test
 loss, parameters, FLOPs, wall time, examples/s, steps to `--target_accuracy`),
 `accuracy.png` (test accuracy per variant with ±1 std error bars) and
@@ -20,21 +21,24 @@ import json
 import os
 import shutil
 import statistics
+import sys
 
 from absl import flags
 
 from experiments import cli
 
 flags.DEFINE_string("sweep", None, "The sweep to run: activation, pooling, batchnorm, kernels, depth_width, "
-                    "learning_rate (cnn_jax/sweeps.py).")
+                    "learning_rate (cnn_jax/training/sweeps.py).")
 flags.DEFINE_string("workdir", None, "Folder for the sweep's runs and summary; the same folder resumes it.")
 flags.DEFINE_bool("quick", False, "5 epochs on 6,000 training images (minutes on a CPU), 2 seeds unless --seeds.")
 flags.DEFINE_integer("seeds", None, "Seeds per variant (default 3; 2 with --quick).")
 flags.DEFINE_bool("vmap", False, "Train runs that differ only in seed and learning rate together, vectorised with "
-                  "jax.vmap (cnn_jax.vectorized).")
+                  "jax.vmap (cnn_jax.training.vectorized).")
 flags.DEFINE_float("target_accuracy", 0.85, "Test accuracy whose first reaching (in steps) the summary reports.")
 flags.DEFINE_string("data_dir", None, "Folder with IDX files, or tensorflow-datasets' data_dir.")
 FLAGS = flags.FLAGS
+
+CHECKPOINT_EVERY = 500  # Steps between a run's checkpoints (and at every epoch's end), so a killed sweep loses little.
 
 FIELDS = ("variant", "seeds", "test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "params", "flops",
           "wall_seconds_mean", "examples_per_second_mean", "steps_to_target_mean", "reached_target")
@@ -44,38 +48,39 @@ def _finished(workdir: str) -> bool:
     return os.path.exists(os.path.join(workdir, "results.json"))
 
 
-def _started(workdir: str) -> bool:
-    """Whether `workdir` holds a checkpoint to resume from (anything else in it is redone)."""
-    return os.path.isdir(os.path.join(workdir, "checkpoints")) and bool(os.listdir(os.path.join(workdir, "checkpoints")))
+def _newest_checkpoint(workdir: str) -> int | None:
+    """The step of `workdir`'s newest checkpoint, None if it has none (anything else in it is redone)."""
+    folder = os.path.join(workdir, "checkpoints")
+    steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(folder) else []
+    return max(steps, default=None)
 
 
-def run_all(runs: list, vmap: bool) -> None:
-    """Trains the runs [(config, workdir)] that have not finished.
+def run_all(runs: list, vmap: bool, stop_requested) -> None:
+    """Trains the runs [(config, workdir)] that have not finished, resuming those with a checkpoint.
 
-    Runs with a checkpoint resume one by one. With `vmap`, the others train in
-    groups of runs that differ only in seed and learning rate
-    (`cnn_jax.vectorized`); without, one by one.
+    With `vmap`, runs that differ only in seed and learning rate and stand at
+    the same step (none started, or an interrupted group) train together as
+    one vectorised program (`cnn_jax.training.vectorized`); the others one by one.
     """
     from tqdm import tqdm
 
     from cnn_jax.training import loop, vectorized
 
     todo = [(config, workdir) for config, workdir in runs if not _finished(workdir)]
-    fresh = [(config, workdir) for config, workdir in todo if not _started(workdir)]
-    for _, workdir in fresh:  # Killed before its first checkpoint: start it again.
-        shutil.rmtree(workdir, ignore_errors=True)
+    for _, workdir in todo:
+        if _newest_checkpoint(workdir) is None:  # Killed before its first checkpoint: start it again.
+            shutil.rmtree(workdir, ignore_errors=True)
     groups = {}
-    for config, workdir in fresh if vmap else []:
-        groups.setdefault(vectorized.group_key(config), []).append((config, workdir))
-    groups = [group for group in groups.values() if len(group) > 1]
-    grouped = {workdir for group in groups for _, workdir in group}
-    alone = [(config, workdir) for config, workdir in todo if workdir not in grouped]
+    for config, workdir in todo:
+        key = (vectorized.group_key(config), _newest_checkpoint(workdir)) if vmap else workdir
+        groups.setdefault(key, []).append((config, workdir))
     with tqdm(total=len(todo), desc="runs", unit="run", disable=None) as bar:
-        for config, workdir in alone:
-            loop.train_and_evaluate(config, workdir, checkpoint_every=500)
-            bar.update()
-        for group in groups:
-            vectorized.train_group(*zip(*group))
+        for group in groups.values():
+            configs, workdirs = zip(*group)
+            if len(group) > 1:
+                vectorized.train_group(configs, workdirs, CHECKPOINT_EVERY, stop_requested)
+            else:
+                loop.train_and_evaluate(configs[0], workdirs[0], CHECKPOINT_EVERY, stop_requested=stop_requested)
             bar.update(len(group))
 
 
@@ -197,8 +202,15 @@ def main(argv: list[str]) -> None:
     def workdir(label, seed):
         return os.path.join(FLAGS.workdir, label, f"seed{seed}")
 
-    run_all([(Config(**{**config.to_dict(), "seed": seed}), workdir(label, seed))
-             for label, config in variants for seed in seeds], FLAGS.vmap)
+    from cnn_jax.training import loop
+
+    try:
+        with cli.preemption_notice() as stop_requested:
+            run_all([(Config(**{**config.to_dict(), "seed": seed}), workdir(label, seed))
+                     for label, config in variants for seed in seeds], FLAGS.vmap, stop_requested)
+    except loop.Preempted as e:
+        print(cli.preempted_message(e), file=sys.stderr)
+        return
     rows, curves = [], {}
     dataset = data.load_dataset(variants[0][1].dataset, FLAGS.data_dir)
     for label, config in variants:

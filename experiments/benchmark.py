@@ -52,16 +52,16 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cnn_jax import data, models
 from cnn_jax.analysis import summary
 from cnn_jax.kernels import dispatch
-from cnn_jax.layers import losses, pooling
+from cnn_jax.layers import pooling
 from cnn_jax.training import loop, vectorized
 from cnn_jax.training.config import Config
+from cnn_jax.training.steps import create_train_state, train_step
 from experiments import cli
 
 flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion", "vmap_seeds"],
@@ -97,27 +97,30 @@ def interleaved_median_seconds(runs: dict, repeats: int) -> dict:
     return {name: statistics.median(times) for name, times in seconds.items()}
 
 
-def host_loop(model, dataset, batch_size: int, steps: int):
-    """A function running `steps` training steps of `model` as cnn_jax.train does: host batches, AOT-compiled step."""
-    config = Config(batch_size=batch_size)
-    mesh = loop.data_mesh(batch_size, config.eval_batch_size)
-    state = steps.create_train_state(model, config, dataset.image_shape, steps)
+def host_loop(model, dataset, batch_size: int, num_steps: int, layout=None, seeds=(0,)):
+    """A function running `num_steps` training steps of `model` as the training loop does: host batches and an
+    ahead-of-time compiled step, for one run (`layout` None) or the runs of `seeds` held by `layout`."""
+    layout = layout or loop.OneRun()
+    configs = [Config(batch_size=batch_size, seed=seed) for seed in seeds]
+    mesh = loop.data_mesh(("batch_size", batch_size), ("eval_batch_size", configs[0].eval_batch_size))
+    state = layout.initial_state(model, configs, dataset.image_shape, num_steps)
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
-    step, _ = loop.compile_steps(state, dataset, config, mesh)
-    order = data.epoch_permutation(0, 0, len(dataset.train_labels))
+    step, _ = layout.compile(state, dataset, configs, mesh)
+    orders = [data.epoch_permutation(seed, 0, len(dataset.train_labels)) for seed in seeds]
 
     def run():
         nonlocal state
-        for batch in itertools.islice(data.batches(dataset.train_images, dataset.train_labels, batch_size, order), steps):
-            state, _ = step(state, batch)
+        batches = zip(*(data.batches(dataset.train_images, dataset.train_labels, batch_size, order) for order in orders))
+        for run_batches in itertools.islice(batches, num_steps):
+            state, _ = step(state, layout.batch(list(run_batches)))
         jax.block_until_ready(state)
 
     return run
 
 
-def seeds_one_by_one(model, dataset, batch_size: int, steps: int, seeds: int):
-    """A function running `steps` training steps of each of `seeds` models, one model after another."""
-    runs = [host_loop(model, dataset, batch_size, steps) for _ in range(seeds)]
+def seeds_one_by_one(model, dataset, batch_size: int, num_steps: int, seeds: int):
+    """A function running `num_steps` training steps of each of `seeds` models, one model after another."""
+    runs = [host_loop(model, dataset, batch_size, num_steps, seeds=(seed,)) for seed in range(seeds)]
 
     def run():
         for run_seed in runs:
@@ -126,31 +129,16 @@ def seeds_one_by_one(model, dataset, batch_size: int, steps: int, seeds: int):
     return run
 
 
-def seeds_vmapped(model, dataset, batch_size: int, steps: int, seeds: int):
-    """A function running `steps` training steps of `seeds` models at once, vectorised (cnn_jax.vectorized)."""
+def seeds_vmapped(model, dataset, batch_size: int, num_steps: int, seeds: int):
+    """A function running `num_steps` training steps of `seeds` models at once, vectorised (StackedRuns)."""
+    return host_loop(model, dataset, batch_size, num_steps, vectorized.StackedRuns(), tuple(range(seeds)))
+
+
+def device_loop(model, dataset, batch_size: int, num_steps: int):
+    """A function running `num_steps` training steps of `model`, batches gathered on the device."""
     config = Config(batch_size=batch_size)
-    create = functools.partial(steps.initial_state, model, config, dataset.image_shape, steps)
-    states = jax.jit(jax.vmap(create))(jnp.arange(seeds))
-    loss = losses.lookup(config.loss, config.label_smoothing)
-    step = jax.jit(jax.vmap(functools.partial(vectorized.scaled_step, augment=config.augment, loss=loss)),
-                   donate_argnums=0)
-    orders = [data.epoch_permutation(seed, 0, len(dataset.train_labels)) for seed in range(seeds)]
-    rates = jnp.full(seeds, config.learning_rate)
-
-    def run():
-        nonlocal states
-        for i in range(steps):
-            states, _ = step(states, vectorized.stacked_batch(dataset, orders, i, batch_size), rates)
-        jax.block_until_ready(states)
-
-    return run
-
-
-def device_loop(model, dataset, batch_size: int, steps: int):
-    """A function running `steps` training steps of `model`, batches gathered on the device."""
-    config = Config(batch_size=batch_size)
-    state = steps.create_train_state(model, config, dataset.image_shape, steps)
-    step_fn = functools.partial(steps.train_step, augment=config.augment)
+    state = create_train_state(model, config, dataset.image_shape, num_steps)
+    step_fn = functools.partial(train_step, augment=config.augment)
     order = data.epoch_permutation(0, 0, len(dataset.train_labels))
     images, labels, order = jax.device_put((dataset.train_images, dataset.train_labels, order))
 
@@ -161,7 +149,7 @@ def device_loop(model, dataset, batch_size: int, steps: int):
 
     def run():
         nonlocal state
-        for i in range(steps):
+        for i in range(num_steps):
             state, _ = step(state, i)
         jax.block_until_ready(state)
 

@@ -7,9 +7,12 @@ backticks are printed as the flags of the same name (`cnn_jax.errors`). This
 module imports no JAX, so `--help` stays fast.
 """
 
+import contextlib
+import os
 import re
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from absl import app, flags, logging
 
@@ -52,3 +55,45 @@ def run(main: Callable[[list[str]], None], usage: str, positional: int = 0) -> N
             _fail(e)
 
     app.run(wrapped, flags_parser=_parse_flags)
+
+
+@contextlib.contextmanager
+def preemption_notice() -> Iterator[Callable[[], bool]]:
+    """Notes SIGTERM (a preemption notice) while the block runs; yields a function saying whether it came.
+
+    The training loop asks it after every step (`stop_requested`), saves a
+    checkpoint and raises `Preempted`; the previous handler is restored after.
+    """
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def preempted_message(error) -> str:
+    """The line printed when SIGTERM stopped a run (`cnn_jax.training.loop.Preempted`)."""
+    return (f"stopped by SIGTERM at step {error.step:,}; checkpoint saved in {', '.join(error.workdirs)}: "
+            "run the same command to resume")
+
+
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+    """Joins a multi-process run (`jax.distributed.initialize`), or does nothing for a single process.
+
+    With a coordinator address the three flags must come together; without
+    one, a multi-task SLURM job or a multi-host Cloud TPU slice is detected by
+    JAX itself. Call it before anything else uses JAX.
+    """
+    import jax
+
+    given = [value is not None for value in (coordinator_address, num_processes, process_id)]
+    if any(given):
+        if not all(given):
+            raise UserError("--coordinator_address, --num_processes and --process_id go together; give all three")
+        if not 0 <= process_id < num_processes:
+            raise UserError(f"--process_id={process_id} must be from 0 to --num_processes - 1 = {num_processes - 1}")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize()

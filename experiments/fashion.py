@@ -61,11 +61,13 @@ def main(argv: list[str]) -> None:
 
     from cnn_jax.training import loop
 
-    loop.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    cli.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
-        results = loop.train_and_evaluate(config, workdir, FLAGS.checkpoint_every, FLAGS.allow_config_change)
+        with cli.preemption_notice() as stop_requested:
+            results = loop.train_and_evaluate(config, workdir, FLAGS.checkpoint_every, FLAGS.allow_config_change,
+                                              stop_requested)
     except loop.Preempted as e:
-        print(e, file=sys.stderr)
+        print(cli.preempted_message(e), file=sys.stderr)
         return
     if jax.process_index() == 0:  # Every process of a multi-process run gets the results; one prints them.
         print(f"test accuracy: {results['test_accuracy']:.4f}  (results in {os.path.join(workdir, 'results.json')})")

@@ -70,7 +70,7 @@ def test_every_loss_gradient_lowers_it():
     [
         ({"loss": "hinge"}, "unknown loss 'hinge': choose one of softmax_cross_entropy, sigmoid_cross_entropy, l2"),
         ({"loss": "l2", "label_smoothing": 0.1}, "label smoothing applies to softmax_cross_entropy only"),
-        ({"label_smoothing": 1.0}, r"--label_smoothing must be in \[0, 1\)"),
+        ({"label_smoothing": 1.0}, r"`label_smoothing` must be in \[0, 1\)"),
     ],
 )
 def test_bad_loss_configurations_are_refused_with_the_fix(fields, message):

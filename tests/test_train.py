@@ -62,7 +62,7 @@ def test_evaluate_gives_the_same_answer_for_any_batch_size():
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (23, 1, 3, 1)).astype(np.uint8), rng.integers(0, 3, 23).astype(np.int32)
     state = hand_made_state()
-    results = [loop.evaluate(jax.jit(steps.eval_step), state, images, labels, size) for size in (1, 5, 23, 64)]
+    results = [loop.evaluate(jax.jit(steps.eval_step), state, images, labels, size)[0] for size in (1, 5, 23, 64)]
     for result in results[1:]:
         assert result["accuracy"] == results[0]["accuracy"]
         np.testing.assert_allclose(result["loss"], results[0]["loss"], rtol=1e-6)
@@ -73,11 +73,11 @@ def test_evaluate_gives_the_same_answer_for_any_batch_size():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("batch_size", 0, "--batch_size must be a positive integer, got 0"),
-        ("epochs", -1, "--epochs must be a positive integer, got -1"),
-        ("learning_rate", 0.0, "--learning_rate must be > 0, got 0.0"),
-        ("learning_rate", float("nan"), "--learning_rate must be > 0, got nan"),
-        ("max_steps", -5, "--max_steps must be >= 0, got -5"),
+        ("batch_size", 0, "`batch_size` must be a positive integer, got 0"),
+        ("epochs", -1, "`epochs` must be a positive integer, got -1"),
+        ("learning_rate", 0.0, "`learning_rate` must be > 0, got 0.0"),
+        ("learning_rate", float("nan"), "`learning_rate` must be > 0, got nan"),
+        ("max_steps", -5, "`max_steps` must be >= 0, got -5"),
     ],
 )
 def test_config_rejects_bad_values(field, value, message):
@@ -87,7 +87,7 @@ def test_config_rejects_bad_values(field, value, message):
 
 def test_batch_larger_than_the_training_set_is_refused_before_writing(tmp_path, idx_dir):
     config = Config(data_dir=idx_dir, batch_size=1000)
-    with pytest.raises(UserError, match="--batch_size=1000 exceeds the 300 training examples"):
+    with pytest.raises(UserError, match="`batch_size`=1000 exceeds the 300 training examples"):
         loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
@@ -121,7 +121,7 @@ def test_flip_augmentation_depends_only_on_seed_and_step():
 
 def test_an_unwritable_workdir_is_refused_before_training(tmp_path, idx_dir):
     (tmp_path / "file").write_text("")
-    with pytest.raises(UserError, match=r"--workdir=.*/file/run is not writable \(Not a directory\)"):
+    with pytest.raises(UserError, match=r"`workdir`=.*/file/run is not writable \(Not a directory\)"):
         loop.train_and_evaluate(Config(data_dir=idx_dir), str(tmp_path / "file" / "run"))
 
 

@@ -21,7 +21,7 @@ is traced and pick the implementation. Every fast path is here:
 - Everything else, and everything on a GPU or TPU, is XLA's.
 
 The compiled kernels run on the CPU backend where they could be built
-(`ffi.load()`). The environment variable `CNN_JAX_KERNELS=xla`, or a
+(`ffi.load()`); with several devices, inside a mesh (`compiled_kernels`). The environment variable `CNN_JAX_KERNELS=xla`, or a
 `with xla_only():` block, makes every layer traced meanwhile use XLA's own
 operations, for comparisons and tests. The choice is made when a function is
 traced: a function jitted before keeps what it was compiled with.
@@ -66,8 +66,15 @@ def _cpu_fast_paths() -> bool:
 
 
 def compiled_kernels() -> bool:
-    """Whether layers traced now may use the compiled CPU kernels."""
-    return _cpu_fast_paths() and ffi.load()
+    """Whether layers traced now may use the compiled CPU kernels.
+
+    In a process with several devices, only inside a mesh (`jax.set_mesh`),
+    where they run on each device's part of the batch: elsewhere XLA would
+    gather their inputs onto every device.
+    """
+    if not (_cpu_fast_paths() and ffi.load()):
+        return False
+    return jax.local_device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
 
 
 def _plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count) -> bool:
@@ -100,7 +107,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if _cpu_fast_paths() and _plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                     feature_group_count):
         strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
-        if ffi.load():
+        if compiled_kernels():
             return ffi.conv(lhs, rhs, strides, pads, few_channel_weight_gradient(rhs.shape))
         if rhs.shape[2] <= FEW_CHANNELS:
             return tap_sum.conv(lhs, rhs, strides, pads)

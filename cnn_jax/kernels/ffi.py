@@ -11,10 +11,18 @@ forward, input-gradient and weight-gradient convolutions;
 `csrc/few_channel_weight_gradient.cc` computes the weight gradient of a
 first layer (one to a few input channels) with its accumulators in vector
 registers; `csrc/batch_norm_relu_max_pool.cc` computes the other three layers
-in two passes forward and two backward, on every core. `load()` compiles them on first use
-(g++, Debian's libdnnl-dev, JAX's FFI headers) into a cache folder and
-registers them. Where that cannot be done, `load()` returns False and cnn_jax
-uses XLA's operations.
+in two passes forward and two backward, on every core. `load()` compiles them
+on first use (g++, Debian's libdnnl-dev, JAX's FFI headers) into a cache
+folder and registers them. Where that cannot be done, `load()` returns False
+and cnn_jax uses XLA's operations.
+
+XLA cannot split a kernel over devices (it would gather the whole batch onto
+each), so inside a mesh (`jax.set_mesh`, as the training loop sets it) every
+kernel runs under `jax.shard_map` on its own device's part of the batch: the
+weight gradients are summed over the devices, and BatchNorm's statistics
+are combined between the kernel calls of each direction, so the results are
+those of the whole batch. Each call uses its device's share of the cores
+(`csrc/threads.h`).
 """
 
 import ctypes
@@ -26,17 +34,20 @@ import subprocess
 import sysconfig
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.sharding import PartitionSpec
 
 from cnn_jax.analysis import arithmetic
 
 _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
             for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc")]
-_HEADERS = [os.path.join(os.path.dirname(__file__), "csrc", "few_channel_weight_gradient.h")]
+_HEADERS = [os.path.join(os.path.dirname(__file__), "csrc", name)
+            for name in ("few_channel_weight_gradient.h", "threads.h")]
 _TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
-            "FewChannelConvWeightGradient", "BatchNormReluMaxPoolForward", "BatchNormReluMaxPoolBackward",
-            "BatchNormReluMaxPoolBackwardToConvWeights")
+            "FewChannelConvWeightGradient", "BatchNormMoments", "BatchNormReluMaxPoolForward",
+            "BatchNormReluMaxPoolBackwardSums", "BatchNormReluMaxPoolBackward", "BatchNormReluMaxPoolBackwardToConvWeights")
 
 
 def _cpu_features() -> bytes:
@@ -90,10 +101,51 @@ def _call(target: str, result_shapes):
     return jax.ffi.ffi_call(target, result_shapes, vmap_method="sequential")
 
 
+def _devices() -> dict:
+    """The `devices` attribute of every kernel: this process's devices, whose kernels may run at once."""
+    return {"devices": np.int64(jax.local_device_count())}
+
+
+def _batch_axes() -> tuple[str, ...]:
+    """The axes of the mesh in context that a batch is split over (all of them), or () for none or one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return () if mesh.empty or mesh.size == 1 else tuple(mesh.axis_names)
+
+
+def _per_device(local, batched_args: tuple[bool, ...], batched_results):
+    """`local(axes, *args)` run on each device's part of the batch (the leading axis) of the mesh in context.
+
+    Arguments and results flagged batched are split over the mesh, the
+    others replicated; `local` receives the mesh axes to sum over, or () when
+    there is no mesh of several devices, and then runs as it is.
+    """
+    axes = _batch_axes()
+    function = functools.partial(local, axes)
+    if not axes:
+        return function
+    spec = lambda batched: PartitionSpec(axes) if batched else PartitionSpec()  # noqa: E731
+    return jax.shard_map(function, in_specs=tuple(map(spec, batched_args)), out_specs=jax.tree.map(spec, batched_results))
+
+
+def _sum(values, axes):
+    """The sum over the devices of `axes` (none: the value itself)."""
+    return jax.lax.psum(values, axes) if axes else values
+
+
+def _mean(values, axes):
+    """The mean over the devices of `axes`, which hold equal parts of the batch (none: the value itself)."""
+    return jax.lax.pmean(values, axes) if axes else values
+
+
 def _attributes(strides, padding) -> dict:
     (stride_h, stride_w), ((top, bottom), (left, right)) = strides, padding
     values = dict(stride_h=stride_h, stride_w=stride_w, pad_top=top, pad_bottom=bottom, pad_left=left, pad_right=right)
-    return {name: np.int64(value) for name, value in values.items()}
+    return {**{name: np.int64(value) for name, value in values.items()}, **_devices()}
+
+
+def _few_channel_attributes(strides, padding) -> dict:
+    attributes = _attributes(strides, padding)
+    return {k: attributes[k] for k in ("stride_h", "stride_w", "pad_top", "pad_left", "devices")}
 
 
 def _output_shape(x_shape, kernel_shape, strides, padding) -> tuple:
@@ -101,6 +153,28 @@ def _output_shape(x_shape, kernel_shape, strides, padding) -> tuple:
     height, width = (arithmetic.conv_output_size(size, k, stride, pads)
                      for size, k, stride, pads in zip((h, w), (kh, kw), strides, padding))
     return n, height, width, out
+
+
+# Convolution. The local functions run on one device's part of the batch.
+
+def _conv_forward(x, kernel, strides, padding):
+    shape = jax.ShapeDtypeStruct(_output_shape(x.shape, kernel.shape, strides, padding), x.dtype)
+    return _call("OnednnConvForward", shape)(x, kernel, **_attributes(strides, padding))
+
+
+def _conv_input_gradient(dy, kernel, x_shape, strides, padding):
+    """The gradient of a convolution's input x (of shape `x_shape`) given its output's gradient `dy`."""
+    return _call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x_shape, dy.dtype))(
+        dy, kernel, **_attributes(strides, padding))
+
+
+def _conv_weight_gradient(axes, x, dy, kernel_shape, strides, padding, few_channel_weight_gradient):
+    shape = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
+    if few_channel_weight_gradient:
+        dkernel = _call("FewChannelConvWeightGradient", shape)(x, dy, **_few_channel_attributes(strides, padding))
+    else:
+        dkernel = _call("OnednnConvWeightGradient", shape)(x, dy, **_attributes(strides, padding))
+    return _sum(dkernel, axes)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -114,40 +188,52 @@ def conv(x, kernel, strides, padding, few_channel_weight_gradient: bool):
 
     Call `load()` first (and only use it where it returned True).
     """
-    shape = jax.ShapeDtypeStruct(_output_shape(x.shape, kernel.shape, strides, padding), x.dtype)
-    return _call("OnednnConvForward", shape)(x, kernel, **_attributes(strides, padding))
+    forward = lambda axes, x, kernel: _conv_forward(x, kernel, strides, padding)  # noqa: E731
+    return _per_device(forward, (True, False), True)(x, kernel)
 
 
 def _conv_fwd(x, kernel, strides, padding, few_channel_weight_gradient):
     return conv(x, kernel, strides, padding, few_channel_weight_gradient), (x, kernel)
 
 
-def _few_channel_attributes(attributes: dict) -> dict:
-    return {k: attributes[k] for k in ("stride_h", "stride_w", "pad_top", "pad_left")}
-
-
-def _input_gradient(dy, kernel, x_shape, strides, padding):
-    """The gradient of `conv`'s input x (of shape `x_shape`) given its output's gradient `dy`."""
-    return _call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x_shape, dy.dtype))(
-        dy, kernel, **_attributes(strides, padding))
-
-
 def _conv_bwd(strides, padding, few_channel_weight_gradient, residuals, cotangent):
-    x, kernel = residuals
-    attributes = _attributes(strides, padding)
-    dkernel_shape = jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
-    if few_channel_weight_gradient:
-        dkernel = _call("FewChannelConvWeightGradient", dkernel_shape)(x, cotangent, **_few_channel_attributes(attributes))
-    else:
-        dkernel = _call("OnednnConvWeightGradient", dkernel_shape)(x, cotangent, **attributes)
-    return _input_gradient(cotangent, kernel, x.shape, strides, padding), dkernel
+    def local(axes, x, kernel, dy):
+        dkernel = _conv_weight_gradient(axes, x, dy, kernel.shape, strides, padding, few_channel_weight_gradient)
+        return _conv_input_gradient(dy, kernel, x.shape, strides, padding), dkernel
+
+    return _per_device(local, (True, False, True), (True, False))(*residuals, cotangent)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _epsilon(epsilon) -> dict:
-    return {"epsilon": np.float32(epsilon)}
+# BatchNorm -> ReLU -> 2×2 max-pool, in training mode.
+
+def _vectors(count: int, like) -> tuple:
+    return tuple(jax.ShapeDtypeStruct(like.shape, like.dtype) for _ in range(count))
+
+
+def _moments(axes, x):
+    """The whole batch's per-channel mean and (biased) variance of `x`; equal parts on the devices of `axes`."""
+    vector = jax.ShapeDtypeStruct(x.shape[-1:], x.dtype)
+    mean, var = _call("BatchNormMoments", (vector, vector))(x, **_devices())
+    if not axes:
+        return mean, var
+    whole = jax.lax.pmean(mean, axes)  # The parts' variances, plus the spread of their means around the whole's.
+    return whole, jax.lax.pmean(var + jnp.square(mean - whole), axes)
+
+
+def _backward_sums(axes, mean, var, winner, at_winner, dy, epsilon):
+    """(dscale, dbias, mean of du, mean of du·x̂) of the whole batch: see `BackwardSums` in the kernel's source."""
+    dscale, dbias, mean_du, mean_du_xhat = _call("BatchNormReluMaxPoolBackwardSums", _vectors(4, mean))(
+        mean, var, winner, at_winner, dy, epsilon=np.float32(epsilon), **_devices())
+    return _sum(dscale, axes), _sum(dbias, axes), _mean(mean_du, axes), _mean(mean_du_xhat, axes)
+
+
+def _batch_norm_input_gradient(x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon):
+    """(dx, Σ dx over this part of the batch per channel)."""
+    return _call("BatchNormReluMaxPoolBackward", (jax.ShapeDtypeStruct(x.shape, x.dtype), _vectors(1, mean)[0]))(
+        x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon=np.float32(epsilon), **_devices())
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -165,23 +251,29 @@ def batch_norm_relu_max_pool(x, offset, scale, bias, epsilon):
 
 
 def _batch_norm_relu_max_pool_fwd(x, offset, scale, bias, epsilon):
-    n, h, w, c = x.shape
-    shapes = (jax.ShapeDtypeStruct((n, h // 2, w // 2, c), x.dtype), jax.ShapeDtypeStruct((c,), x.dtype),
-              jax.ShapeDtypeStruct((c,), x.dtype), jax.ShapeDtypeStruct((n, h // 2, w // 2, c), np.int8),
-              jax.ShapeDtypeStruct((n, h // 2, w // 2, c), x.dtype))
-    # The offset moves the mean and nothing else: normalised, x + offset is x.
-    y, mean, var, winner, at_winner = _call("BatchNormReluMaxPoolForward", shapes)(x, scale, bias, **_epsilon(epsilon))
-    return (y, mean + offset, var), (x, scale, mean, var, winner, at_winner)
+    def local(axes, x, offset, scale, bias):
+        mean, var = _moments(axes, x)
+        pooled = (x.shape[0], x.shape[1] // 2, x.shape[2] // 2, x.shape[3])
+        shapes = (jax.ShapeDtypeStruct(pooled, x.dtype), jax.ShapeDtypeStruct(pooled, np.int8),
+                  jax.ShapeDtypeStruct(pooled, x.dtype))
+        y, winner, at_winner = _call("BatchNormReluMaxPoolForward", shapes)(
+            x, mean, var, scale, bias, epsilon=np.float32(epsilon), **_devices())
+        # The offset moves the mean and nothing else: normalised, x + offset is x.
+        return (y, mean + offset, var), (x, scale, mean, var, winner, at_winner)
+
+    batched = ((True, False, False), (True, False, False, False, True, True))
+    return _per_device(local, (True, False, False, False), batched)(x, offset, scale, bias)
 
 
 def _batch_norm_relu_max_pool_bwd(epsilon, residuals, cotangents):
-    x, scale, *_ = residuals
+    def local(axes, x, scale, mean, var, winner, at_winner, dy):
+        dscale, dbias, *means = _backward_sums(axes, mean, var, winner, at_winner, dy, epsilon)
+        dx, doffset = _batch_norm_input_gradient(x, scale, mean, var, winner, dy, *means, epsilon)
+        return dx, _sum(doffset, axes), dscale, dbias
+
     dy = cotangents[0]  # The statistics' cotangents are zero: they only feed BatchNorm's running averages.
-    vector = jax.ShapeDtypeStruct(scale.shape, x.dtype)
-    dx, doffset, dscale, dbias = _call(
-        "BatchNormReluMaxPoolBackward", (jax.ShapeDtypeStruct(x.shape, x.dtype), vector, vector, vector))(
-        *residuals, dy, **_epsilon(epsilon))
-    return dx, doffset, dscale, dbias
+    batched = (True, False, False, False, True, True, True)
+    return _per_device(local, batched, (True, False, False, False))(*residuals, dy)
 
 
 batch_norm_relu_max_pool.defvjp(_batch_norm_relu_max_pool_fwd, _batch_norm_relu_max_pool_bwd)
@@ -208,14 +300,21 @@ def _after_conv_fwd(z, x, kernel, offset, scale, bias, strides, padding, epsilon
 
 
 def _after_conv_bwd(strides, padding, epsilon, residuals, cotangents):
+    def local(axes, z, scale, mean, var, winner, at_winner, dy, x, kernel):
+        dscale, dbias, *means = _backward_sums(axes, mean, var, winner, at_winner, dy, epsilon)
+        shapes = (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype), _vectors(1, mean)[0])
+        dkernel, doffset = _call("BatchNormReluMaxPoolBackwardToConvWeights", shapes)(
+            z, scale, mean, var, winner, dy, *means, x, epsilon=np.float32(epsilon),
+            **_few_channel_attributes(strides, padding))
+        # XLA drops these two kernels where nothing uses x's gradient, as for a network's input images.
+        dz = _batch_norm_input_gradient(z, scale, mean, var, winner, dy, *means, epsilon)[0]
+        dx = _conv_input_gradient(dz, kernel, x.shape, strides, padding)
+        return dx, _sum(dkernel, axes), _sum(doffset, axes), dscale, dbias
+
     bn_residuals, x, kernel = residuals
-    vector = jax.ShapeDtypeStruct(bn_residuals[1].shape, x.dtype)
-    dkernel, doffset, dscale, dbias = _call(
-        "BatchNormReluMaxPoolBackwardToConvWeights", (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype), vector, vector, vector))(
-        *bn_residuals, cotangents[0], x, **_epsilon(epsilon), **_few_channel_attributes(_attributes(strides, padding)))
-    # XLA drops these two kernels where nothing uses x's gradient, as for a network's input images.
-    dz = _batch_norm_relu_max_pool_bwd(epsilon, bn_residuals, cotangents)[0]
-    dx = _input_gradient(dz, kernel, x.shape, strides, padding)
+    batched = (True, False, False, False, True, True, True, True, False)
+    dx, dkernel, doffset, dscale, dbias = _per_device(local, batched, (True, False, False, False, False))(
+        *bn_residuals, cotangents[0], x, kernel)
     return None, dx, dkernel, doffset, dscale, dbias  # None: a zero gradient for z.
 
 

@@ -59,7 +59,7 @@ def lookup(name: str, label_smoothing: float = 0.0) -> Loss:
     if name not in LOSSES:
         raise UserError(f"unknown loss '{name}': choose one of {', '.join(LOSSES)}")
     if label_smoothing and name != "softmax_cross_entropy":
-        raise UserError(f"label smoothing applies to softmax_cross_entropy only, not '{name}'; drop --label_smoothing")
+        raise UserError(f"label smoothing applies to softmax_cross_entropy only, not '{name}'; leave `label_smoothing` at 0")
     if label_smoothing:
         return functools.partial(softmax_cross_entropy, label_smoothing=label_smoothing)
     return LOSSES[name]

@@ -38,12 +38,13 @@ def save(checkpoints: ocp.CheckpointManager, state, progress: dict) -> None:
     checkpoints.wait_until_finished()
 
 
-def latest(checkpoints: ocp.CheckpointManager, target) -> tuple | None:
-    """(state, progress) from the newest complete checkpoint, restored into `target`'s structure; None if none.
+def latest(checkpoints: ocp.CheckpointManager, target, step: int | None = None) -> tuple | None:
+    """(state, progress) from the newest complete checkpoint (or the one of `step`), restored into `target`'s
+    structure; None if there is none.
 
     Raises UserError when the checkpoint holds another model's (or optimizer's) variables.
     """
-    step = checkpoints.latest_step()
+    step = checkpoints.latest_step() if step is None else step
     if step is None:
         return None
     args = ocp.args.Composite(state=ocp.args.StandardRestore(serialization.to_state_dict(target)),
@@ -53,7 +54,7 @@ def latest(checkpoints: ocp.CheckpointManager, target) -> tuple | None:
     except (ValueError, KeyError, TypeError) as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"the checkpoint at step {step} in {checkpoints.directory} does not fit this model ({reason}); "
-                        "resume with the flags that made it, or choose a new --workdir") from None
+                        "resume with the settings that made it, or choose a new `workdir`") from None
     return serialization.from_state_dict(target, restored["state"]), restored["progress"]
 
 

@@ -38,17 +38,17 @@ class Config:
         non_negative = ("max_steps", "max_train_examples", "max_test_examples")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+                raise UserError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
         for name in non_negative:
             if getattr(self, name) < 0:
-                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if not self.learning_rate > 0:  # Also rejects NaN.
-            raise UserError(f"--learning_rate must be > 0, got {self.learning_rate}")
+            raise UserError(f"`learning_rate` must be > 0, got {self.learning_rate}")
         for name, choices in (("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS)):
             if getattr(self, name) not in choices:
-                raise UserError(f"--{name} must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
+                raise UserError(f"`{name}` must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
         if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise UserError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
         from cnn_jax.layers import losses  # Imports JAX: not at module level, so the command line stays fast.
 
         losses.lookup(self.loss, self.label_smoothing)

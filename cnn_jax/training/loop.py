@@ -1,12 +1,18 @@
-"""The loop that runs an experiment: data, compiled steps on a device mesh, evaluation, checkpoints and outputs."""
+"""The loop that runs an experiment: data, compiled steps on a device mesh, evaluation, checkpoints and outputs.
+
+`train_and_evaluate(config, workdir)` trains one run. The same loop trains
+several runs at once when they share every shape (`cnn_jax.training.vectorized`):
+what differs is only how their states are held and stepped, a `Layout`. Each
+run gets its own workdir with the same outputs, checkpoints and resumption.
+"""
 
 import functools
 import itertools
 import json
 import os
-import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -18,11 +24,27 @@ from tqdm import tqdm
 from cnn_jax import data, models
 from cnn_jax.analysis import arithmetic
 from cnn_jax.errors import UserError
+from cnn_jax.kernels import dispatch
 from cnn_jax.layers import losses
 from cnn_jax.training import checkpoint
 from cnn_jax.training.config import Config
 from cnn_jax.training.steps import TrainState, create_train_state, eval_step, learning_rate_schedule, train_step
 from cnn_jax.training.writers import MetricWriter, truncate_metrics, write_json_atomically
+
+CONFIG_FILE = "config.json"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+class Preempted(Exception):
+    """A stop was requested (the entry points ask on SIGTERM, a preemption notice) and granted after `step`; a
+    checkpoint of that step was saved in each of `workdirs`."""
+
+    def __init__(self, step: int, workdirs: Sequence[str]):
+        super().__init__(f"stopped at step {step:,}; checkpoint saved in {', '.join(workdirs)}")
+        self.step, self.workdirs = step, list(workdirs)
 
 
 def _global_batch(batch: dict, sharding: NamedSharding) -> dict:
@@ -39,82 +61,142 @@ def _process_part() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def evaluate(eval_fn, state: TrainState, images: np.ndarray, labels: np.ndarray, batch_size: int,
-             sharding: NamedSharding | None = None) -> dict:
-    """Mean 'loss' and 'accuracy' of `state` over every example of (images, labels).
+def evaluate(eval_fn, state, images: np.ndarray, labels: np.ndarray, batch_size: int,
+             sharding: NamedSharding | None = None) -> list[dict]:
+    """Mean 'loss' and 'accuracy' over every example of (images, labels), of each run that `state` holds.
 
-    With `sharding` (every process calls it), each process feeds its share of each batch.
+    `eval_fn(state, batch)` gives sums per run (scalars for one run, `[runs]`
+    for several). With `sharding` (every process calls it), each process feeds
+    its share of each batch.
     """
     batches = data.batches(images, labels, batch_size, part=_process_part() if sharding else (0, 1))
     sums = [eval_fn(state, batch if sharding is None else _global_batch(batch, sharding)) for batch in batches]
-    totals = jax.tree.map(lambda *xs: float(np.sum(xs)), *_fetch(sums))
-    return {"loss": totals["loss"] / totals["count"], "accuracy": totals["correct"] / totals["count"]}
+    totals = jax.tree.map(lambda *xs: np.atleast_1d(np.sum(xs, axis=0)), *_fetch(sums))
+    return [{"loss": float(loss) / float(count), "accuracy": float(correct) / float(count)}
+            for loss, correct, count in zip(totals["loss"], totals["correct"], totals["count"], strict=True)]
 
 
-def data_mesh(*batch_sizes: int) -> Mesh:
-    """A one-axis ('data') mesh of every device (of every process), or UserError if a batch does not split over it."""
-    devices, flags = jax.devices(), ("--batch_size", "--eval_batch_size")
-    for flag, size in zip(flags, batch_sizes):
+def data_mesh(*batch_sizes: tuple[str, int]) -> Mesh:
+    """A one-axis ('data') mesh of every device (of every process); UserError if a batch does not split over it.
+
+    `batch_sizes` are (setting, size) pairs, named in the error.
+    """
+    devices = jax.devices()
+    for setting, size in batch_sizes:
         if size % len(devices):
             below, above = size // len(devices) * len(devices), (size // len(devices) + 1) * len(devices)
             examples = f"{below} or {above}" if below else f"{above}"
-            raise UserError(f"{flag}={size} does not split evenly over {len(devices)} devices; use a multiple of "
+            raise UserError(f"`{setting}`={size} does not split evenly over {len(devices)} devices; use a multiple of "
                             f"{len(devices)} such as {examples}")
     return Mesh(np.array(devices), ("data",))
 
 
-def _abstract_batch(images: np.ndarray, labels: np.ndarray, batch_size: int, with_mask: bool, sharding) -> dict:
+def abstract_batch(images: np.ndarray, labels: np.ndarray, shape: tuple[int, ...], with_mask: bool,
+                    sharding) -> dict:
+    """Shapes of a batch of `shape` (batch size, preceded by the runs when stacked) of (images, labels)."""
     batch = {
-        "image": jax.ShapeDtypeStruct((batch_size, *images.shape[1:]), images.dtype, sharding=sharding),
-        "label": jax.ShapeDtypeStruct((batch_size,), labels.dtype, sharding=sharding),
+        "image": jax.ShapeDtypeStruct((*shape, *images.shape[1:]), images.dtype, sharding=sharding),
+        "label": jax.ShapeDtypeStruct(shape, labels.dtype, sharding=sharding),
     }
     if with_mask:
-        batch["mask"] = jax.ShapeDtypeStruct((batch_size,), np.float32, sharding=sharding)
+        batch["mask"] = jax.ShapeDtypeStruct(shape, np.float32, sharding=sharding)
     return batch
 
 
-def compile_steps(state: TrainState, dataset: data.Dataset, config: Config, mesh: Mesh):
-    """`train_step` and `eval_step` for `dataset`'s shapes on `mesh`, jitted and compiled ahead of time.
+def compile_step(step, mesh: Mesh, *arguments, donate: bool = False):
+    """`step` jitted for `arguments` (a replicated state, then batches split over the mesh) and compiled ahead of time.
 
-    Batches are split over the mesh's 'data' axis and the state is replicated,
-    so XLA computes the mean loss, its gradients and BatchNorm's statistics over
-    the whole batch. The training step donates its input state, so its buffers
-    are reused in place. `state` must already be replicated on `mesh`.
+    The state is replicated and the batch split over the mesh's 'data' axis,
+    so XLA computes the mean loss, its gradients and BatchNorm's statistics
+    over the whole batch. Inside the mesh, cnn_jax's compiled kernels run on
+    each device's part of the batch (`cnn_jax.kernels.ffi`). `donate` reuses
+    the state's buffers for the new state.
     """
-    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    train_batch = _abstract_batch(dataset.train_images, dataset.train_labels, config.batch_size, False, split)
-    eval_batch = _abstract_batch(dataset.test_images, dataset.test_labels, config.eval_batch_size, True, split)
-    loss = losses.lookup(config.loss, config.label_smoothing)
-    train_fn = jax.jit(
-        functools.partial(train_step, augment=config.augment, loss=loss),
-        in_shardings=(replicated, split),
-        out_shardings=replicated,
-        donate_argnums=0,
-    )
-    eval_fn = jax.jit(functools.partial(eval_step, loss=loss), in_shardings=(replicated, split), out_shardings=replicated)
-    return train_fn.lower(state, train_batch).compile(), eval_fn.lower(state, eval_batch).compile()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(step, out_shardings=replicated, donate_argnums=0 if donate else ())
+    with jax.set_mesh(mesh):
+        compiled = jitted.lower(*arguments).compile()
+    return _one_at_a_time(compiled) if _steps_must_not_overlap() else compiled
 
 
-def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
-    """Joins a multi-process run (`jax.distributed.initialize`), or does nothing for a single process.
-
-    With a coordinator address the three settings must come together; without
-    one, a multi-task SLURM job or a multi-host Cloud TPU slice is detected by
-    JAX itself.
-    """
-    given = [value is not None for value in (coordinator_address, num_processes, process_id)]
-    if any(given):
-        if not all(given):
-            raise UserError("--coordinator_address, --num_processes and --process_id go together; give all three")
-        if not 0 <= process_id < num_processes:
-            raise UserError(f"--process_id={process_id} must be from 0 to --num_processes - 1 = {num_processes - 1}")
-        jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-        jax.distributed.initialize()
+def _steps_must_not_overlap() -> bool:
+    """Whether each step must finish before the next starts: XLA:CPU's collectives between processes (gloo)
+    deadlock when a process's devices run consecutive steps at once (measured with 2 processes of 2 devices each:
+    4 hangs in 4 runs of 100 steps, none when each step waits; 1 device per process never hung)."""
+    return jax.default_backend() == "cpu" and jax.process_count() > 1 and jax.local_device_count() > 1
 
 
-CONFIG_FILE = "config.json"
+def _one_at_a_time(step):
+    """`step`, returning only once its results are computed."""
+    return lambda *args: jax.block_until_ready(step(*args))
+
+
+class Layout:
+    """How the runs that one loop trains together are held and stepped: one run (`OneRun`), or several whose
+    states are stacked along a leading axis (`cnn_jax.training.vectorized.StackedRuns`)."""
+
+    def initial_state(self, model, configs: Sequence[Config], image_shape, total_steps: int):
+        """The runs' initial state (on the host's default device)."""
+        raise NotImplementedError
+
+    def compile(self, state, dataset: data.Dataset, configs: Sequence[Config], mesh: Mesh) -> tuple[Callable, Callable]:
+        """(train_fn(state, batch) -> (state, metrics), eval_fn(state, batch) -> sums), compiled for `mesh`."""
+        raise NotImplementedError
+
+    def batch(self, run_batches: list[dict]) -> dict:
+        """One step's batch from each run's own batch (the same order for the same seed as a run alone)."""
+        raise NotImplementedError
+
+    def batch_spec(self) -> PartitionSpec:
+        """How a training batch is split over the mesh."""
+        raise NotImplementedError
+
+    def run_state(self, state, k: int) -> TrainState:
+        """Run k's TrainState."""
+        raise NotImplementedError
+
+    def join(self, states: list[TrainState]):
+        """The state holding `states`, one per run (the inverse of `run_state`)."""
+        raise NotImplementedError
+
+    def run_metrics(self, metrics: dict, k: int) -> dict:
+        """Run k's values of a step's host metrics."""
+        raise NotImplementedError
+
+
+class OneRun(Layout):
+    """A single run: one TrainState, stepped by `train_step`."""
+
+    def initial_state(self, model, configs, image_shape, total_steps):
+        (config,) = configs
+        return create_train_state(model, config, image_shape, total_steps)
+
+    def compile(self, state, dataset, configs, mesh):
+        (config,) = configs
+        loss = losses.lookup(config.loss, config.label_smoothing)
+        split = NamedSharding(mesh, PartitionSpec("data"))
+        train_batch = abstract_batch(dataset.train_images, dataset.train_labels, (config.batch_size,), False, split)
+        eval_batch = abstract_batch(dataset.test_images, dataset.test_labels, (config.eval_batch_size,), True, split)
+        train_fn = compile_step(functools.partial(train_step, augment=config.augment, loss=loss), mesh, state,
+                                train_batch, donate=True)
+        return train_fn, compile_step(functools.partial(eval_step, loss=loss), mesh, state, eval_batch)
+
+    def batch(self, run_batches):
+        (batch,) = run_batches
+        return batch
+
+    def batch_spec(self):
+        return PartitionSpec("data")
+
+    def run_state(self, state, k):
+        return state
+
+    def join(self, states):
+        (state,) = states
+        return state
+
+    def run_metrics(self, metrics, k):
+        return metrics
 
 
 def prepare_workdir(workdir: str, config: Config, allow_config_change: bool) -> bool:
@@ -124,7 +206,7 @@ def prepare_workdir(workdir: str, config: Config, allow_config_change: bool) -> 
     run of another config (unless `allow_config_change`).
     """
     if os.path.exists(os.path.join(workdir, "results.json")):
-        raise UserError(f"--workdir={workdir} holds a finished run (results.json); choose a new --workdir")
+        raise UserError(f"`workdir`={workdir} holds a finished run (results.json); choose a new `workdir`")
     path = os.path.join(workdir, CONFIG_FILE)
     resume = os.path.exists(path)
     if resume:
@@ -133,68 +215,55 @@ def prepare_workdir(workdir: str, config: Config, allow_config_change: bool) -> 
         changed = [f"{name}: {before.get(name)!r} there, {value!r} here"
                    for name, value in config.to_dict().items() if before.get(name) != value]
         if changed and not allow_config_change:
-            raise UserError(f"--workdir={workdir} holds a run with another config ({'; '.join(changed)}); resume it "
-                            "with its flags, choose a new --workdir, or pass --allow_config_change")
+            raise UserError(f"`workdir`={workdir} holds a run with another config ({'; '.join(changed)}); resume it "
+                            "with its settings, choose a new `workdir`, or pass `allow_config_change`")
     elif any(os.path.exists(os.path.join(workdir, name)) for name in ("metrics.jsonl", checkpoint.CHECKPOINT_DIR)):
-        raise UserError(f"--workdir={workdir} holds a run without {CONFIG_FILE}; choose a new --workdir")
+        raise UserError(f"`workdir`={workdir} holds a run without {CONFIG_FILE}; choose a new `workdir`")
     try:
         os.makedirs(workdir, exist_ok=True)
         if jax.process_index() == 0:
             write_json_atomically(path, config.to_dict())
     except OSError as e:
-        raise UserError(f"--workdir={workdir} is not writable ({e.strerror}); choose another --workdir") from None
+        raise UserError(f"`workdir`={workdir} is not writable ({e.strerror}); choose another `workdir`") from None
     return resume
 
 
-class _StopRequest:
-    """Turns SIGTERM (a preemption notice) into a flag the training loop checks after each step."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def agreed(self, step: int, checkpoint_every: int) -> bool:
-        """Whether to stop after `step`: at once in a single process; with several, at checkpoint steps, if any
-        process was signalled (all of them must take part in the checkpoint)."""
-        if jax.process_count() == 1:
-            return self.requested
-        if not checkpoint_every or step % checkpoint_every:
-            return False
-        return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+def _stop_agreed(stop_requested: Callable[[], bool] | None, step: int, checkpoint_every: int) -> bool:
+    """Whether to stop after `step`: at once in a single process; with several, at checkpoint steps, if any
+    process was asked to (all of them must take part in the checkpoint)."""
+    if stop_requested is None:
+        return False
+    if jax.process_count() == 1:
+        return stop_requested()
+    if not checkpoint_every or step % checkpoint_every:
+        return False
+    return bool(multihost_utils.process_allgather(np.array(stop_requested())).any())
 
 
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite."""
+def _new_progress() -> dict:
+    """A run's progress, saved with each checkpoint: the step, the epoch's sums so far and the training seconds."""
+    return {"step": 0, "loss_sum": 0.0, "accuracy_sum": 0.0, "steps_in_epoch": 0, "train_seconds": 0.0}
 
 
-class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint of the last step was saved."""
+def _fold_in_metrics(layout: Layout, progresses: list[dict], pending: list, managers: list) -> None:
+    """Adds the pending steps' metrics to each run's epoch sums (in step order, float64), emptying `pending`.
 
-
-def _fold_in_metrics(progress: dict, pending: list, checkpoints) -> None:
-    """Adds the pending steps' metrics to the epoch's sums in `progress` (in step order, float64), emptying `pending`.
-
-    Raises TrainingDiverged naming the first step with a non-finite loss.
+    Raises TrainingDiverged naming the first run and step with a non-finite loss.
     """
-    first = progress["step"] - len(pending) + 1
-    for offset, metrics in enumerate(_fetch(pending)):
-        if not np.isfinite(metrics["loss"]):
-            good = checkpoints.latest_step()
-            kept = f"the last good checkpoint (step {good}) is kept" if good is not None else "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged: the loss is {float(metrics['loss'])} at step {first + offset}; "
-                                   f"{kept}; lower --learning_rate")
-        progress["loss_sum"] += float(metrics["loss"])
-        progress["accuracy_sum"] += float(metrics["accuracy"])
-        progress["steps_in_epoch"] += 1
+    first = progresses[0]["step"] - len(pending) + 1
+    for offset, step_metrics in enumerate(_fetch(pending)):
+        for k, progress in enumerate(progresses):
+            metrics = layout.run_metrics(step_metrics, k)
+            if not np.isfinite(metrics["loss"]):
+                good = managers[k].latest_step()
+                kept = (f"the last good checkpoint (step {good}) is kept" if good is not None
+                        else "no checkpoint was written")
+                run = f" in {managers[k].directory}" if len(progresses) > 1 else ""
+                raise TrainingDiverged(f"training diverged{run}: the loss is {float(metrics['loss'])} at step "
+                                       f"{first + offset}; {kept}; lower `learning_rate`")
+            progress["loss_sum"] += float(metrics["loss"])
+            progress["accuracy_sum"] += float(metrics["accuracy"])
+            progress["steps_in_epoch"] += 1
     pending.clear()
 
 
@@ -208,7 +277,7 @@ def plan(config: Config) -> tuple[Any, data.Dataset, int, int]:
     steps_per_epoch = len(dataset.train_labels) // config.batch_size
     if steps_per_epoch == 0:
         raise UserError(
-            f"--batch_size={config.batch_size} exceeds the {len(dataset.train_labels)} training examples; lower it"
+            f"`batch_size`={config.batch_size} exceeds the {len(dataset.train_labels)} training examples; lower it"
         )
     if len(dataset.test_labels) == 0:
         raise UserError(f"dataset '{config.dataset}' has no test examples to evaluate on")
@@ -232,7 +301,7 @@ def epoch_record(step: int, steps_per_epoch: int, train: dict, test: dict, learn
 
 
 def results_record(config: Config, dataset: data.Dataset, params: int, record: dict, seconds: dict,
-                   devices: list[str]) -> dict:
+                   devices: list[str], compiled_kernels: bool) -> dict:
     """results.json: the last evaluation, `seconds` (train, compile, wall) and what ran where."""
     return {
         "model": config.model,
@@ -252,119 +321,168 @@ def results_record(config: Config, dataset: data.Dataset, params: int, record: d
         "wall_seconds": seconds["wall"],
         "devices": devices,
         "processes": jax.process_count(),
+        "compiled_kernels": compiled_kernels,
         "jax_version": jax.__version__,
         "config": config.to_dict(),
     }
 
 
-def train_and_evaluate(config: Config, workdir: str, checkpoint_every: int = 0,
-                       allow_config_change: bool = False) -> dict:
+def train_and_evaluate(config: Config, workdir: str, checkpoint_every: int = 0, allow_config_change: bool = False,
+                       stop_requested: Callable[[], bool] | None = None) -> dict:
     """Trains `config.model` on `config.dataset`, evaluating on the whole test split after every epoch.
 
     Writes to `workdir`: config.json, metrics.jsonl (one line per evaluation),
-    TensorBoard events, orbax checkpoints (every `checkpoint_every` steps, at
-    every epoch's end and at the end; the last few kept) and results.json.
-    Called again with the same `workdir` and config, it resumes from the
-    newest checkpoint: the same data order and random numbers, so the run ends
-    exactly as an uninterrupted one. SIGTERM saves a checkpoint and raises
-    `Preempted`. Returns the contents of results.json. Bad input raises
-    UserError before anything is written.
+    timing.jsonl, TensorBoard events, orbax checkpoints (every
+    `checkpoint_every` steps, at every epoch's end and at the end; the last
+    few kept) and results.json. Called again with the same `workdir` and
+    config, it resumes from the newest checkpoint: the same data order and
+    random numbers, so the run ends exactly as an uninterrupted one. When
+    `stop_requested()` turns true (the entry points tie it to SIGTERM), it
+    saves a checkpoint after the current step and raises `Preempted`.
+    Returns the contents of results.json. Bad input raises UserError before
+    anything is written.
     """
-    with _StopRequest() as stop:
-        return _run(config, workdir, checkpoint_every, allow_config_change, stop)
+    return run([config], [workdir], OneRun(), checkpoint_every, allow_config_change, stop_requested)[0]
 
 
-def _run(config: Config, workdir: str, checkpoint_every: int, allow_config_change: bool, stop: _StopRequest) -> dict:
-    """`train_and_evaluate`, with SIGTERM noted in `stop`."""
+def _restore(layout: Layout, managers: list, state) -> tuple[Any, list[dict]] | None:
+    """(state, each run's progress) from the newest step every run has a checkpoint of; None if none has one.
+
+    Raises UserError when the runs hold checkpoints of different steps only (they do not belong together).
+    """
+    steps = [set(manager.all_steps()) for manager in managers]
+    if not any(steps):
+        return None
+    common = set.intersection(*steps)
+    if not common:
+        raise UserError(f"the runs in {', '.join(str(m.directory) for m in managers)} have no checkpoint of the same "
+                        "step to resume together from; resume them one by one")
+    found = [checkpoint.latest(manager, layout.run_state(state, k), max(common)) for k, manager in enumerate(managers)]
+    return layout.join([state for state, _ in found]), [progress for _, progress in found]
+
+
+def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, checkpoint_every: int = 0,
+        allow_config_change: bool = False, stop_requested: Callable[[], bool] | None = None) -> list[dict]:
+    """Trains the runs `configs` together, each into its workdir, as `layout` holds them; returns each results.json.
+
+    The configs must share every shape (one model, dataset and batch size);
+    `train_and_evaluate` is this loop for one run. Time is shared: each run's
+    train, compile and wall seconds are the group's divided by the number of runs.
+    """
     wall_start = time.perf_counter()
     if checkpoint_every < 0:
-        raise UserError(f"--checkpoint_every must be >= 0 (0: at epoch ends only), got {checkpoint_every}")
+        raise UserError(f"`checkpoint_every` must be >= 0 (0: at epoch ends only), got {checkpoint_every}")
+    for config in configs:
+        config.validate()
+    config = configs[0]
     model, dataset, steps_per_epoch, total_steps = plan(config)
-    mesh = data_mesh(config.batch_size, config.eval_batch_size)
-    resume = prepare_workdir(workdir, config, allow_config_change)
+    mesh = data_mesh(("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size))
+    resumes = [prepare_workdir(workdir, run_config, allow_config_change)
+               for run_config, workdir in zip(configs, workdirs, strict=True)]
     lead = jax.process_index() == 0  # Only the first process writes metrics, results and logs.
+    grouped = len(configs) > 1
 
-    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("data"))
-    state = jax.device_put(create_train_state(model, config, dataset.image_shape, total_steps), replicated)
-    progress = {"step": 0, "loss_sum": 0.0, "accuracy_sum": 0.0, "steps_in_epoch": 0, "train_seconds": 0.0}
-    checkpoints = checkpoint.manager(workdir)
-    found = checkpoint.latest(checkpoints, state) if resume else None
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, layout.batch_spec())
+    state = jax.device_put(layout.initial_state(model, configs, dataset.image_shape, total_steps), replicated)
+    progresses = [_new_progress() for _ in configs]
+    managers = [checkpoint.manager(workdir) for workdir in workdirs]
+    found = _restore(layout, managers, state) if any(resumes) else None
     if found:
-        state, progress = found
+        state, progresses = found
         state = jax.device_put(state, replicated)
-    step = progress["step"]
-    schedule = learning_rate_schedule(config, total_steps)
-    num_params = arithmetic.count_params(state.params)
+    step = progresses[0]["step"]
+    schedules = [learning_rate_schedule(run_config, total_steps) for run_config in configs]
+    num_params = arithmetic.count_params(layout.run_state(state, 0).params)
+    with jax.set_mesh(mesh):
+        compiled_kernels = dispatch.compiled_kernels()
     if lead:
-        if found:
+        for workdir in workdirs if found else []:
             truncate_metrics(workdir, step)  # Lines written after that checkpoint are written again.
+        runs = f"{len(configs)} runs vectorised | " if grouped else ""
+        where = f"workdirs {', '.join(workdirs)}" if grouped else f"workdir {workdirs[0]}"
         print(
             f"{config.model}: {num_params:,} parameters | {config.dataset} from {dataset.source}: "
-            f"{len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test | "
+            f"{len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test | {runs}"
             f"{total_steps:,} steps of {config.batch_size} on {mesh.size} {jax.devices()[0].platform} device(s) "
-            f"in {jax.process_count()} process(es) | workdir {workdir}"
+            f"in {jax.process_count()} process(es) | {where}"
             + (f" | resuming at step {step:,}" if found else ""),
             flush=True,
         )
 
     compile_start = time.perf_counter()
-    train_fn, eval_fn = compile_steps(state, dataset, config, mesh)
+    train_fn, eval_fn = layout.compile(state, dataset, configs, mesh)
     compile_seconds = time.perf_counter() - compile_start
 
-    writer = MetricWriter(workdir) if lead else None
-    record = {}
+    writers = [MetricWriter(workdir) for workdir in workdirs] if lead else []
+    records = [{} for _ in configs]
     bar = tqdm(total=total_steps, initial=step, unit="step", disable=None if lead else True, dynamic_ncols=True,
                file=sys.stderr)
     pending = []
-    while step < total_steps or progress["steps_in_epoch"]:  # (Killed after the last step, before its eval.)
+    # (Also entered when killed after the last step, before its evaluation.)
+    while step < total_steps or progresses[0]["steps_in_epoch"]:
         epoch, done = divmod(step, steps_per_epoch)
-        if done == 0 and progress["steps_in_epoch"]:  # Stopped after an epoch's last step, before its evaluation.
+        if done == 0 and progresses[0]["steps_in_epoch"]:  # Stopped after an epoch's last step, before its evaluation.
             epoch, done = epoch - 1, steps_per_epoch
-        order = data.epoch_permutation(config.seed, epoch, len(dataset.train_labels))
-        order = order[done * config.batch_size :]  # Resuming inside an epoch: the batches not yet seen.
-        batches = data.batches(dataset.train_images, dataset.train_labels, config.batch_size, order,
-                               part=_process_part())
+        run_batches = []
+        for run_config in configs:
+            order = data.epoch_permutation(run_config.seed, epoch, len(dataset.train_labels))
+            order = order[done * config.batch_size :]  # Resuming inside an epoch: the batches not yet seen.
+            run_batches.append(data.batches(dataset.train_images, dataset.train_labels, config.batch_size, order,
+                                            part=_process_part()))
         epoch_start, epoch_steps = time.perf_counter(), 0
-        for batch in itertools.islice(batches, min(steps_per_epoch - done, total_steps - step)):
-            state, metrics = train_fn(state, _global_batch(batch, split))
+        for batches in itertools.islice(zip(*run_batches), min(steps_per_epoch - done, total_steps - step)):
+            state, metrics = train_fn(state, _global_batch(layout.batch(list(batches)), split))
             pending.append(metrics)
             step, epoch_steps = step + 1, epoch_steps + 1
-            progress["step"] = step
+            for progress in progresses:
+                progress["step"] = step
             bar.update()
-            stopping = stop.agreed(step, checkpoint_every)
+            stopping = _stop_agreed(stop_requested, step, checkpoint_every)
             if (checkpoint_every and step % checkpoint_every == 0) or stopping:
-                _fold_in_metrics(progress, pending, checkpoints)
-                checkpoint.save(checkpoints, state, progress)
+                _fold_in_metrics(layout, progresses, pending, managers)
+                for k, manager in enumerate(managers):
+                    checkpoint.save(manager, layout.run_state(state, k), progresses[k])
             if stopping:
                 bar.close()
-                raise Preempted(f"stopped by SIGTERM at step {step:,}; checkpoint saved in {workdir}: "
-                                "run the same command to resume")
-        _fold_in_metrics(progress, pending, checkpoints)  # Waits for the last step.
+                raise Preempted(step, workdirs)
+        _fold_in_metrics(layout, progresses, pending, managers)  # Waits for the last step.
         epoch_seconds = time.perf_counter() - epoch_start
-        progress["train_seconds"] += epoch_seconds
-        test = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, config.eval_batch_size, split)
-        count = progress["steps_in_epoch"]
-        train = {"loss": progress["loss_sum"] / count, "accuracy": progress["accuracy_sum"] / count}
-        record = epoch_record(step, steps_per_epoch, train, test, float(schedule(step)))
-        if lead:
-            speed = epoch_steps * config.batch_size / epoch_seconds
-            writer.write(record, timing={"examples_per_second": speed, "train_seconds": progress["train_seconds"]})
-            tqdm.write(
-                f"epoch {record['epoch']:g}: train loss {record['train_loss']:.4f} "
-                f"acc {record['train_accuracy']:.4f} | test loss {test['loss']:.4f} acc {test['accuracy']:.4f} | "
-                f"{speed:,.0f} examples/s",
-                file=sys.stdout,
-            )
-        progress.update(loss_sum=0.0, accuracy_sum=0.0, steps_in_epoch=0, last_record=record)
-        checkpoint.save(checkpoints, state, progress)
+        tests = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, config.eval_batch_size,
+                         NamedSharding(mesh, PartitionSpec("data")))
+        for k, (progress, test) in enumerate(zip(progresses, tests, strict=True)):
+            progress["train_seconds"] += epoch_seconds / len(configs)
+            count = progress["steps_in_epoch"]
+            train = {"loss": progress["loss_sum"] / count, "accuracy": progress["accuracy_sum"] / count}
+            records[k] = epoch_record(step, steps_per_epoch, train, test, float(schedules[k](step)))
+            if lead:
+                speed = epoch_steps * config.batch_size / epoch_seconds  # Each run's share of the group's speed.
+                writers[k].write(records[k], timing={"examples_per_second": speed,
+                                                     "train_seconds": progress["train_seconds"]})
+                tqdm.write(
+                    (f"{workdirs[k]}: " if grouped else "")
+                    + f"epoch {records[k]['epoch']:g}: train loss {records[k]['train_loss']:.4f} "
+                    f"acc {records[k]['train_accuracy']:.4f} | test loss {test['loss']:.4f} "
+                    f"acc {test['accuracy']:.4f} | {speed:,.0f} examples/s",
+                    file=sys.stdout,
+                )
+            progress.update(loss_sum=0.0, accuracy_sum=0.0, steps_in_epoch=0, last_record=records[k])
+            checkpoint.save(managers[k], layout.run_state(state, k), progress)
     bar.close()
-    checkpoints.close()
-    if writer:
+    for manager in managers:
+        manager.close()
+    for writer in writers:
         writer.close()
-    record = progress.get("last_record", record)
 
-    seconds = {"train": progress["train_seconds"], "compile": compile_seconds, "wall": time.perf_counter() - wall_start}
-    results = results_record(config, dataset, num_params, record, seconds, [str(d) for d in mesh.devices.flat])
-    if lead:
-        write_json_atomically(os.path.join(workdir, "results.json"), results)
+    results = []
+    devices = [str(d) for d in mesh.devices.flat]
+    compile_share, wall_share = compile_seconds / len(configs), (time.perf_counter() - wall_start) / len(configs)
+    for run_config, workdir, progress in zip(configs, workdirs, progresses, strict=True):
+        seconds = {"train": progress["train_seconds"], "compile": compile_share, "wall": wall_share}
+        result = results_record(run_config, dataset, num_params, progress["last_record"], seconds, devices,
+                                compiled_kernels)
+        if grouped:
+            result["vectorized_runs"] = len(configs)
+        if lead:
+            write_json_atomically(os.path.join(workdir, "results.json"), result)
+        results.append(result)
     return results

@@ -18,7 +18,7 @@ from cnn_jax.training.config import Config
 SEED_NETWORK = "c16k5-max-c32k5-max"
 
 QUICK = {"epochs": 5, "max_train_examples": 6000, "max_test_examples": 2000}
-"""What `--quick` changes: 5 epochs over the first 6,000 training images, tested on 2,000 (minutes on a CPU)."""
+"""What the `quick` option of `experiments.ablate` changes: 5 epochs over the first 6,000 training images, tested on 2,000 (minutes on a CPU)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,11 @@
 // Training-mode BatchNorm -> ReLU -> 2×2 max-pooling (stride 2), forward and backward, fused, as XLA FFI
 // handlers for the CPU.
 //
+// Each direction is two handlers, so that a batch split over devices can add up BatchNorm's per-channel statistics
+// between them (jax.shard_map in ffi.py): the forward pass's Moments (mean and variance) and Forward, the backward
+// pass's BackwardSums (the gradient statistics) and Backward or BackwardToConvWeights. On one device nothing is
+// added and the arithmetic is that of one fused pass.
+//
 // XLA:CPU runs these as half a dozen separate passes over the activations (statistics, normalisation, the
 // pooling window's max, and in the backward pass the max's mask, its tie count, two reductions and the input
 // gradient), mostly on one thread. Here the forward pass reads its input twice, on every core (OpenMP), and keeps
@@ -18,6 +23,7 @@
 #include <vector>
 
 #include "few_channel_weight_gradient.h"
+#include "threads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -129,12 +135,9 @@ inline void PoolWindow(F x0, F x1, F x2, F x3, F m, F a, float* out, float* kept
                       kReluOff * One(best <= zero));
 }
 
-// x: [N, H, W, C]; scale, bias: [C]. Writes y: [N, H/2, W/2, C] = maxpool(relu(batchnorm(x))), the batch's mean
-// and (biased) variance per channel, each pooled value's winner code and the input x at the winning position.
-ffi::Error Forward(Tensor x, Vector scale, Vector bias,
-                   ffi::Result<Tensor> y, ffi::Result<Vector> mean_out,
-                   ffi::Result<Vector> var_out, ffi::Result<Winner> winner, ffi::Result<Tensor> at_winner,
-                   float epsilon) {
+// x: [N, H, W, C]. Writes the batch's mean and (biased) variance per channel, from sums kept in double.
+ffi::Error Moments(Tensor x, ffi::Result<Vector> mean_out, ffi::Result<Vector> var_out, int64_t devices) {
+  cnn_jax::UseShareOfCores(devices);
   const Shape s = ShapeOf(x.dimensions());
   const float* in = x.typed_data();
   const int64_t C = s.c;
@@ -143,13 +146,26 @@ ffi::Error Forward(Tensor x, Vector scale, Vector bias,
     const float* __restrict row = in + r * C;
     for (int64_t c = 0; c < C; ++c) a[c] += row[c], b[c] += row[c] * row[c];
   });
-  std::vector<float> mul(C), add(C);
   for (int64_t c = 0; c < C; ++c) {
     const double mean = sum[c] / s.count(), var = std::max(0.0, sum_sq[c] / s.count() - mean * mean);
     mean_out->typed_data()[c] = float(mean);
     var_out->typed_data()[c] = float(var);
-    mul[c] = scale.typed_data()[c] / std::sqrt(float(var) + epsilon);
-    add[c] = bias.typed_data()[c] - float(mean) * mul[c];
+  }
+  return ffi::Error::Success();
+}
+
+// x: [N, H, W, C]; mean, var (the whole batch's, from Moments), scale, bias: [C]. Writes y: [N, H/2, W/2, C] =
+// maxpool(relu(batchnorm(x))), each pooled value's winner code and the input x at the winning position.
+ffi::Error Forward(Tensor x, Vector mean, Vector var, Vector scale, Vector bias, ffi::Result<Tensor> y,
+                   ffi::Result<Winner> winner, ffi::Result<Tensor> at_winner, float epsilon, int64_t devices) {
+  cnn_jax::UseShareOfCores(devices);
+  const Shape s = ShapeOf(x.dimensions());
+  const float* in = x.typed_data();
+  const int64_t C = s.c;
+  std::vector<float> mul(C), add(C);
+  for (int64_t c = 0; c < C; ++c) {
+    mul[c] = scale.typed_data()[c] / std::sqrt(var.typed_data()[c] + epsilon);
+    add[c] = bias.typed_data()[c] - mean.typed_data()[c] * mul[c];
   }
   float* out = y->typed_data();
   float* kept = at_winner->typed_data();
@@ -170,48 +186,66 @@ ffi::Error Forward(Tensor x, Vector scale, Vector bias,
   return ffi::Error::Success();
 }
 
-// BatchNorm's backward pass through ReLU and the pooling, given dy and what Forward kept. Construction sums the
-// statistics dbias = Σ du and dscale = Σ du·x̂ over the winners alone, where du, the pre-pooling gradient, is dy at
-// each window's winner where the ReLU let it through and 0 elsewhere, and x̂ = (x − mean)/√(var + ε). Window() then
-// writes dx = scale/√(var + ε) · (du − mean(du) − x̂ · mean(du·x̂)) window by window.
-class BackwardPass {
- public:
-  BackwardPass(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor at_winner, Tensor dy,
-               float epsilon)
-      : s_(ShapeOf(x.dimensions())), in_(x.typed_data()), g_(dy.typed_data()), code_(winner.typed_data()),
-        mean_(mean.typed_data()), inv_std_(s_.c), mul_(s_.c), mean_du_(s_.c), mean_du_xhat_(s_.c) {
-    const int64_t C = s_.c;
-    for (int64_t c = 0; c < C; ++c) inv_std_[c] = 1.0f / std::sqrt(var.typed_data()[c] + epsilon);
-    const float *kept = at_winner.typed_data(), *mu = mean_, *is = inv_std_.data();
-    ChannelSums(s_.pooled(), C, sum_du_, sum_du_xhat_, [&](int64_t p, float* a, float* b) {
-      const float *xk = kept + p * C, *gp = g_ + p * C;
-      const int8_t* k = code_ + p * C;
-      ForChannels(C, [&](auto lanes, int64_t c) {
-        using F = decltype(lanes);
-        const F du = LoadCode<F>(k + c) < kReluOff ? Load<F>(gp + c) : F{};
-        Store(a + c, Load<F>(a + c) + du);
-        Store(b + c, Load<F>(b + c) + du * ((Load<F>(xk + c) - Load<F>(mu + c)) * Load<F>(is + c)));
-      });
+// 1/√(var + ε) per channel.
+std::vector<float> InverseStd(Vector var, float epsilon) {
+  std::vector<float> inv_std(var.element_count());
+  for (size_t c = 0; c < inv_std.size(); ++c) inv_std[c] = 1.0f / std::sqrt(var.typed_data()[c] + epsilon);
+  return inv_std;
+}
+
+// BatchNorm's gradient statistics through ReLU and the pooling, given dy and what Forward kept: dbias = Σ du and
+// dscale = Σ du·x̂, summed over the winners alone, where du, the pre-pooling gradient, is dy at each window's winner
+// where the ReLU let it through and 0 elsewhere, and x̂ = (x − mean)/√(var + ε); and their means over the values
+// per channel (N·H·W), which the input gradient needs.
+ffi::Error BackwardSums(Vector mean, Vector var, Winner winner, Tensor at_winner, Tensor dy, ffi::Result<Vector> dscale,
+                        ffi::Result<Vector> dbias, ffi::Result<Vector> mean_du, ffi::Result<Vector> mean_du_xhat,
+                        float epsilon, int64_t devices) {
+  cnn_jax::UseShareOfCores(devices);
+  const auto d = winner.dimensions();
+  const int64_t pooled = d[0] * d[1] * d[2], C = d[3], count = 4 * pooled;
+  const std::vector<float> inv_std = InverseStd(var, epsilon);
+  const float *kept = at_winner.typed_data(), *g = dy.typed_data(), *mu = mean.typed_data(), *is = inv_std.data();
+  const int8_t* code = winner.typed_data();
+  std::vector<double> sum_du, sum_du_xhat;
+  ChannelSums(pooled, C, sum_du, sum_du_xhat, [&](int64_t p, float* a, float* b) {
+    const float *xk = kept + p * C, *gp = g + p * C;
+    const int8_t* k = code + p * C;
+    ForChannels(C, [&](auto lanes, int64_t c) {
+      using F = decltype(lanes);
+      const F du = LoadCode<F>(k + c) < kReluOff ? Load<F>(gp + c) : F{};
+      Store(a + c, Load<F>(a + c) + du);
+      Store(b + c, Load<F>(b + c) + du * ((Load<F>(xk + c) - Load<F>(mu + c)) * Load<F>(is + c)));
     });
-    for (int64_t c = 0; c < C; ++c) {
-      mul_[c] = scale.typed_data()[c] * inv_std_[c];
-      mean_du_[c] = float(sum_du_[c] / s_.count());
-      mean_du_xhat_[c] = float(sum_du_xhat_[c] / s_.count());
-    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    dbias->typed_data()[c] = float(sum_du[c]);
+    dscale->typed_data()[c] = float(sum_du_xhat[c]);
+    mean_du->typed_data()[c] = float(sum_du[c] / count);
+    mean_du_xhat->typed_data()[c] = float(sum_du_xhat[c] / count);
+  }
+  return ffi::Error::Success();
+}
+
+// BatchNorm's input gradient through ReLU and the pooling, window by window: dx = scale/√(var + ε) · (du − mean(du)
+// − x̂ · mean(du·x̂)), given the whole batch's means of du and du·x̂ (from BackwardSums).
+class InputGradient {
+ public:
+  InputGradient(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor dy, Vector mean_du,
+                Vector mean_du_xhat, float epsilon)
+      : s_(ShapeOf(x.dimensions())), in_(x.typed_data()), g_(dy.typed_data()), code_(winner.typed_data()),
+        mean_(mean.typed_data()), mean_du_(mean_du.typed_data()), mean_du_xhat_(mean_du_xhat.typed_data()),
+        inv_std_(InverseStd(var, epsilon)), mul_(s_.c) {
+    for (int64_t c = 0; c < s_.c; ++c) mul_[c] = scale.typed_data()[c] * inv_std_[c];
   }
 
   const Shape& shape() const { return s_; }
-
-  void WriteStatistics(float* dscale, float* dbias) const {
-    for (int64_t c = 0; c < s_.c; ++c) dbias[c] = float(sum_du_[c]), dscale[c] = float(sum_du_xhat_[c]);
-  }
 
   // Writes dx for the window of pooled pixel p, whose top-left value is at `window` in an NHWC tensor of x's width,
   // and adds it to the per-channel sums `sum`.
   void Window(int64_t p, float* window, float* sum) const {
     const int64_t C = s_.c;
-    const float *gp = g_ + p * C, *mu = mean_, *is = inv_std_.data(), *ml = mul_.data(), *md = mean_du_.data(),
-                *mdx = mean_du_xhat_.data();
+    const float *gp = g_ + p * C, *mu = mean_, *is = inv_std_.data(), *ml = mul_.data(), *md = mean_du_,
+                *mdx = mean_du_xhat_;
     const int8_t* k = code_ + p * C;
     for (int q = 0; q < 4; ++q) {
       const float* xs = in_ + s_.window_start(p) + s_.window_offset(q);
@@ -231,18 +265,17 @@ class BackwardPass {
   Shape s_;
   const float *in_, *g_;
   const int8_t* code_;
-  const float* mean_;
-  std::vector<float> inv_std_, mul_, mean_du_, mean_du_xhat_;
-  std::vector<double> sum_du_, sum_du_xhat_;
+  const float *mean_, *mean_du_, *mean_du_xhat_;
+  std::vector<float> inv_std_, mul_;
 };
 
-// The gradients of Forward's y with respect to x, an offset added to x (Σ dx: the gradient of a convolution's bias,
-// summed while dx is written), scale and bias, given dy and what Forward computed.
-ffi::Error Backward(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor at_winner, Tensor dy,
-                    ffi::Result<Tensor> dx, ffi::Result<Vector> doffset, ffi::Result<Vector> dscale,
-                    ffi::Result<Vector> dbias, float epsilon) {
-  const BackwardPass pass(x, scale, mean, var, winner, at_winner, dy, epsilon);
-  pass.WriteStatistics(dscale->typed_data(), dbias->typed_data());
+// The gradient of Forward's y with respect to x, and to an offset added to x (Σ dx: the gradient of a convolution's
+// bias, summed while dx is written).
+ffi::Error Backward(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor dy, Vector mean_du,
+                    Vector mean_du_xhat, ffi::Result<Tensor> dx, ffi::Result<Vector> doffset, float epsilon,
+                    int64_t devices) {
+  cnn_jax::UseShareOfCores(devices);
+  const InputGradient pass(x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon);
   const Shape& s = pass.shape();
   float* grad = dx->typed_data();
   std::vector<double> sum_dx, unused;  // ChannelSums keeps two sums; this pass needs one.
@@ -252,18 +285,17 @@ ffi::Error Backward(Tensor x, Vector scale, Vector mean, Vector var, Winner winn
   return ffi::Error::Success();
 }
 
-// Backward's gradients of the offset, scale and bias, and instead of dx, the gradient of the weights of the
-// convolution with few input channels that computed x from `conv_input` (few_channel_weight_gradient.h): each image's
-// dx is written to a buffer that stays in cache and consumed there, never stored whole.
-ffi::Error BackwardToConvWeights(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor at_winner,
-                                 Tensor dy, Tensor conv_input, ffi::Result<Tensor> dkernel,
-                                 ffi::Result<Vector> doffset, ffi::Result<Vector> dscale, ffi::Result<Vector> dbias,
-                                 float epsilon, int64_t stride_h, int64_t stride_w, int64_t pad_top,
-                                 int64_t pad_left) {
+// Backward's gradient of the offset, and instead of dx, the gradient of the weights of the convolution with few input
+// channels that computed x from `conv_input` (few_channel_weight_gradient.h): each image's dx is written to a buffer
+// that stays in cache and consumed there, never stored whole.
+ffi::Error BackwardToConvWeights(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor dy,
+                                 Vector mean_du, Vector mean_du_xhat, Tensor conv_input, ffi::Result<Tensor> dkernel,
+                                 ffi::Result<Vector> doffset, float epsilon, int64_t stride_h, int64_t stride_w,
+                                 int64_t pad_top, int64_t pad_left, int64_t devices) {
   const auto cd = conv_input.dimensions(), kd = dkernel->dimensions();
   if (kd[3] % 8 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 8");
-  const BackwardPass pass(x, scale, mean, var, winner, at_winner, dy, epsilon);
-  pass.WriteStatistics(dscale->typed_data(), dbias->typed_data());
+  cnn_jax::UseShareOfCores(devices);
+  const InputGradient pass(x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon);
   const Shape& s = pass.shape();
   const cnn_jax::Geometry g{cd[1], cd[2], cd[3], s.h, s.w, s.c, kd[0], kd[1], stride_h, stride_w, pad_top, pad_left};
   const int64_t image_size = s.h * s.w * s.c, pooled_per_image = s.pooled() / s.n, size = g.kh * g.kw * g.c * g.out;
@@ -293,40 +325,56 @@ ffi::Error BackwardToConvWeights(Tensor x, Vector scale, Vector mean, Vector var
   return ffi::Error::Success();
 }
 
-// The arguments BackwardPass reads, first in both backward handlers: x, scale, mean, var, winner, at_winner, dy.
-auto BindBackwardPass() {
-  return ffi::Ffi::Bind().Arg<Tensor>().Arg<Vector>().Arg<Vector>().Arg<Vector>().Arg<Winner>().Arg<Tensor>().Arg<Tensor>();
+// The arguments InputGradient reads, first in both input-gradient handlers: x, scale, mean, var, winner, dy, mean_du,
+// mean_du_xhat.
+auto BindInputGradient() {
+  return ffi::Ffi::Bind().Arg<Tensor>().Arg<Vector>().Arg<Vector>().Arg<Vector>().Arg<Winner>().Arg<Tensor>()
+      .Arg<Vector>().Arg<Vector>();
 }
 
 }  // namespace
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMoments, Moments,
+                              ffi::Ffi::Bind().Arg<Tensor>().Ret<Vector>().Ret<Vector>().Attr<int64_t>("devices"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForward, Forward,
                               ffi::Ffi::Bind()
                                   .Arg<Tensor>()
                                   .Arg<Vector>()
                                   .Arg<Vector>()
+                                  .Arg<Vector>()
+                                  .Arg<Vector>()
                                   .Ret<Tensor>()
-                                  .Ret<Vector>()
-                                  .Ret<Vector>()
                                   .Ret<Winner>()
                                   .Ret<Tensor>()
-                                  .Attr<float>("epsilon"));
+                                  .Attr<float>("epsilon")
+                                  .Attr<int64_t>("devices"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSums, BackwardSums,
+                              ffi::Ffi::Bind()
+                                  .Arg<Vector>()
+                                  .Arg<Vector>()
+                                  .Arg<Winner>()
+                                  .Arg<Tensor>()
+                                  .Arg<Tensor>()
+                                  .Ret<Vector>()
+                                  .Ret<Vector>()
+                                  .Ret<Vector>()
+                                  .Ret<Vector>()
+                                  .Attr<float>("epsilon")
+                                  .Attr<int64_t>("devices"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackward, Backward,
-                              BindBackwardPass()
+                              BindInputGradient()
                                   .Ret<Tensor>()
                                   .Ret<Vector>()
-                                  .Ret<Vector>()
-                                  .Ret<Vector>()
-                                  .Attr<float>("epsilon"));
+                                  .Attr<float>("epsilon")
+                                  .Attr<int64_t>("devices"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeights, BackwardToConvWeights,
-                              BindBackwardPass()
+                              BindInputGradient()
                                   .Arg<Tensor>()
                                   .Ret<Tensor>()
-                                  .Ret<Vector>()
-                                  .Ret<Vector>()
                                   .Ret<Vector>()
                                   .Attr<float>("epsilon")
                                   .Attr<int64_t>("stride_h")
                                   .Attr<int64_t>("stride_w")
                                   .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("devices"));

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "few_channel_weight_gradient.h"
+#include "threads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -28,7 +29,8 @@ using Tensor = ffi::Buffer<ffi::F32, 4>;
 using cnn_jax::Geometry;
 
 ffi::Error WeightGradient(Tensor x, Tensor dy, ffi::Result<Tensor> dw, int64_t stride_h, int64_t stride_w, int64_t pad_top,
-                          int64_t pad_left) {
+                          int64_t pad_left, int64_t devices) {
+  cnn_jax::UseShareOfCores(devices);
   const auto xd = x.dimensions(), yd = dy.dimensions(), wd = dw->dimensions();
   const Geometry g{xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], stride_h, stride_w, pad_top, pad_left};
   if (g.out % 8 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 8");
@@ -59,4 +61,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FewChannelConvWeightGradient, WeightGradient,
                                   .Attr<int64_t>("stride_h")
                                   .Attr<int64_t>("stride_w")
                                   .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("devices"));

@@ -4,20 +4,21 @@
 // oneDNN picks its own (blocked) layouts for speed; the handlers reorder into
 // them and back, unless the two layouts place every value alike (a blocked
 // layout whose one block spans all channels is NHWC). Primitives are built
-// once per shape and cached, each with its own scratchpad: XLA runs a cached
-// primitive on whichever of its threads is free, and oneDNN's default
-// scratchpad belongs to the thread that created the primitive (on CPUs whose
-// kernels need one, such as AVX2's gemm-based weight gradient, running it on
-// another thread wrote past that thread's smaller scratchpad and crashed).
+// once per shape and thread and cached, each with its own scratchpad, so the
+// threads XLA runs several devices' programs on never wait for each other.
+// (oneDNN's default scratchpad belongs to the thread that created a
+// primitive: on CPUs whose kernels need one, such as AVX2's gemm-based weight
+// gradient, a primitive run on another thread wrote past that thread's
+// smaller scratchpad and crashed.)
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 
+#include "threads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -119,12 +120,10 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g) {
 
 // Runs `direction` on plain-layout buffers; `output` is the index (0, 1 or 2) of the operand it writes.
 void Run(Direction direction, const Geometry& g, float* buffers[3], int output) {
-  static std::mutex mutex;
-  static std::map<std::string, std::unique_ptr<Plan>> plans;
+  thread_local std::map<std::string, std::unique_ptr<Plan>> plans;  // Per thread: a plan's scratchpad is its own.
   std::string key = std::to_string(static_cast<int>(direction));
   for (const auto* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r})
     for (auto d : *dims) key += "," + std::to_string(d);
-  std::lock_guard<std::mutex> lock(mutex);  // oneDNN parallelises inside each call; calls run one at a time.
   auto& plan = plans[key];
   if (!plan) plan = MakePlan(direction, g);
   auto& engine = Engine();
@@ -152,15 +151,16 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ff
 
 #define CONV_ATTRS                                                                               \
   int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left, \
-      int64_t pad_right
+      int64_t pad_right, int64_t devices
 #define BIND_CONV_ATTRS                                                                                   \
   .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom") \
-      .Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+      .Attr<int64_t>("pad_left").Attr<int64_t>("pad_right").Attr<int64_t>("devices")
 
 using F32 = ffi::Buffer<ffi::F32, 4>;
 using F32Out = ffi::ResultBuffer<ffi::F32, 4>;
 
 ffi::Error Forward(F32 x, F32 w, F32Out y, CONV_ATTRS) {
+  cnn_jax::UseShareOfCores(devices);
   auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride_h, stride_w, pad_top, pad_bottom,
                         pad_left, pad_right);
   float* buffers[3] = {x.typed_data(), w.typed_data(), y->typed_data()};
@@ -169,6 +169,7 @@ ffi::Error Forward(F32 x, F32 w, F32Out y, CONV_ATTRS) {
 }
 
 ffi::Error InputGradient(F32 dy, F32 w, F32Out dx, CONV_ATTRS) {
+  cnn_jax::UseShareOfCores(devices);
   auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride_h, stride_w, pad_top, pad_bottom,
                         pad_left, pad_right);
   float* buffers[3] = {dx->typed_data(), w.typed_data(), dy.typed_data()};
@@ -177,6 +178,7 @@ ffi::Error InputGradient(F32 dy, F32 w, F32Out dx, CONV_ATTRS) {
 }
 
 ffi::Error WeightGradient(F32 x, F32 dy, F32Out dw, CONV_ATTRS) {
+  cnn_jax::UseShareOfCores(devices);
   auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride_h, stride_w, pad_top, pad_bottom,
                         pad_left, pad_right);
   float* buffers[3] = {x.typed_data(), dw->typed_data(), dy.typed_data()};
