@@ -1,11 +1,129 @@
-"""The tensorflow-datasets path, offline: tfds.testing.mock_data stands in for the download."""
+"""The tensorflow-datasets path without a network: a local proxy serves TFDS's download step, and a proxy that is
+not there stands for a machine offline. `tfds.testing.mock_data` stands in for whole datasets where only the
+arrays matter."""
+
+import http.server
+import io
+import threading
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download import downloader
 
+from cnn_jax import data
 from cnn_jax.data import tfds as tfds_source
 from cnn_jax.training import loop
 from cnn_jax.training.config import Config
+
+TINY_IMAGES_URL = "http://cnn-jax.invalid/tiny_images.npz"  # Reserved top-level domain: it never resolves.
+
+
+class CnnJaxTinyImages(tfds.core.GeneratorBasedBuilder):
+    """A 4×4 greyscale dataset of two classes (dark, bright), downloaded from a URL that only the test's proxy
+    serves: TFDS's real download, checksum, preparation and reading, on a file made here."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    URL = TINY_IMAGES_URL
+
+    def _info(self):
+        features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(4, 4, 1)),
+                                               "label": tfds.features.ClassLabel(names=["dark", "bright"])})
+        return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        path = dl_manager.download(self.URL)
+        return {"train": self._generate_examples(path, "train"), "test": self._generate_examples(path, "test")}
+
+    def _generate_examples(self, path, split):
+        with np.load(path) as arrays:
+            for i, (image, label) in enumerate(zip(arrays[f"{split}_images"], arrays[f"{split}_labels"])):
+                yield i, {"image": image, "label": label}
+
+
+def tiny_images_file() -> bytes:
+    """The downloaded file: 12 train and 6 test images, class 1 bright, as an .npz."""
+    labels = {"train": np.arange(12) % 2, "test": np.arange(6) % 2}
+    arrays = {f"{split}_labels": y for split, y in labels.items()}
+    for split, y in labels.items():
+        shade = 40 + 200 * y[:, None, None, None]
+        arrays[f"{split}_images"] = np.broadcast_to(shade, (len(y), 4, 4, 1)).astype(np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def local_proxy(monkeypatch):
+    """An HTTP proxy on localhost that serves `tiny_images_file()` for TINY_IMAGES_URL and 404 for anything else;
+    it records the URLs asked for."""
+    body, requested = tiny_images_file(), []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            requested.append(self.path)
+            found = self.path == TINY_IMAGES_URL
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(body) if found else 0))
+            self.end_headers()
+            if found:
+                self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    yield requested
+    server.shutdown()
+
+
+def test_a_dataset_is_downloaded_prepared_and_read_through_tfds(local_proxy, tmp_path):
+    dataset = data.load_dataset("cnn_jax_tiny_images", str(tmp_path))
+    assert local_proxy == [TINY_IMAGES_URL]
+    assert dataset.train_images.shape == (12, 4, 4, 1) and dataset.test_images.shape == (6, 4, 4, 1)
+    assert dataset.class_names == ("dark", "bright")
+    assert dataset.source == f"tensorflow-datasets ({tmp_path}/cnn_jax_tiny_images/1.0.0)"
+    np.testing.assert_array_equal(dataset.train_images[:, 0, 0, 0], np.where(dataset.train_labels == 1, 240, 40))
+    assert (tmp_path / "cnn_jax_tiny_images" / "1.0.0" / "dataset_info.json").exists()
+    again = data.load_dataset("cnn_jax_tiny_images", str(tmp_path))  # Prepared: read without a download.
+    assert local_proxy == [TINY_IMAGES_URL] and np.array_equal(again.test_labels, dataset.test_labels)
+
+
+def test_a_failed_download_says_so_and_lists_the_ways_to_get_the_data_offline(local_proxy, tmp_path, monkeypatch):
+    monkeypatch.setattr(CnnJaxTinyImages, "URL", "http://cnn-jax.invalid/missing.npz")  # The proxy answers 404.
+    with pytest.raises(tfds_source.DownloadFailed) as error:
+        data.load_dataset("cnn_jax_tiny_images", str(tmp_path))
+    message = str(error.value)
+    assert message.startswith("downloading 'cnn_jax_tiny_images' through tensorflow-datasets failed (Failed to get "
+                              "url http://cnn-jax.invalid/missing.npz. HTTP code: 404.)")
+    assert "to get it without a network: prepare it where there is internet" in message and "\n" not in message
+    assert message.endswith("copy ~/tensorflow_datasets/cnn_jax_tiny_images into `data_dir`")
+
+
+def test_offline_cifar10_says_the_download_failed_and_asks_to_install_nothing(tmp_path, monkeypatch):
+    """The real cifar10 builder, with its download going to a proxy where nothing listens (no retries)."""
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # The discard port: connection refused.
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # TFDS retries 10 times over about 3 minutes.
+    with pytest.raises(tfds_source.DownloadFailed) as error:
+        data.load_dataset("cifar10", str(tmp_path))
+    message = str(error.value)
+    assert message.startswith("downloading 'cifar10' through tensorflow-datasets failed (")
+    assert "to get it without a network" in message and "pip install" not in message
+
+
+def test_a_module_tfds_needs_is_named_with_its_install_command(tmp_path, monkeypatch):
+    def prepare_without_a_module(self, *args, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", prepare_without_a_module)
+    with pytest.raises(data.DataError, match="preparing 'cifar10' with tensorflow-datasets needs the Python module "
+                                             "'importlib_resources', which is not installed: pip install "
+                                             "importlib_resources$"):
+        data.load_dataset("cifar10", str(tmp_path))
 
 
 def test_tfds_dataset_arrives_as_uint8_arrays_with_class_names():
