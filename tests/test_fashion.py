@@ -22,6 +22,7 @@ def run_fashion(*flags):
     )
 
 
+@pytest.mark.slow
 def test_a_small_run_writes_every_output(tmp_path, idx_dir):
     workdir = tmp_path / "run"
     result = run_fashion(
@@ -86,6 +87,7 @@ def test_max_steps_stops_mid_epoch_and_still_evaluates(tmp_path, idx_dir):
         ("--model=resnet9000", "error: unknown model 'resnet9000'"),
         ("--dataset=no_such_dataset", "error: unknown dataset 'no_such_dataset'"),
         ("--batch_size=ten", "error: flag --batch_size=ten: invalid literal for int() with base 10: 'ten'"),
+        ("--model=8xc8k5p0", "error: layer 7 'c8k5p0' on its 4×4 input: kernel spans 5 pixels"),  # Found when built.
     ],
 )
 def test_bad_flags_give_one_line_and_write_nothing(tmp_path, idx_dir, flag, message):

@@ -120,10 +120,12 @@ def compile_step(step, mesh: Mesh, *arguments, donate: bool = False):
 
 
 def _steps_must_not_overlap() -> bool:
-    """Whether each step must finish before the next starts: XLA:CPU's collectives between processes (gloo)
-    deadlock when a process's devices run consecutive steps at once (measured with 2 processes of 2 devices each:
-    4 hangs in 4 runs of 100 steps, none when each step waits; 1 device per process never hung)."""
-    return jax.default_backend() == "cpu" and jax.process_count() > 1 and jax.local_device_count() > 1
+    """Whether each step must finish before the next starts: on several CPU devices of a process, XLA:CPU
+    starves itself when consecutive steps overlap. Each device's launch of step k+1 holds one of the client's
+    few threads while it waits for step k's results, and step k's remaining devices, which must join its
+    all-reduce, find no thread to run on (seen on 2 cores as 'Expected 4 threads to join the rendezvous, but
+    only 3 of them arrived', then SIGABRT; between processes, gloo hangs the same way)."""
+    return jax.default_backend() == "cpu" and jax.local_device_count() > 1
 
 
 def _one_at_a_time(step):
@@ -377,13 +379,13 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
     config = configs[0]
     model, dataset, steps_per_epoch, total_steps = plan(config)
     mesh = data_mesh(("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size))
+    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, layout.batch_spec())
+    # Built before anything is written: a layer that cannot work on its input raises UserError here.
+    state = jax.device_put(layout.initial_state(model, configs, dataset.image_shape, total_steps), replicated)
     resumes = [prepare_workdir(workdir, run_config, allow_config_change)
                for run_config, workdir in zip(configs, workdirs, strict=True)]
     lead = jax.process_index() == 0  # Only the first process writes metrics, results and logs.
     grouped = len(configs) > 1
-
-    replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, layout.batch_spec())
-    state = jax.device_put(layout.initial_state(model, configs, dataset.image_shape, total_steps), replicated)
     progresses = [_new_progress() for _ in configs]
     managers = [checkpoint.manager(workdir) for workdir in workdirs]
     found = _restore(layout, managers, state) if any(resumes) else None
