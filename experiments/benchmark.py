@@ -6,6 +6,7 @@ r"""Benchmarks: each compares variants side by side in one run, on one machine.
     python -m experiments.benchmark --what=max_pool
     python -m experiments.benchmark --what=fusion
     python -m experiments.benchmark --what=vmap_seeds --seeds=4
+    python -m experiments.benchmark --what=devices --batch_size=128
 
 torch: training throughput of the seed network in cnn_jax and in the PyTorch
   reference (experiments/torch_reference.py: same architecture, initialisation,
@@ -20,7 +21,7 @@ conv_ops: each convolution of the seed network's training step on its own
   per batch and GFLOP/s: where the time of a step goes.
 input_pipeline: training throughput of the seed network when batches are cut
   on the host (NumPy gather, copied to the device at each step: what
-  cnn_jax.train does) versus when the whole training set lives on the device
+  cnn_jax.training.loop does) versus when the whole training set lives on the device
   and each step gathers its batch there from a device-resident permutation.
 max_pool: training throughput of the seed network with cnn_jax's max-pooling
   (reshape and max where windows tile the input; on CPU, fused with BatchNorm
@@ -34,7 +35,14 @@ fusion: training throughput of the seed network with training-mode BatchNorm,
 vmap_seeds: training throughput of `--seeds` copies of the seed network (an
   ablation's seeds) run one after another, each with its own compiled step,
   versus one step vectorised over the seeds with jax.vmap
-  (cnn_jax.vectorized); examples/s counts every seed's examples.
+  (cnn_jax.training.vectorized); examples/s counts every seed's examples.
+
+devices: training throughput of the seed network on 1, 2 and 4 CPU devices
+  (`--device_counts`; XLA_FLAGS=--xla_force_host_platform_device_count) in one
+  process, with cnn_jax's compiled kernels (each device's kernels on its part
+  of the batch) and with XLA's operations (CNN_JAX_KERNELS=xla). Each
+  measurement is a process of its own (`--what=train_step`, which times the
+  training step on every device JAX sees), and the processes take turns.
 
 Each variant runs a warm-up, then `--repeats` timed runs of `--steps` training
 steps at `--batch_size`, the variants taking turns run by run; the median of
@@ -43,6 +51,7 @@ each is reported.
 
 import functools
 import itertools
+import os
 import re
 import statistics
 import subprocess
@@ -64,8 +73,9 @@ from cnn_jax.training.config import Config
 from cnn_jax.training.steps import create_train_state, train_step
 from experiments import cli
 
-flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion", "vmap_seeds"],
-                  "Which comparison to run.")
+flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion", "vmap_seeds",
+                                    "devices", "train_step"], "Which comparison to run.")
+flags.DEFINE_list("device_counts", ["1", "2", "4"], "--what=devices: the numbers of CPU devices to compare.")
 flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs (0 skips them).")
 flags.DEFINE_integer("batch_size", 100, "Training examples per step.")
 flags.DEFINE_integer("steps", 200, "Timed steps per repeat.")
@@ -107,12 +117,13 @@ def host_loop(model, dataset, batch_size: int, num_steps: int, layout=None, seed
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
     step, _ = layout.compile(state, dataset, configs, mesh)
     orders = [data.epoch_permutation(seed, 0, len(dataset.train_labels)) for seed in seeds]
+    split = NamedSharding(mesh, layout.batch_spec())
 
     def run():
         nonlocal state
         batches = zip(*(data.batches(dataset.train_images, dataset.train_labels, batch_size, order) for order in orders))
         for run_batches in itertools.islice(batches, num_steps):
-            state, _ = step(state, layout.batch(list(run_batches)))
+            state, _ = step(state, jax.device_put(layout.batch(list(run_batches)), split))
         jax.block_until_ready(state)
 
     return run
@@ -285,12 +296,43 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
     }
 
 
+def train_step_rate(batch_size: int, steps: int, repeats: int) -> float:
+    """Examples/s of the seed network's training step on every device JAX sees (median of `repeats`)."""
+    dataset = data.load_dataset("fashion_mnist")
+    return steps * batch_size / median_seconds(host_loop(models.ConvNet(), dataset, batch_size, steps), repeats)
+
+
+def versus_devices(batch_size: int, steps: int, repeats: int, counts: list[int]) -> None:
+    """`train_step_rate` in processes of each device count, with the compiled kernels and with XLA's operations."""
+    implementations = {"compiled kernels": "auto", "XLA's operations": "xla"}
+    rates = {(count, name): [] for count in counts for name in implementations}
+    for _ in range(repeats):
+        for (count, name), measured in rates.items():
+            environment = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+                           "CNN_JAX_KERNELS": implementations[name]}
+            command = [sys.executable, "-m", "experiments.benchmark", "--what=train_step", f"--batch_size={batch_size}",
+                       f"--steps={steps}", "--repeats=1"]
+            output = subprocess.run(command, capture_output=True, text=True, check=True, env=environment).stdout
+            measured.append(float(re.search(r"([0-9.]+) examples/s", output).group(1)))
+    print(f"seed network training steps on CPU devices of one process, batch {batch_size} split over them, "
+          f"{os.cpu_count()} cores; median of {repeats} processes x {steps} steps after a warm-up each, taking turns")
+    print(f"  {'devices':>7s} " + " ".join(f"{name:>18s}" for name in implementations))
+    for count in counts:
+        cells = [f"{statistics.median(rates[count, name]):10,.0f} ex/s" for name in implementations]
+        print(f"  {count:7d} " + " ".join(f"{cell:>18s}" for cell in cells))
+
+
 def main(argv):
     del argv
     if FLAGS.what == "torch":
         return versus_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.epochs)
     if FLAGS.what == "conv_ops":
         return conv_ops(FLAGS.batch_size, FLAGS.repeats * 10)
+    if FLAGS.what == "devices":
+        return versus_devices(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, [int(n) for n in FLAGS.device_counts])
+    if FLAGS.what == "train_step":
+        rate = train_step_rate(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats)
+        return print(f"train_step on {jax.device_count()} {jax.default_backend()} device(s): {rate:.1f} examples/s")
     runs = variants(FLAGS.what, FLAGS.batch_size, FLAGS.steps)
     examples = FLAGS.steps * FLAGS.batch_size * (FLAGS.seeds if FLAGS.what == "vmap_seeds" else 1)
     rates = {name: examples / t for name, t in interleaved_median_seconds(runs, FLAGS.repeats).items()}
