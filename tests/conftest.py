@@ -3,6 +3,8 @@
 import collections
 import os
 import re
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,25 @@ import numpy as np
 import pytest
 
 from cnn_jax import data
+
+COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One compilation cache for the whole test run, new for each run: the pytest process, its xdist workers and
+    every command a test starts (they inherit the environment) compile a program once, so the dozens of runs
+    of one config in test_scale.py compile in the first. Nothing carries over from one test run to the next."""
+    if hasattr(config, "workerinput"):  # An xdist worker: the environment came from the controller.
+        return
+    os.environ[COMPILATION_CACHE] = tempfile.mkdtemp(prefix="cnn_jax-tests-compiled-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+    jax.config.update("jax_compilation_cache_dir", os.environ[COMPILATION_CACHE])  # Imported before: this process.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ.pop(COMPILATION_CACHE), ignore_errors=True)
 
 
 def write_idx_dataset(directory, num_train=300, num_test=200, gz=True, seed=0):

@@ -45,6 +45,7 @@ def ablate(workdir, data_dir, *flags, sweep="batchnorm"):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_sweep_writes_its_table_and_plots_skips_finished_runs_and_resumes_interrupted_ones(tmp_path, idx_dir):
     result = ablate(tmp_path, idx_dir)
     assert result.returncode == 0, result.stderr
@@ -89,6 +90,7 @@ def test_bad_sweep_flags_give_one_line(flags, message):
     assert result.returncode == 2 and result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_runs_vmapped_over_seeds_and_learning_rates_train_as_the_runs_one_by_one(tmp_path, idx_dir):
     base = Config(data_dir=idx_dir, epochs=2, batch_size=50, eval_batch_size=100)
     configs = [Config(**{**base.to_dict(), "seed": seed, "learning_rate": rate})
@@ -120,6 +122,7 @@ def test_runs_that_differ_in_more_than_seed_and_rate_are_not_grouped(tmp_path):
         vectorized.train_group(configs, [str(tmp_path / "a"), str(tmp_path / "b")])
 
 
+@pytest.mark.slow
 def test_sweep_with_vmap_trains_every_learning_rate_and_seed_together(tmp_path, idx_dir):
     result = ablate(tmp_path, idx_dir, "--vmap", sweep="learning_rate")
     assert result.returncode == 0, result.stderr

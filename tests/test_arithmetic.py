@@ -1,4 +1,4 @@
-"""The CNN formulas in cnn_jax.arithmetic, checked against what JAX and Flax actually compute."""
+"""The CNN formulas in cnn_jax.analysis.arithmetic, checked against what JAX and Flax actually compute."""
 
 import itertools
 

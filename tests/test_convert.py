@@ -56,7 +56,11 @@ HEADS = {
 }
 
 
-@pytest.mark.parametrize("name", HEADS)
+# The seed network's conversion is the everyday suite's; the rest, seconds each, the full suite's.
+SLOW_HEADS = [name if name == "convnet" else pytest.param(name, marks=pytest.mark.slow) for name in HEADS]
+
+
+@pytest.mark.parametrize("name", SLOW_HEADS)
 def test_score_map_at_training_size_is_the_models_logits(name):
     model, shape, _ = HEADS[name]
     variables = init(model, shape=shape)
@@ -104,7 +108,7 @@ def test_score_map_entry_is_the_model_on_the_crop_at_stride_offsets_when_the_bod
     np.testing.assert_allclose(np.stack([scores[i, j] for i, j in offsets]), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["convnet", "alexnet", "vgg11"])
+@pytest.mark.parametrize("name", [name for name in SLOW_HEADS if name != "hidden_fc_unpadded"])
 def test_padded_body_score_map_entry_is_its_head_on_the_feature_window(name):
     """For bodies with padded convolutions, entry (i, j) is the dense head on the feature window at (i, j).
 
@@ -164,7 +168,8 @@ class PlainDense(nn.Module):
 @pytest.mark.parametrize("model, message", [
     (PlainDense(), "PlainDense does not end in one layers.DenseHead"),
     (GlobalPoolNet(), r"GlobalPoolNet's DenseHead sees features of shape \(4,\), not a \[height, width, channels\] map"),
-    (models.lookup("alexnet")(num_classes=10), r"AlexNet's DenseHead sees 1×1 features whatever the image size .*grid=None"),
+    pytest.param(models.lookup("alexnet")(num_classes=10),
+                 r"AlexNet's DenseHead sees 1×1 features whatever the image size .*grid=None", marks=pytest.mark.slow),
 ])
 def test_models_without_a_dense_head_over_a_feature_map_are_refused(model, message):
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))

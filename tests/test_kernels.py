@@ -48,9 +48,12 @@ def assert_same_value_and_gradients(fast, x, w, strides, padding, rtol, atol):
     "shape, kernel, strides, padding",
     [
         ((3, 28, 28, 1), (5, 5, 1, 16), (1, 1), ((2, 2), (2, 2))),  # The seed network's first layer.
-        ((2, 9, 11, 3), (3, 3, 3, 8), (2, 2), ((1, 1), (1, 1))),
-        ((2, 10, 10, 2), (4, 2, 2, 5), (3, 1), ((0, 2), (1, 0))),  # Output channels not a multiple of 8: oneDNN's.
-        ((2, 10, 13, 4), (4, 7, 4, 24), (3, 2), ((0, 2), (3, 0))),  # Kernel columns in blocks 5 + 2; last unused.
+        # The everyday suite checks the seed network's layer; the full suite the edge cases.
+        pytest.param((2, 9, 11, 3), (3, 3, 3, 8), (2, 2), ((1, 1), (1, 1)), marks=pytest.mark.slow),
+        pytest.param((2, 10, 10, 2), (4, 2, 2, 5), (3, 1), ((0, 2), (1, 0)),  # Output channels not a multiple of 8.
+                     marks=pytest.mark.slow),
+        pytest.param((2, 10, 13, 4), (4, 7, 4, 24), (3, 2), ((0, 2), (3, 0)),  # Kernel columns in blocks 5 + 2.
+                     marks=pytest.mark.slow),
     ],
 )
 def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(implementation, shape, kernel, strides,
@@ -69,9 +72,9 @@ def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(im
 @pytest.mark.parametrize(
     "shape, kernel, strides, padding",
     [
-        ((4, 14, 14, 16), (5, 5, 16, 32), (1, 1), ((2, 2), (2, 2))),
-        ((3, 11, 9, 8), (3, 3, 8, 5), (2, 1), ((1, 0), (2, 1))),
-        ((2, 7, 7, 5), (1, 1, 5, 6), (1, 1), ((0, 0), (0, 0))),
+        ((4, 14, 14, 16), (5, 5, 16, 32), (1, 1), ((2, 2), (2, 2))),  # The seed network's second layer.
+        pytest.param((3, 11, 9, 8), (3, 3, 8, 5), (2, 1), ((1, 0), (2, 1)), marks=pytest.mark.slow),
+        pytest.param((2, 7, 7, 5), (1, 1, 5, 6), (1, 1), ((0, 0), (0, 0)), marks=pytest.mark.slow),
         ((4, 1, 1, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1))),  # VGG's last layers at 28×28: all but one tap pad.
     ],
 )
@@ -171,13 +174,14 @@ def test_blocks_that_compute_something_else_are_not_fused(block, shape):
 @pytest.mark.parametrize(
     "shape, features, kernel, strides, padding",
     [
-        ((8, 12, 10, 6), 5, 3, 1, 1),
-        ((3, 28, 28, 16), 5, 3, 1, 1),
+        # The everyday suite checks a tiny block and the seed network's first; the full suite the rest.
+        pytest.param((8, 12, 10, 6), 5, 3, 1, 1, marks=pytest.mark.slow),
+        pytest.param((3, 28, 28, 16), 5, 3, 1, 1, marks=pytest.mark.slow),
         ((2, 2, 4, 1), 5, 3, 1, 1),
         # Few input channels: the kernel's gradient from BatchNormReluMaxPoolBackwardToConvWeights.
         ((4, 28, 28, 1), 16, 5, 1, 2),  # The seed network's first layer.
-        ((3, 13, 17, 3), 8, 3, 2, 2),
-        ((2, 12, 8, 2), 24, 3, 1, 1),
+        pytest.param((3, 13, 17, 3), 8, 3, 2, 2, marks=pytest.mark.slow),
+        pytest.param((2, 12, 8, 2), 24, 3, 1, 1, marks=pytest.mark.slow),
     ],
 )
 def test_fused_batch_norm_relu_max_pool_equals_xla_layers_with_onednn_and_gxx(shape, features, kernel, strides,

@@ -1,7 +1,9 @@
 """Scale out and survive: data parallelism over devices and processes, checkpoint-resume, determinism, bad input.
 
 Runs use the small synthetic dataset (300 training images, batches of 40: 7
-steps an epoch) through `python -m experiments.fashion`, as a user runs it.
+steps an epoch) through `python -m experiments.fashion`, as a user runs it;
+the several-device runs against one device also use the real Fashion-MNIST at
+batch 128. Every test that trains is in the full suite only (`slow`).
 """
 
 import json
@@ -54,17 +56,22 @@ def assert_same_params(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted run, and the data it used."""
+def data_dir(tmp_path_factory):
     from conftest import write_idx_dataset
 
-    data_dir = write_idx_dataset(str(tmp_path_factory.mktemp("idx")))
+    return write_idx_dataset(str(tmp_path_factory.mktemp("idx")))
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """An uninterrupted run, and the data it used."""
     workdir = tmp_path_factory.mktemp("reference")
     code, _, err = run(workdir, data_dir)
     assert code == 0, err
     return data_dir, outcome(workdir)
 
 
+@pytest.mark.slow
 def test_two_runs_of_one_config_write_identical_metrics(reference, tmp_path):
     data_dir, (metrics, results, params) = reference
     code, _, err = run(tmp_path, data_dir)
@@ -82,6 +89,7 @@ def _wait_for_checkpoint(workdir, step, process, timeout=120):
         time.sleep(0.005)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step, delay", [(2, 0.0), (6, 0.01), (14, 0.0), (16, 0.03)])
 def test_a_run_killed_at_any_moment_resumes_to_the_same_end(reference, tmp_path, step, delay):
     # SIGKILL at moments of the 21-step run: while training, evaluating (epoch ends at 7 and 14) or saving.
@@ -98,6 +106,7 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_end(reference, tmp_path,
     assert_same_params(params, expected[2])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes(reference, tmp_path):
     data_dir, expected = reference
     process = start(tmp_path, data_dir)
@@ -112,6 +121,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes(reference, tm
     assert outcome(tmp_path)[:2] == expected[:2]
 
 
+@pytest.mark.slow
 def test_a_half_written_checkpoint_is_ignored(reference, tmp_path):
     data_dir, expected = reference
     code, _, err = run(tmp_path, data_dir, "--max_steps=4")  # Not the same config: resume it with the change allowed.
@@ -130,6 +140,7 @@ def _one_line_error(code, err, *parts):
         assert part in err, err
 
 
+@pytest.mark.slow
 def test_a_workdir_of_another_config_is_refused_and_left_alone(reference, tmp_path):
     data_dir, _ = reference
     assert run(tmp_path, data_dir, "--max_steps=2")[0] == 0
@@ -140,6 +151,7 @@ def test_a_workdir_of_another_config_is_refused_and_left_alone(reference, tmp_pa
     assert (sorted(os.listdir(tmp_path)), (tmp_path / "metrics.jsonl").read_text()) == before
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused(reference, tmp_path):
     data_dir, _ = reference
     assert run(tmp_path, data_dir, "--max_steps=2")[0] == 0
@@ -148,19 +160,20 @@ def test_a_checkpoint_of_another_model_is_refused(reference, tmp_path):
                     "the checkpoint at step 2", "does not fit this model")
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_refused(reference, tmp_path):
     data_dir, _ = reference
     assert run(tmp_path, data_dir, "--max_steps=1")[0] == 0
     _one_line_error(*run(tmp_path, data_dir, "--max_steps=1")[::2], "holds a finished run")
 
 
-def test_an_unwritable_workdir_is_refused(reference, tmp_path):
-    data_dir, _ = reference
+def test_an_unwritable_workdir_is_refused(data_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     _one_line_error(*run(blocker / "run", data_dir)[::2], "is not writable")
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(reference, tmp_path):
     data_dir, _ = reference
     code, _, err = run(tmp_path, data_dir, "--learning_rate=1e30", "--loss=l2", "--checkpoint_every=1")
@@ -182,6 +195,7 @@ def assert_close_curves(metrics, expected, rtol=2e-4):
         np.testing.assert_allclose([line[name] for line in lines], [line[name] for line in expected], rtol=rtol)
 
 
+@pytest.mark.slow
 def test_eight_devices_follow_the_one_device_loss_curve(reference, tmp_path):
     data_dir, (metrics, results, params) = reference
     code, _, err = run(tmp_path, data_dir, devices=8)
@@ -192,8 +206,7 @@ def test_eight_devices_follow_the_one_device_loss_curve(reference, tmp_path):
     assert len(json.loads((tmp_path / "results.json").read_text())["devices"]) == 8
 
 
-def test_a_batch_that_does_not_split_over_the_devices_is_refused(reference, tmp_path):
-    data_dir, _ = reference
+def test_a_batch_that_does_not_split_over_the_devices_is_refused(data_dir, tmp_path):
     _one_line_error(*run(tmp_path / "run", data_dir, "--batch_size=36", devices=8)[::2],
                     "--batch_size=36 does not split evenly over 8 devices; use a multiple of 8 such as 32 or 40")
     assert not (tmp_path / "run").exists()
@@ -228,9 +241,13 @@ def test_real_size_runs_on_several_devices_match_one_device_with_debian_fashion_
         one_device_at_real_size, tmp_path, devices, processes):
     outputs = [finish(process) for process in _processes(tmp_path, REAL_SIZE, devices, processes)]
     assert all(code == 0 for code, _, _ in outputs), [err for _, _, err in outputs]
+    # Only process 0 reports and writes (orbax's checkpoints aside).
+    assert "test accuracy" in outputs[0][1] and all("test accuracy" not in out and not err.strip()
+                                                    for _, out, err in outputs[1:])
     results, one = json.loads((tmp_path / "results.json").read_text()), one_device_at_real_size
     assert results["compiled_kernels"] and one["compiled_kernels"], "apt-get install libdnnl-dev g++ (setup.sh does)"
-    assert len(results["devices"]) == devices * processes and results["steps"] == one["steps"] == 100
+    assert len(results["devices"]) == devices * processes and results["processes"] == processes
+    assert results["steps"] == one["steps"] == 100
     # Measured: test losses within 8e-5 (relative) of one device's 0.5531 on 2,000 test images.
     assert results["test_loss"] == pytest.approx(one["test_loss"], rel=1e-3)
     assert results["train_loss"] == pytest.approx(one["train_loss"], rel=1e-3)
@@ -240,23 +257,3 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
-
-
-def test_two_processes_of_two_devices_match_one_process_of_four(reference, tmp_path):
-    data_dir, _ = reference
-    code, _, err = run(tmp_path / "one", data_dir, devices=4)
-    assert code == 0, err
-    address = f"localhost:{_free_port()}"
-    processes = [start(tmp_path / "two", data_dir, f"--coordinator_address={address}", "--num_processes=2",
-                       f"--process_id={i}", devices=2) for i in range(2)]
-    outputs = [finish(process) for process in processes]
-    assert all(code == 0 for code, _, _ in outputs), [err for _, _, err in outputs]
-    # Only process 0 reports and writes (orbax's checkpoints aside).
-    assert "test accuracy" in outputs[0][1] and "test accuracy" not in outputs[1][1] and not outputs[1][2].strip()
-    one, two = outcome(tmp_path / "one"), outcome(tmp_path / "two")
-    # The cross-process sums (gloo) add in another order than in-process ones: float32 rounding, as for 8 devices.
-    assert_close_curves(two[0], one[0], rtol=1e-3)  # Measured: test loss up to 4.5e-4 apart.
-    # (Parameters are not compared: the convolution biases before BatchNorm have gradients of pure rounding
-    # noise, which Adam scales up to full-size steps, so they differ without changing any output.)
-    assert two[1]["processes"] == 2 and len(two[1]["devices"]) == 4 and two[1]["steps"] == one[1]["steps"]
-    assert two[1]["test_accuracy"] == pytest.approx(one[1]["test_accuracy"], rel=1e-3)

@@ -1,4 +1,4 @@
-"""cnn_jax.summary: per-layer shapes, parameters, FLOPs and receptive fields of traced models, and its command."""
+"""cnn_jax.analysis.summary: per-layer shapes, parameters, FLOPs and receptive fields of traced models, and its command."""
 
 import functools
 import json
@@ -79,7 +79,8 @@ def test_xla_counts_only_the_taps_that_fall_on_the_input():
 
 
 @pytest.mark.parametrize("name, shape", [("convnet", (28, 28, 1)), ("lenet5", (32, 32, 1)), ("resnet18", (32, 32, 3)),
-                                         ("vgg11", (64, 64, 3)), ("googlenet", (64, 64, 3))])
+                                         ("vgg11", (64, 64, 3)),
+                                         pytest.param("googlenet", (64, 64, 3), marks=pytest.mark.slow)])
 def test_zoo_flops_are_xla_cost_analysis_plus_padding_taps_within_15_percent(name, shape):
     """XLA's count of the compiled forward pass, on XLA's own convolutions (it cannot see into cnn_jax's kernels).
 
@@ -154,8 +155,10 @@ def _measured_fields(model, height, width):
     return fields
 
 
-@pytest.mark.parametrize("name", ["alexnet", "allconv", "bottleneck", "factorised", "googlenet", "lenet5", "resnet18",
-                                  "resnet50", "vgg11_bn", "c8k3-maxk3s2p1-c8k3s2p1-avgk3s1p1-c8k3-l2k3s2-c8k3"])
+@pytest.mark.parametrize("name", ["alexnet", "bottleneck", "factorised", "lenet5", "resnet18",
+                                  "c8k3-maxk3s2p1-c8k3s2p1-avgk3s1p1-c8k3-l2k3s2-c8k3",
+                                  *(pytest.param(name, marks=pytest.mark.slow)
+                                    for name in ("allconv", "googlenet", "resnet50", "vgg11_bn"))])
 def test_receptive_fields_match_the_measured_ones_through_padded_pools_and_branches(name):
     # A model of each zoo family (every one passes; these keep the suite short): overlapping pools, strided
     # convolutions, ResNet's 3×3/2 pad-1 stem pool and shortcuts, GoogLeNet's ceil-mode pools and Inception's

@@ -92,6 +92,7 @@ def test_lenet5_has_61706_parameters_at_32x32x1_in_the_classic_layout():
     assert sum(per_layer.values()) == 61_706
 
 
+@pytest.mark.slow
 def test_alexnet_runs_at_224x224x3():
     model = ZOO["alexnet"].build(num_classes=1000)
     variables = init(model, (1, 224, 224, 3))
@@ -105,6 +106,7 @@ def assert_finite_logits(logits, batch):
     assert np.all(np.isfinite(logits))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [0, 1], ids=["28x28x1", "32x32x3"])
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_small_images_give_finite_logits_with_the_expected_parameter_count(name, size):

@@ -28,6 +28,8 @@ GOOGLENET_WITH_AUX_PARAMS = 13_004_888
 FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "googlenet": 1024}
 
 SMALL_IMAGES = [(28, 28, 1), (32, 32, 3)]
+# Compiling a forward pass of these takes seconds to tens of seconds: the full suite's, not the everyday one's.
+HEAVY = [pytest.param(name, marks=pytest.mark.slow) if name in TORCHVISION_PARAMS else name for name in sorted(ZOO)]
 IMAGENET = (224, 224, 3)
 
 
@@ -100,6 +102,7 @@ def test_googlenet_with_auxiliary_heads_on_small_images_changes_stem_and_three_h
     assert count_params(variables["params"]) == expected == 9_952_958
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "googlenet"])
 def test_imagenet_size_forward_pass_gives_finite_logits(name):
     model = ZOO[name].build(num_classes=1000)
@@ -110,7 +113,7 @@ def test_imagenet_size_forward_pass_gives_finite_logits(name):
 
 
 @pytest.mark.parametrize("image_shape", SMALL_IMAGES)
-@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("name", HEAVY)
 def test_small_images_give_finite_10_class_logits(name, image_shape):
     logits, _ = initial_logits_and_variables(name, image_shape)
     assert logits.shape == (2, 10)
