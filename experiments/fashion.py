@@ -22,7 +22,7 @@ _DEFAULTS = Config()
 
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<dataset>-<model>-<time>). Must not hold a run.")
 flags.DEFINE_string("model", _DEFAULTS.model, "A zoo name (see README: convnet, lenet5, vgg16, resnet18, ...) or a "
-                    "text spec of a conv stack (cnn_jax.spec).")
+                    "text spec of a conv stack (cnn_jax.models.spec).")
 flags.DEFINE_string("dataset", _DEFAULTS.dataset, "fashion_mnist, mnist, or a tensorflow-datasets name.")
 flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "Folder with IDX files, or tensorflow-datasets' data_dir.")
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training set.")
@@ -31,7 +31,7 @@ flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Test example
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam's (peak) learning rate.")
 flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Learning-rate schedule; constant is the seed's.")
 flags.DEFINE_enum("augment", _DEFAULTS.augment, AUGMENTATIONS, "Training-time augmentation; none is the seed's.")
-flags.DEFINE_string("loss", _DEFAULTS.loss, "softmax_cross_entropy, sigmoid_cross_entropy or l2 (cnn_jax.losses).")
+flags.DEFINE_string("loss", _DEFAULTS.loss, "softmax_cross_entropy, sigmoid_cross_entropy or l2 (cnn_jax.layers.losses).")
 flags.DEFINE_float("label_smoothing", _DEFAULTS.label_smoothing, "Softmax cross-entropy's label smoothing epsilon.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation and data order.")
 flags.DEFINE_integer("max_steps", _DEFAULTS.max_steps, "Stop after this many steps (0 = no limit).")

@@ -5,7 +5,7 @@ r"""Slide a trained classifier over a canvas of garments: the score map of its f
 
 Puts four test images in the quadrants of a 2H×2W canvas (56×56 for
 Fashion-MNIST), converts the model's dense head to convolutions
-(`cnn_jax.convert`) and saves a PNG: the canvas, the most probable class at
+(`cnn_jax.analysis.convert`) and saves a PNG: the canvas, the most probable class at
 each position, and each class's probability map. Position (i, j) is the
 classifier looking at the H×W window at offset (i·s, j·s) (s = 4 for the seed
 ConvNet: an 8×8 map); it is drawn at that window's centre. Needs matplotlib.

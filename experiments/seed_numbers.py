@@ -8,7 +8,7 @@ the seed file (`001` is `seeds/001_*.txt`), the value cnn_jax computes and a
 verdict, "agrees" or "differs: <why>". Values come from real Flax modules
 traced with `jax.eval_shape` (directly or through `summary.summarize`), so
 nothing is allocated, not even the 10¹² weights of row `fc_1000x1000`; where
-the seed gives a formula, `cnn_jax.arithmetic` is the cross-check.
+the seed gives a formula, `cnn_jax.analysis.arithmetic` is the cross-check.
 """
 
 import json

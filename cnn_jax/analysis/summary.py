@@ -5,9 +5,9 @@
 
 The model is traced once with `jax.eval_shape` inside `nn.intercept_methods`
 and `pooling.watch`, so nothing is allocated. Rows are the `nn.Conv`,
-`nn.Dense` and `nn.BatchNorm` calls and the `cnn_jax.pooling` poolings (named
+`nn.Dense` and `nn.BatchNorm` calls and the `cnn_jax.layers.pooling` poolings (named
 after the module that applies them, e.g. `stem/max_pool_0`), in call order.
-A pooling written outside `cnn_jax.pooling` (say `nn.avg_pool`) is invisible
+A pooling written outside `cnn_jax.layers.pooling` (say `nn.avg_pool`) is invisible
 to both, so a "pool (inferred)" row stands wherever the map shrinks without a
 visible layer: stride s = round(in/out), window max(s, in − (out − 1)·s),
 exact for unpadded windows, blind to padding and to poolings that keep the

@@ -14,7 +14,7 @@ first sees a shape.
 
 Poolings are functions, which `nn.intercept_methods` cannot see, so each one
 reports its input, output and geometry to the watchers of `watch` (that is how
-`cnn_jax.summary` lists them); nothing is reported outside a `watch` block.
+`cnn_jax.analysis.summary` lists them); nothing is reported outside a `watch` block.
 """
 
 import contextlib

@@ -58,7 +58,7 @@ class AlexNet(nn.Module):
     (`adaptive_avg_pool`), so its first layer has 256·4096 + 4096 weights
     rather than 9216·4096 + 4096. At 224×224 the 6×6 average is the identity.
     `grid=None` leaves the averaging out, as the 2012 network had it: the
-    classifier sees the body's map as it is, so `cnn_jax.convert` can turn it
+    classifier sees the body's map as it is, so `cnn_jax.analysis.convert` can turn it
     into convolutions that slide over larger images (OverFeat).
     """
 

@@ -38,7 +38,7 @@ class VGG(nn.Module):
     instead of 7×7, so its first layer has 512·4096 + 4096 weights rather
     than 25088·4096 + 4096. At 224×224 the 7×7 average is the identity.
     `grid=None` leaves the averaging out (the 2014 paper's network): the
-    classifier sees the body's map as it is, so `cnn_jax.convert` can turn it
+    classifier sees the body's map as it is, so `cnn_jax.analysis.convert` can turn it
     into convolutions that slide over larger images.
     """
 

@@ -25,7 +25,7 @@ class Config:
     learning_rate: float = 1e-3  # Adam's (peak) learning rate.
     lr_schedule: str = "cosine"  # "cosine": decays to 0 over the run; "constant": the seed's literal setup.
     augment: str = "flip"  # "flip": mirror each training image left-right with probability 1/2; "none".
-    loss: str = "softmax_cross_entropy"  # Or "sigmoid_cross_entropy", "l2" (cnn_jax.losses).
+    loss: str = "softmax_cross_entropy"  # Or "sigmoid_cross_entropy", "l2" (cnn_jax.layers.losses).
     label_smoothing: float = 0.0  # Softmax cross-entropy's ε: targets (1 − ε)·one_hot + ε/k.
     seed: int = 0
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many training steps.

@@ -65,7 +65,7 @@ def train_step(state: TrainState, batch: dict, augment: str = "none",
     """One optimizer step on `batch` ({'image': uint8 [b, h, w, c], 'label': int [b]}).
 
     `augment` is "none" or "flip" (random left-right mirroring); `loss` gives
-    per-example losses (`cnn_jax.losses`). Layers with randomness (dropout,
+    per-example losses (`cnn_jax.layers.losses`). Layers with randomness (dropout,
     stochastic pooling) draw from the "dropout" stream. Returns the new state
     and the batch's mean 'loss' and 'accuracy' (before the update).
     """

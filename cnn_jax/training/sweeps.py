@@ -5,7 +5,7 @@
 Each axis maps a label to the `Config` fields it sets, so one axis may change
 several fields at once (a model spec, or a learning rate). Add a sweep by
 adding an entry to `SWEEPS`; `python -m experiments.ablate --sweep=NAME` runs
-it over seeds. The models are text specs (`cnn_jax.spec`); the seed network is
+it over seeds. The models are text specs (`cnn_jax.models.spec`); the seed network is
 `c16k5-max-c32k5-max` (two 5×5 convolutions, BatchNorm, ReLU, 2×2 max-pooling).
 """
 
