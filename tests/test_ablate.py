@@ -115,6 +115,38 @@ def test_runs_vmapped_over_seeds_and_learning_rates_train_as_the_runs_one_by_one
         assert [line["learning_rate"] for line in lines[0]] == pytest.approx([line["learning_rate"] for line in lines[1]])
 
 
+def stop_after(steps):
+    """A `stop_requested` that asks to stop once `steps` steps are done (it is asked after each)."""
+    asked = iter(range(1, 10**6))
+    return lambda: next(asked) >= steps
+
+
+@pytest.mark.parametrize("vmapped", [False, True], ids=["one run", "vmapped group"])
+def test_a_stopped_run_or_group_resumes_mid_epoch_to_the_uninterrupted_end(tmp_path, idx_dir, capsys, vmapped):
+    configs = [Config(data_dir=idx_dir, epochs=2, batch_size=50, eval_batch_size=100, seed=seed, learning_rate=rate)
+               for seed, rate in ((3, 1e-3), (4, 3e-3))][: 2 if vmapped else 1]
+
+    def train(name, stop_requested=None):
+        workdirs = [str(tmp_path / name / f"run{k}") for k in range(len(configs))]
+        if vmapped:
+            return vectorized.train_group(configs, workdirs, checkpoint_every=2, stop_requested=stop_requested)
+        return [loop.train_and_evaluate(configs[0], workdirs[0], checkpoint_every=2, stop_requested=stop_requested)]
+
+    uninterrupted = train("uninterrupted")
+    with pytest.raises(loop.Preempted, match="stopped at step 4"):  # 6 steps an epoch: inside the first.
+        train("resumed", stop_after(4))
+    capsys.readouterr()
+    resumed = train("resumed")
+    assert "resuming at step 4" in capsys.readouterr().out
+    for k, (one, other) in enumerate(zip(uninterrupted, resumed, strict=True)):
+        assert {**one, **TIMES} == {**other, **TIMES}
+        metrics = [(tmp_path / name / f"run{k}" / "metrics.jsonl").read_text() for name in ("uninterrupted", "resumed")]
+        assert metrics[0] == metrics[1] and len(metrics[0].splitlines()) == 2
+
+
+TIMES = dict.fromkeys(("train_seconds", "train_examples_per_second", "compile_seconds", "wall_seconds"))
+
+
 def test_runs_that_differ_in_more_than_seed_and_rate_are_not_grouped(tmp_path):
     configs = [Config(model="convnet"), Config(model="lenet5")]
     assert vectorized.group_key(configs[0]) != vectorized.group_key(configs[1])
