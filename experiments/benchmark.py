@@ -312,8 +312,11 @@ def versus_devices(batch_size: int, steps: int, repeats: int, counts: list[int])
                            "CNN_JAX_KERNELS": implementations[name]}
             command = [sys.executable, "-m", "experiments.benchmark", "--what=train_step", f"--batch_size={batch_size}",
                        f"--steps={steps}", "--repeats=1"]
-            output = subprocess.run(command, capture_output=True, text=True, check=True, env=environment).stdout
-            measured.append(float(re.search(r"([0-9.]+) examples/s", output).group(1)))
+            done = subprocess.run(command, capture_output=True, text=True, env=environment)
+            if done.returncode != 0:
+                tail = done.stderr.strip().splitlines()[-3:]
+                raise RuntimeError(f"{count} device(s), {name}: exit status {done.returncode}: {' | '.join(tail)}")
+            measured.append(float(re.search(r"([0-9.]+) examples/s", done.stdout).group(1)))
     print(f"seed network training steps on CPU devices of one process, batch {batch_size} split over them, "
           f"{os.cpu_count()} cores; median of {repeats} processes x {steps} steps after a warm-up each, taking turns")
     print(f"  {'devices':>7s} " + " ".join(f"{name:>18s}" for name in implementations))
