@@ -14,6 +14,13 @@ import pytest
 from cnn_jax import data
 
 COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR"
+# For graphs a test runs once or twice: XLA's backend optimisations would cost more compile time than they save.
+UNOPTIMISED = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def unoptimised_jit(function):
+    """`jax.jit(function)`, compiled without XLA's backend optimisations."""
+    return jax.jit(function, compiler_options=UNOPTIMISED)
 
 
 def pytest_configure(config):
