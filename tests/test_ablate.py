@@ -121,7 +121,7 @@ def stop_after(steps):
     return lambda: next(asked) >= steps
 
 
-@pytest.mark.parametrize("vmapped", [False, True], ids=["one run", "vmapped group"])
+@pytest.mark.parametrize("vmapped", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["one run", "vmapped group"])
 def test_a_stopped_run_or_group_resumes_mid_epoch_to_the_uninterrupted_end(tmp_path, idx_dir, capsys, vmapped):
     configs = [Config(data_dir=idx_dir, epochs=2, batch_size=50, eval_batch_size=100, seed=seed, learning_rate=rate)
                for seed, rate in ((3, 1e-3), (4, 3e-3))][: 2 if vmapped else 1]
