@@ -85,6 +85,7 @@ def test_conversion_reshapes_only_the_head_kernels():
     assert conv_variables["batch_stats"] is variables["batch_stats"]
 
 
+@pytest.mark.slow  # 20 crops; the everyday suite converts the seed network
 def test_score_map_entry_is_the_model_on_the_crop_at_stride_offsets_when_the_body_does_not_pad():
     """Entry (i, j) of the map of a 40×44 image is the model on the 28×28 crop at (4i, 4j), for every (i, j).
 

@@ -55,6 +55,7 @@ def test_convnet_receptive_fields_grow_through_the_pools():
         (5, 1), (5, 1), (6, 2), (14, 2), (14, 2), (16, 4), (16 + 6 * 4, 4)]
 
 
+@pytest.mark.slow  # compiles a model for XLA's cost analysis
 def test_flops_are_xla_cost_analysis_less_bias_and_pooling_arithmetic():
     model, image = PlainChain(), jnp.zeros((1, 32, 32, 3))
     variables = model.init(jax.random.key(0), image)

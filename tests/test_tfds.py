@@ -126,6 +126,7 @@ def test_a_module_tfds_needs_is_named_with_its_install_command(tmp_path, monkeyp
         data.load_dataset("cifar10", str(tmp_path))
 
 
+@pytest.mark.slow  # the everyday suite reads a dataset TFDS downloaded
 def test_tfds_dataset_arrives_as_uint8_arrays_with_class_names():
     with tfds.testing.mock_data(num_examples=12):
         dataset = tfds_source.load_tfds_dataset("fashion_mnist", None)
