@@ -48,13 +48,6 @@ def _finished(workdir: str) -> bool:
     return os.path.exists(os.path.join(workdir, "results.json"))
 
 
-def _newest_checkpoint(workdir: str) -> int | None:
-    """The step of `workdir`'s newest checkpoint, None if it has none (anything else in it is redone)."""
-    folder = os.path.join(workdir, "checkpoints")
-    steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(folder) else []
-    return max(steps, default=None)
-
-
 def run_all(runs: list, vmap: bool, stop_requested) -> None:
     """Trains the runs [(config, workdir)] that have not finished, resuming those with a checkpoint.
 
@@ -64,15 +57,15 @@ def run_all(runs: list, vmap: bool, stop_requested) -> None:
     """
     from tqdm import tqdm
 
-    from cnn_jax.training import loop, vectorized
+    from cnn_jax.training import checkpoint, loop, vectorized
 
     todo = [(config, workdir) for config, workdir in runs if not _finished(workdir)]
     for _, workdir in todo:
-        if _newest_checkpoint(workdir) is None:  # Killed before its first checkpoint: start it again.
+        if checkpoint.newest_step(workdir) is None:  # Killed before its first checkpoint: start it again.
             shutil.rmtree(workdir, ignore_errors=True)
     groups = {}
     for config, workdir in todo:
-        key = (vectorized.group_key(config), _newest_checkpoint(workdir)) if vmap else workdir
+        key = (vectorized.group_key(config), checkpoint.newest_step(workdir)) if vmap else workdir
         groups.setdefault(key, []).append((config, workdir))
     with tqdm(total=len(todo), desc="runs", unit="run", disable=None) as bar:
         for group in groups.values():

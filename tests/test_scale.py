@@ -257,3 +257,10 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def test_the_newest_checkpoint_is_the_highest_complete_step(tmp_path):
+    assert checkpoint.newest_step(str(tmp_path)) is None
+    for name in ("4", "12", "16.orbax-checkpoint-tmp-1733061234"):  # The last one half-written.
+        (tmp_path / checkpoint.CHECKPOINT_DIR / name).mkdir(parents=True)
+    assert checkpoint.newest_step(str(tmp_path)) == 12

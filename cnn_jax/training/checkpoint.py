@@ -24,6 +24,14 @@ def manager(workdir: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=KEEP, create=True))
 
 
+def newest_step(workdir: str) -> int | None:
+    """The step of `workdir`'s newest complete checkpoint, None if it has none (from the folder names: a
+    half-written checkpoint's temporary folder is not a number)."""
+    folder = os.path.join(workdir, CHECKPOINT_DIR)
+    steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(folder) else []
+    return max(steps, default=None)
+
+
 def save(checkpoints: ocp.CheckpointManager, state, progress: dict) -> None:
     """Saves `state` (params, batch_stats, opt_state, step, rng) and `progress` (JSON) at the state's step.
 
