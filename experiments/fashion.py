@@ -39,6 +39,8 @@ flags.DEFINE_integer("max_train_examples", 0, "Train on the first N examples onl
 flags.DEFINE_integer("max_test_examples", 0, "Evaluate on the first N test examples only (0 = all).")
 flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (0: only at epoch ends). Running "
                      "again with the same --workdir resumes from the newest one.")
+flags.DEFINE_bool("log_images", False, "At each evaluation, also write the first layer's filters and the first test "
+                  "image's activation maps to TensorBoard.")
 flags.DEFINE_bool("allow_config_change", False, "Resume a --workdir whose run used other flags.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several processes "
                     "(jax.distributed); Cloud TPU pods and SLURM jobs are detected without it.")
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> None:
     try:
         with cli.preemption_notice() as stop_requested:
             results = loop.train_and_evaluate(config, workdir, FLAGS.checkpoint_every, FLAGS.allow_config_change,
-                                              stop_requested)
+                                              stop_requested, FLAGS.log_images)
     except loop.Preempted as e:
         print(cli.preempted_message(e), file=sys.stderr)
         return

@@ -11,7 +11,6 @@ classifier looking at the H×W window at offset (i·s, j·s) (s = 4 for the seed
 ConvNet: an 8×8 map); it is drawn at that window's centre. Needs matplotlib.
 """
 
-import json
 import os
 
 import numpy as np
@@ -47,36 +46,13 @@ def class_probabilities(model, conv_variables, canvas: np.ndarray) -> np.ndarray
 
 def load_or_train(workdir: str, data_dir: str | None):
     """(model, variables, dataset) of the run in `workdir`; trains the seed ConvNet for 1 epoch there if it has none."""
-    from cnn_jax import data, models
-    from cnn_jax.training import checkpoint, loop, steps
+    from cnn_jax.training import loop, trained
     from cnn_jax.training.config import Config
 
-    results_path = os.path.join(workdir, "results.json")
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            results = json.load(f)
-    else:
-        results = loop.train_and_evaluate(Config(epochs=1, data_dir=data_dir), workdir)
-    dataset = data.load_dataset(results["dataset"], data_dir)
-    model = models.lookup(results["model"])(num_classes=dataset.num_classes)
-    target = steps.create_train_state(model, Config(), dataset.image_shape)
-    try:
-        state = checkpoint.restore(workdir, target)
-    except FileNotFoundError as e:
-        raise UserError(f"{e}; choose a --workdir holding a finished run, or an empty one to train in") from None
-    return model, {"params": state.params, "batch_stats": state.batch_stats}, dataset
-
-
-def pyplot():
-    """matplotlib's pyplot, drawing to files; UserError if matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("drawing the score map needs matplotlib: pip install matplotlib") from None
-    return plt
+    if not os.path.exists(os.path.join(workdir, loop.CONFIG_FILE)):
+        loop.train_and_evaluate(Config(epochs=1, data_dir=data_dir), workdir)
+    run = trained.load(workdir, data_dir)
+    return run.model, run.variables, run.dataset
 
 
 def plot(plt, canvas: np.ndarray, probabilities: np.ndarray, stride: tuple[int, int], window: tuple[int, int],
@@ -116,8 +92,9 @@ def plot(plt, canvas: np.ndarray, probabilities: np.ndarray, stride: tuple[int, 
 def score_map(workdir: str, data_dir: str | None, test_indices: list[str], out: str) -> str:
     """Builds the canvas from `test_indices`, computes its score map and writes the PNG to `out`; returns `out`."""
     from cnn_jax.analysis import convert
+    from cnn_jax.analysis.inspect import figures
 
-    plt = pyplot()  # Before any training: a missing matplotlib should not cost an epoch.
+    plt = figures.pyplot()  # Before any training: a missing matplotlib should not cost an epoch.
     try:
         indices = [int(i) for i in test_indices]
     except ValueError:

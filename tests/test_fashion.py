@@ -1,5 +1,6 @@
 """The headline experiment end to end, as a user runs it: `python -m experiments.fashion`."""
 
+import io
 import json
 import os
 import subprocess
@@ -8,8 +9,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnn_jax import models
+from cnn_jax.analysis.inspect import figures
+from cnn_jax.analysis.inspect import filters as inspect_filters
 from cnn_jax.training import checkpoint, loop, steps
 from cnn_jax.training.config import Config
 
@@ -26,7 +30,7 @@ def run_fashion(*flags):
 def test_a_small_run_writes_every_output(tmp_path, idx_dir):
     workdir = tmp_path / "run"
     result = run_fashion(
-        f"--workdir={workdir}", f"--data_dir={idx_dir}", "--epochs=2", "--batch_size=50", "--seed=3"
+        f"--workdir={workdir}", f"--data_dir={idx_dir}", "--epochs=2", "--batch_size=50", "--seed=3", "--log_images"
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1].startswith("test accuracy: ")
@@ -65,6 +69,18 @@ def test_a_small_run_writes_every_output(tmp_path, idx_dir):
     restored = checkpoint.restore(str(workdir), target)
     assert int(restored.step) == 12
     assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), restored.params, target.params)))
+
+    # --log_images: the first layer's filters and the first test image's maps in every layer, at each evaluation.
+    assert set(events.Tags()["images"]) == {"filters/ConvBlock_0/Conv_0", *(f"activations/ConvBlock_{i}{part}"
+                                            for i in (0, 1) for part in ("/Conv_0", "/BatchNorm_0", ""))}
+    filters_logged = events.Images("filters/ConvBlock_0/Conv_0")
+    assert [e.step for e in filters_logged] == [6, 12]
+    kernel = np.asarray(restored.params["ConvBlock_0"]["Conv_0"]["kernel"])  # 16 of 5×5, in a row 1 pixel apart.
+    expected = (figures.tile(inspect_filters.kernel_images(kernel))[..., 0] * 255).round()
+    logged = np.asarray(Image.open(io.BytesIO(filters_logged[-1].encoded_image_string)))
+    assert logged.shape == (5, 16 * 6 - 1)
+    np.testing.assert_array_equal(logged, expected)
+    assert events.Images("activations/ConvBlock_1")[-1].width == 16 * 8 - 1  # 32 maps of 7×7, 16 to a row.
 
 
 def test_the_network_learns_the_synthetic_task(tmp_path, idx_dir):

@@ -330,7 +330,7 @@ def results_record(config: Config, dataset: data.Dataset, params: int, record: d
 
 
 def train_and_evaluate(config: Config, workdir: str, checkpoint_every: int = 0, allow_config_change: bool = False,
-                       stop_requested: Callable[[], bool] | None = None) -> dict:
+                       stop_requested: Callable[[], bool] | None = None, log_images: bool = False) -> dict:
     """Trains `config.model` on `config.dataset`, evaluating on the whole test split after every epoch.
 
     Writes to `workdir`: config.json, metrics.jsonl (one line per evaluation),
@@ -340,11 +340,21 @@ def train_and_evaluate(config: Config, workdir: str, checkpoint_every: int = 0, 
     config, it resumes from the newest checkpoint: the same data order and
     random numbers, so the run ends exactly as an uninterrupted one. When
     `stop_requested()` turns true (the entry points tie it to SIGTERM), it
-    saves a checkpoint after the current step and raises `Preempted`.
-    Returns the contents of results.json. Bad input raises UserError before
+    saves a checkpoint after the current step and raises `Preempted`. With
+    `log_images`, each evaluation also logs the first layer's filters and the
+    first test image's activation maps to TensorBoard
+    (`cnn_jax.analysis.inspect.snapshot`). Returns the contents of results.json. Bad input raises UserError before
     anything is written.
     """
-    return run([config], [workdir], OneRun(), checkpoint_every, allow_config_change, stop_requested)[0]
+    return run([config], [workdir], OneRun(), checkpoint_every, allow_config_change, stop_requested, log_images)[0]
+
+
+def _snapshot(model, state: TrainState, dataset: data.Dataset) -> dict:
+    """The first layer's filters and the first test image's activation maps, as images by tag for TensorBoard."""
+    from cnn_jax.analysis.inspect import snapshot  # Only for runs that log images.
+
+    variables = _fetch({"params": state.params, "batch_stats": state.batch_stats})
+    return snapshot.snapshot(model, variables, dataset.test_images[0])
 
 
 def _restore(layout: Layout, managers: list, state) -> tuple[Any, list[dict]] | None:
@@ -364,7 +374,8 @@ def _restore(layout: Layout, managers: list, state) -> tuple[Any, list[dict]] | 
 
 
 def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, checkpoint_every: int = 0,
-        allow_config_change: bool = False, stop_requested: Callable[[], bool] | None = None) -> list[dict]:
+        allow_config_change: bool = False, stop_requested: Callable[[], bool] | None = None,
+        log_images: bool = False) -> list[dict]:
     """Trains the runs `configs` together, each into its workdir, as `layout` holds them; returns each results.json.
 
     The configs must share every shape (one model, dataset and batch size);
@@ -460,6 +471,8 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
                 speed = epoch_steps * config.batch_size / epoch_seconds  # Each run's share of the group's speed.
                 writers[k].write(records[k], timing={"examples_per_second": speed,
                                                      "train_seconds": progress["train_seconds"]})
+                if log_images:
+                    writers[k].write_images(step, _snapshot(model, layout.run_state(state, k), dataset))
                 tqdm.write(
                     (f"{workdirs[k]}: " if grouped else "")
                     + f"epoch {records[k]['epoch']:g}: train loss {records[k]['train_loss']:.4f} "

@@ -66,6 +66,21 @@ class MetricWriter:
         values = [Summary.Value(tag=name, simple_value=value) for name, value in scalars.items() if name != "step"]
         self._write_event(Event(step=record["step"], summary=Summary(value=values)))
 
+    def write_images(self, step: int, images: dict) -> None:
+        """Logs uint8 images `[h, w, 1 or 3]` by tag to TensorBoard at `step`, as PNG."""
+        import io
+
+        from PIL import Image
+
+        values = []
+        for tag, image in images.items():
+            png = io.BytesIO()
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(png, format="PNG")
+            summary = Summary.Image(height=image.shape[0], width=image.shape[1], colorspace=image.shape[-1],
+                                    encoded_image_string=png.getvalue())
+            values.append(Summary.Value(tag=tag, image=summary))
+        self._write_event(Event(step=step, summary=Summary(value=values)))
+
     def _write_event(self, event: Event) -> None:
         event.wall_time = time.time()
         self._tensorboard.write(event.SerializeToString())

@@ -1,0 +1,215 @@
+"""The pictures of `experiments.inspect`, drawn with matplotlib into PNG files, and the page that gathers them.
+
+Each function takes NumPy arrays and a path, draws one figure and closes it.
+Images are `[h, w, c]` floats in [0, 1] (c = 1 is drawn grey); maps are
+`[h, w]`. `page` writes index.html: every figure with its caption.
+"""
+
+import html
+import math
+import os
+
+import numpy as np
+
+from cnn_jax.errors import UserError
+
+COLUMNS = 16  # Channels per row of a grid.
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files; UserError if matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("drawing needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def tile(pictures: np.ndarray, columns: int = COLUMNS, gap: int = 1) -> np.ndarray:
+    """Pictures `[n, h, w, c]` as one `[H, W, c]` mosaic, row by row, `gap` pixels of 0 between them (no matplotlib:
+    for TensorBoard)."""
+    n, h, w, c = pictures.shape
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    mosaic = np.zeros((rows * (h + gap) - gap, columns * (w + gap) - gap, c), pictures.dtype)
+    for k, picture in enumerate(pictures):
+        top, left = (k // columns) * (h + gap), (k % columns) * (w + gap)
+        mosaic[top : top + h, left : left + w] = picture
+    return mosaic
+
+
+def per_channel_scaled(maps: np.ndarray) -> np.ndarray:
+    """Maps `[..., h, w, c]` as grey pictures `[c, ..., h, w, 1]`: each channel scaled to [0, 1] by its own range."""
+    low = maps.min(axis=tuple(range(maps.ndim - 1)))
+    high = maps.max(axis=tuple(range(maps.ndim - 1)))
+    scaled = (maps - low) / np.where(high > low, high - low, 1)
+    return np.moveaxis(scaled, -1, 0)[..., None]
+
+
+def displayable(pictures: np.ndarray) -> np.ndarray:
+    """Pictures `[..., c]` with c = 1 (grey) or 3 (RGB) as they are; with any other c, their mean over channels
+    (grey)."""
+    return pictures if pictures.shape[-1] in (1, 3) else pictures.mean(axis=-1, keepdims=True)
+
+
+def _show(ax, image: np.ndarray, **kwargs) -> None:
+    """An image `[h, w, c]` (`displayable`) or a map `[h, w]` on `ax`, without ticks."""
+    if image.ndim == 3:
+        image = displayable(image)
+        image = image[..., 0] if image.shape[-1] == 1 else np.clip(image, 0, 1)
+        kwargs = {"cmap": "gray", "vmin": 0, "vmax": 1, **kwargs}
+    ax.imshow(image, interpolation="nearest", **kwargs)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(plt, fig, path: str, title: str) -> None:
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def activation_grid(images: np.ndarray, maps: np.ndarray, labels: list[str], title: str, path: str) -> None:
+    """One layer's maps `[b, h, w, c]` of `images` `[b, H, W, C]`: per image a band of rows, the image first.
+
+    Each channel has one colour scale over all the images (its own minimum
+    to maximum), so a channel's maps compare between images.
+    """
+    plt = pyplot()
+    count, channels = maps.shape[0], maps.shape[-1]
+    rows_per_image = math.ceil(channels / COLUMNS)
+    fig, axes = plt.subplots(count * rows_per_image, COLUMNS + 1, squeeze=False, layout="constrained",
+                             figsize=(0.75 * (COLUMNS + 1), 0.8 * count * rows_per_image))
+    low, high = maps.min(axis=(0, 1, 2)), maps.max(axis=(0, 1, 2))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(count):
+        top = i * rows_per_image
+        axes[top, 0].axis("on")
+        _show(axes[top, 0], images[i])
+        axes[top, 0].set_title(labels[i], fontsize=6)
+        for k in range(channels):
+            ax = axes[top + k // COLUMNS, 1 + k % COLUMNS]
+            ax.axis("on")
+            _show(ax, maps[i, :, :, k], cmap="viridis", vmin=low[k], vmax=max(high[k], low[k] + 1e-12))
+            if i == 0:
+                ax.set_title(str(k), fontsize=6)
+    _save(plt, fig, path, title)
+
+
+def picture_grid(pictures: np.ndarray, captions: list[str], title: str, path: str, columns: int = COLUMNS) -> None:
+    """Pictures `[n, h, w, 1 or 3]` in [0, 1] (filters, feature visualisations) in a grid, each captioned."""
+    plt = pyplot()
+    rows = math.ceil(len(pictures) / columns)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained", figsize=(0.9 * columns, 1.0 * rows))
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (picture, caption) in enumerate(zip(pictures, captions, strict=True)):
+        ax = axes[k // columns, k % columns]
+        ax.axis("on")
+        _show(ax, picture)
+        ax.set_title(caption, fontsize=6)
+    _save(plt, fig, path, title)
+
+
+def heatmap(matrix: np.ndarray, xlabel: str, ylabel: str, title: str, path: str) -> None:
+    """A matrix (a layer's kernel norms, outputs × inputs) as a heat map with a colour bar."""
+    plt = pyplot()
+    rows, cols = matrix.shape
+    fig, ax = plt.subplots(layout="constrained", figsize=(min(12, 2 + 0.12 * cols), min(10, 1.5 + 0.12 * rows)))
+    shown = ax.imshow(matrix, cmap="magma", aspect="auto", interpolation="nearest")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(shown, ax=ax)
+    _save(plt, fig, path, title)
+
+
+def filter_responses(image: np.ndarray, responses: dict[str, np.ndarray], title: str, path: str) -> None:
+    """A grey image and each filter's response to it, in two rows (white zero; a symmetric colour scale to the 99th
+    percentile of |response|, so that a photograph's many weak edges show beside its few strong ones)."""
+    plt = pyplot()
+    columns = math.ceil((1 + len(responses)) / 2)
+    size = 2.0 if image.shape[0] <= 64 else 3.6
+    fig, axes = plt.subplots(2, columns, layout="constrained", figsize=(size * columns, 2 * size * image.shape[0]
+                                                                          / image.shape[1] + 0.6))
+    axes = axes.ravel()
+    for ax in axes[1 + len(responses):]:
+        ax.axis("off")
+    _show(axes[0], image, cmap="gray")
+    axes[0].set_title("image", fontsize=8)
+    for ax, (name, response) in zip(axes[1:], responses.items()):
+        limit = max(np.percentile(np.abs(response), 99), 1e-12)
+        _show(ax, response, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(name, fontsize=8)
+    _save(plt, fig, path, title)
+
+
+def score_strips(scores: dict[str, np.ndarray], xlabel: str, title: str, path: str) -> None:
+    """Each group's scores as dots on its own row, with the median marked: trained vs initial filters."""
+    plt = pyplot()
+    fig, ax = plt.subplots(layout="constrained", figsize=(7, 0.6 + 0.6 * len(scores)))
+    for row, (name, values) in enumerate(scores.items()):
+        jitter = np.random.default_rng(row).uniform(-0.15, 0.15, len(values))
+        ax.scatter(values, row + jitter, s=14, alpha=0.7)
+        ax.plot([np.median(values)] * 2, [row - 0.3, row + 0.3], color="black")
+    ax.set_yticks(range(len(scores)), list(scores))
+    ax.set_xlabel(xlabel)
+    ax.set_xlim(0, 1)
+    _save(plt, fig, path, title)
+
+
+def overlays(images: np.ndarray, maps: dict[str, np.ndarray], labels: list[str], title: str, path: str) -> None:
+    """Per image a row: the image, then each method's map `[b, h, w]` over it (each map scaled to its own maximum)."""
+    plt = pyplot()
+    count = len(images)
+    fig, axes = plt.subplots(count, 1 + len(maps), squeeze=False, layout="constrained",
+                             figsize=(1.6 * (1 + len(maps)), 1.7 * count))
+    for i in range(count):
+        _show(axes[i, 0], images[i])
+        axes[i, 0].set_title(labels[i], fontsize=6)
+        grey = images[i].mean(axis=-1)
+        for ax, (name, method_maps) in zip(axes[i, 1:], maps.items()):
+            m = method_maps[i]
+            _show(ax, grey, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(m, cmap="jet", alpha=0.5, vmin=min(m.min(), 0), vmax=max(m.max(), 1e-12),
+                      interpolation="bilinear")
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+    _save(plt, fig, path, title)
+
+
+def curves(xs: list[str], ys: dict[str, list[float]], ylabel: str, title: str, path: str,
+           threshold: float | None = None) -> None:
+    """One line per method over the categories `xs` (the sanity check's randomisation cascade)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(layout="constrained", figsize=(max(6, 0.5 * len(xs)), 3.5))
+    for name, values in ys.items():
+        ax.plot(range(len(values)), values, marker="o", label=name)
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(xs)), xs, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    _save(plt, fig, path, title)
+
+
+def page(path: str, title: str, intro: str, figures: list[dict]) -> None:
+    """index.html: `title`, `intro`, then each figure {'file', 'heading', 'caption'} and an optional 'warning'
+    (plain text, shown in red); files are named relative to the page."""
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+             "img{max-width:100%;border:1px solid #ddd}figure{margin:2em 0}"
+             "figcaption{color:#333;font-size:0.95em}.flag{color:#b00;font-weight:bold}</style>",
+             f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"]
+    for figure in figures:
+        heading = html.escape(figure["heading"])
+        parts.append(f"<figure><h2>{heading}</h2><img src='{html.escape(os.path.basename(figure['file']))}' "
+                     f"alt='{heading}'>"
+                     f"<figcaption>{html.escape(figure['caption'])}"
+                     + (f" <span class='flag'>{html.escape(figure['warning'])}</span>" if figure.get("warning") else "")
+                     + "</figcaption></figure>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))

@@ -1,0 +1,76 @@
+r"""Look inside a trained network: activation maps, filters, feature visualisations, attribution and its sanity check.
+
+    python -m experiments.inspect --workdir=runs/fashion                       # test images 0-3, every method
+    python -m experiments.inspect --workdir=runs/fashion --images=10,11 --methods=activations,grad_cam
+    python -m experiments.inspect --workdir=runs/fashion --image_files=shirt.jpg,boot.png --out=/tmp/mine
+
+Reads the run's newest checkpoint and its dataset (or your image files,
+converted to the run's image size and channels) and writes into --out
+(default <workdir>/inspect/): a PNG per picture, the arrays behind each
+(<method>.npz), inspect.json with every number, and index.html, a page with
+every picture and what it shows. The folder is replaced whole at the end;
+bad input writes nothing.
+"""
+
+import os
+
+from absl import flags
+
+from cnn_jax.errors import UserError
+from experiments import cli
+
+flags.DEFINE_string("workdir", None, "A training run's folder (python -m experiments.fashion --workdir=...).")
+flags.DEFINE_string("data_dir", None, "Where the run's dataset is, if not where the run found it.")
+flags.DEFINE_list("images", ["0", "1", "2", "3"], "Test-split indices of the images to look at.")
+flags.DEFINE_list("image_files", [], "Your own image files instead of --images (any size; converted to the run's "
+                  "image size and channels).")
+flags.DEFINE_list("layers", [], "Layers whose activation maps are drawn (default: every layer, or a large model's "
+                  "outermost ones); the names are those of python -m experiments.summary.")
+flags.DEFINE_list("methods", [], "What to do (default: all), from: activations, filters, hand_made, edges.")
+flags.DEFINE_string("out", None, "Output folder (default: <workdir>/inspect).")
+FLAGS = flags.FLAGS
+
+
+def chosen_images(run, indices: list[str], files: list[str]):
+    """The images to look at (`report.Chosen`): test images by index, or the user's files."""
+    from cnn_jax import data
+    from cnn_jax.analysis.inspect import report
+
+    dataset = run.dataset
+    if files:
+        images = [data.read_image(path, dataset.image_shape) for path in files]
+        import numpy as np
+
+        return report.Chosen(np.stack(images), [os.path.basename(path) for path in files], None)
+    try:
+        numbers = [int(i) for i in indices]
+    except ValueError:
+        raise UserError(f"`images`={','.join(indices)} must be test-image indices (integers)") from None
+    count = len(dataset.test_labels)
+    beyond = [i for i in numbers if not 0 <= i < count]
+    if beyond or not numbers:
+        raise UserError(f"`images`={','.join(indices)}: the test split has {count:,} images; give indices in "
+                        f"[0, {count})")
+    labels = [f"#{i}: {dataset.class_names[dataset.test_labels[i]]}" for i in numbers]
+    return report.Chosen(dataset.test_images[numbers], labels, numbers)
+
+
+def main(argv):
+    del argv
+    if not FLAGS.workdir:
+        raise UserError("give the run to look inside: --workdir=RUN (a folder python -m experiments.fashion wrote)")
+    if FLAGS["images"].present and FLAGS.image_files:
+        raise UserError("give --images (test indices) or --image_files (your files), not both")
+    from cnn_jax.analysis.inspect import report
+    from cnn_jax.training import trained
+
+    methods = report.check_methods(FLAGS.methods or list(report.METHODS))
+    run = trained.load(FLAGS.workdir, FLAGS.data_dir)
+    chosen = chosen_images(run, FLAGS.images, FLAGS.image_files)
+    out = FLAGS.out or os.path.join(FLAGS.workdir, "inspect")
+    report.write(run, chosen, methods, FLAGS.layers or None, out)
+    print(f"wrote {os.path.join(out, 'index.html')} ({len(methods)} methods on {len(chosen.labels)} images)")
+
+
+if __name__ == "__main__":
+    cli.run(main, usage="python -m experiments.inspect --workdir=RUN [--flags]")

@@ -1,0 +1,198 @@
+"""Looking inside a network: layer outputs, activation statistics, filters, hand-made filters, and the command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cnn_jax import data, models
+from cnn_jax.analysis.inspect import activations, filters, taps
+from cnn_jax.errors import UserError
+from cnn_jax.training import trained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_inspect(*flags):
+    return subprocess.run([sys.executable, "-m", "experiments.inspect", *flags], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def seed(seed_run):
+    return trained.load(seed_run)
+
+
+def _conv(x, kernel, bias, padding):
+    numbers = lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(x, kernel, (1, 1), ((padding, padding),) * 2, dimension_numbers=numbers) + bias
+
+
+def _batch_norm(x, params, stats):
+    return (x - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-5) * params["scale"] + params["bias"]
+
+
+def _max_pool(x):
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def test_activation_maps_are_the_layer_outputs_computed_directly(seed):
+    images = seed.dataset.test_images[:3]
+    maps = activations.activation_maps(seed.model, seed.variables, images, list(
+        taps.layers(seed.model, seed.variables, seed.dataset.image_shape)))
+    params, stats = seed.variables["params"], seed.variables["batch_stats"]
+    x = data.normalize(images)
+    for block in ("ConvBlock_0", "ConvBlock_1"):
+        conv = _conv(x, params[block]["Conv_0"]["kernel"], params[block]["Conv_0"]["bias"], 2)
+        norm = _batch_norm(conv, params[block]["BatchNorm_0"], stats[block]["BatchNorm_0"])
+        x = _max_pool(jax.nn.relu(norm))
+        for name, expected in ((f"{block}/Conv_0", conv), (f"{block}/BatchNorm_0", norm), (block, x)):
+            np.testing.assert_allclose(maps[name], expected, rtol=1e-4, atol=1e-4, err_msg=name)
+    assert list(maps) == ["ConvBlock_0/Conv_0", "ConvBlock_0/BatchNorm_0", "ConvBlock_0",
+                          "ConvBlock_1/Conv_0", "ConvBlock_1/BatchNorm_0", "ConvBlock_1"]
+
+
+def test_every_zoo_model_lists_its_layers_and_its_forward_pass_is_unchanged():
+    for name, shape, last, last_spatial in (("resnet18", (32, 32, 3), "stage4_block2", "stage4_block2"),
+                                            ("lenet5", (28, 28, 1), "C5", "C3"),
+                                            ("alexnet", (32, 32, 1), "adaptive_avg_pool_0", "Conv_4")):
+        model = models.lookup(name)(num_classes=10)
+        variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
+        layers = taps.layers(model, variables, shape)
+        x = jax.random.uniform(jax.random.key(1), (2, *shape))
+        logits, outputs = jax.jit(lambda x: taps.forward(model, variables, x))(x)
+        np.testing.assert_allclose(logits, model.apply(variables, x), rtol=1e-4, atol=1e-5)
+        assert set(outputs) == set(layers) and all(outputs[n].shape[1:] == layers[n].shape for n in layers)
+        assert list(layers)[-1] == last and taps.last_spatial_layer(layers) == last_spatial, name
+        if name != "resnet18":  # At 32×32 a ResNet does not pool until its global average.
+            assert any(layer.kind.endswith("pool") and not layer.editable for layer in layers.values()), name
+
+
+def test_an_edit_changes_what_follows_and_a_pooling_is_edited_through_its_module(seed):
+    x = data.normalize(seed.dataset.test_images[:2])
+    zeroed, outputs = taps.forward(seed.model, seed.variables, x, edit=("ConvBlock_1", jnp.zeros_like))
+    np.testing.assert_allclose(outputs["ConvBlock_1"], 0)
+    head = seed.variables["params"]["DenseHead_0"]["Dense_0"]["bias"]
+    np.testing.assert_allclose(zeroed, np.broadcast_to(head, zeroed.shape), atol=1e-6)
+    with pytest.raises(UserError, match="no module layer 'nope' to edit: choose one of ConvBlock_0/BatchNorm_0"):
+        taps.forward(seed.model, seed.variables, x, edit=("nope", jnp.zeros_like))
+
+
+def test_layer_statistics_count_zeros_and_means_over_all_images(seed):
+    images = seed.dataset.test_images[:250]  # Two batches of 200, the second padded.
+    stats = activations.layer_statistics(seed.model, seed.variables, images)
+    direct = activations.activation_maps(seed.model, seed.variables, images, ["ConvBlock_1", "ConvBlock_1/BatchNorm_0"])
+    block, norm = stats["ConvBlock_1"], stats["ConvBlock_1/BatchNorm_0"]
+    assert block["rectified"] and not norm["rectified"]
+    np.testing.assert_allclose(block["zero_fraction"], np.mean(direct["ConvBlock_1"] == 0), rtol=1e-6)
+    np.testing.assert_allclose(norm["off_fraction"], np.mean(direct["ConvBlock_1/BatchNorm_0"] <= 0), rtol=1e-6)
+    np.testing.assert_allclose(block["mean"], direct["ConvBlock_1"].mean(), rtol=1e-4)
+    assert 0.1 < block["zero_fraction"] < 0.9
+
+
+def test_the_vertical_edge_filter_responds_at_a_vertical_bars_edges_and_not_on_a_flat_image():
+    image = np.zeros((12, 12), np.float32)
+    image[:, 4:8] = 1.0  # A vertical bar, columns 4 to 7: edges between columns 3|4 and 7|8.
+    response = filters.apply_filters(image, filters.HAND_MADE)["vertical edge"]
+    strength = np.abs(response[1:-1]).max(axis=0)
+    assert set(np.flatnonzero(strength == strength.max())) == {3, 4, 7, 8}  # Each edge's two sides, and nothing else:
+    assert set(np.flatnonzero(strength)) == {3, 4, 7, 8}  # zero inside the bar and on the background.
+    assert np.all(response[1:-1, 3:5] < 0) and np.all(response[1:-1, 7:9] > 0)  # Dark-to-light, then light-to-dark.
+    for name, flat in filters.apply_filters(np.full((8, 8), 0.3, np.float32), filters.HAND_MADE).items():
+        np.testing.assert_allclose(flat[1:-1, 1:-1], 0, atol=1e-6, err_msg=name)  # The border sees the zero padding.
+    horizontal = filters.apply_filters(image, filters.HAND_MADE)["horizontal edge"]
+    np.testing.assert_allclose(horizontal[1:-1], 0, atol=1e-6)  # A vertical bar has no horizontal edge.
+
+
+def test_edge_scores_find_oriented_edges_and_not_noise():
+    bank = filters.derivative_of_gaussian_bank(5)
+    assert bank.shape == (48, 5, 5)
+    np.testing.assert_allclose(np.linalg.norm(bank.reshape(48, -1), axis=1), 1, rtol=1e-6)
+    edge = -bank[2][:, :, None, None] * 3 + 0.7  # A bank filter, negated, scaled and offset: still that edge.
+    assert filters.edge_scores(edge, bank)[0] == pytest.approx(1.0)
+    noise = np.random.default_rng(0).normal(size=(5, 5, 1, 500))
+    assert np.median(filters.edge_scores(noise, bank)) < 0.5
+    rgb = np.concatenate([noise[:, :, :, :1], edge, noise[:, :, :, 1:2]], axis=2)  # An edge in one colour.
+    assert filters.edge_scores(rgb, bank)[0] == pytest.approx(1.0)
+
+
+def test_kernel_pictures_put_zero_at_mid_grey_and_norms_follow_each_channel_pair():
+    kernel = np.zeros((3, 3, 2, 4), np.float32)
+    kernel[0, 0, 0, 1], kernel[1, 1, 1, 1] = 2.0, -1.0
+    pictures = filters.kernel_images(kernel)
+    assert pictures.shape == (4, 3, 3, 2)
+    assert pictures[1, 0, 0, 0] == 1.0 and pictures[1, 1, 1, 1] == 0.25 and pictures[1, 2, 2, 0] == 0.5
+    np.testing.assert_allclose(pictures[0], 0.5)
+    norms = filters.kernel_norms(kernel)
+    assert norms.shape == (4, 2) and norms[1, 0] == 2.0 and norms[1, 1] == 1.0 and norms[0].sum() == 0
+
+
+def test_image_files_become_the_runs_shape(tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((60, 90, 3), np.uint8)
+    rgb[:, 45:] = (255, 255, 255)  # Right half white.
+    Image.fromarray(rgb).save(tmp_path / "half.png")
+    grey = data.read_image(str(tmp_path / "half.png"), (28, 28, 1))
+    assert grey.shape == (28, 28, 1) and grey.dtype == np.uint8
+    assert grey[:, :12].max() < 10 and grey[:, 16:].min() > 245  # The centred square crop keeps the edge central.
+    assert data.read_image(str(tmp_path / "half.png"), (32, 32, 3)).shape == (32, 32, 3)
+    (tmp_path / "not.png").write_text("not an image")
+    with pytest.raises(data.DataError, match="cannot read image file .*not.png"):
+        data.read_image(str(tmp_path / "not.png"), (28, 28, 1))
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.read_image(str(tmp_path / "missing.png"), (28, 28, 1))
+
+
+def test_the_command_writes_every_file_and_the_page_shows_each_picture(seed_run, tmp_path):
+    out = tmp_path / "inspect"
+    result = run_inspect(f"--workdir={seed_run}", f"--out={out}", "--images=3,5")
+    assert result.returncode == 0, result.stderr
+    written = set(os.listdir(out))
+    results = json.loads((out / "inspect.json").read_text())
+    assert results["images"] == [3, 5] and set(results["methods"]) >= {"activations", "filters", "hand_made", "edges"}
+    for method in results["methods"]:
+        assert f"{method}.npz" in written
+    pictures = {name for name in written if name.endswith(".png")}
+    page = (out / "index.html").read_text()
+    assert pictures and all(f"src='{name}'" in page for name in pictures)
+    stats = results["methods"]["activations"]["layers"]
+    assert set(stats) == {"ConvBlock_0/Conv_0", "ConvBlock_0/BatchNorm_0", "ConvBlock_0", "ConvBlock_1/Conv_0",
+                          "ConvBlock_1/BatchNorm_0", "ConvBlock_1"}
+    edges = results["methods"]["edges"]
+    assert edges["trained"]["count"] == 16 and 0 < edges["trained"]["median"] <= 1
+    with np.load(out / "activations.npz") as arrays:
+        assert arrays["ConvBlock_1"].shape == (2, 7, 7, 32)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--methods=activations,nope",), "error: unknown method 'nope': choose from activations, "),
+    (("--layers=ConvBlock_9",), "error: unknown layer 'ConvBlock_9': choose from ConvBlock_0/Conv_0, "),
+    (("--images=0,1000",), "error: --images=0,1000: the test split has 1,000 images; give indices in [0, 1000)"),
+    (("--images=0", "--image_files=a.png"), "error: give --images (test indices) or --image_files"),
+    (("--image_files=missing.png",), "error: image file missing.png does not exist"),
+])
+def test_bad_input_gives_one_line_and_writes_nothing(seed_run, tmp_path, flags, message):
+    out = tmp_path / "inspect"
+    result = run_inspect(f"--workdir={seed_run}", f"--out={out}", *flags)
+    assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".inspect")]
+
+
+def test_a_workdir_without_a_run_or_checkpoint_gives_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_inspect(f"--workdir={empty}")
+    assert result.returncode == 2 and result.stderr.startswith(f"error: --workdir={empty} holds no run"), result.stderr
+    (empty / "config.json").write_text("{}")
+    result = run_inspect(f"--workdir={empty}")
+    assert result.returncode == 2 and result.stderr.startswith(f"error: --workdir={empty} has no checkpoint yet")
+    assert sorted(os.listdir(empty)) == ["config.json"]
