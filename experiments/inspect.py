@@ -26,7 +26,16 @@ flags.DEFINE_list("image_files", [], "Your own image files instead of --images (
                   "image size and channels).")
 flags.DEFINE_list("layers", [], "Layers whose activation maps are drawn (default: every layer, or a large model's "
                   "outermost ones); the names are those of python -m experiments.summary.")
-flags.DEFINE_list("methods", [], "What to do (default: all), from: activations, filters, hand_made, edges.")
+flags.DEFINE_list("methods", [], "What to do (default: all), from: activations, filters, hand_made, edges, "
+                  "features, saliency, smoothgrad, integrated_gradients, grad_cam, hires_cam, occlusion, sanity.")
+flags.DEFINE_list("featvis_layers", [], "Layers whose channels feature visualisation shows (default: the "
+                  "convolutions, at most 4 of them evenly spread).")
+flags.DEFINE_list("channels", [], "Channels feature visualisation shows in each of its layers (default: the first "
+                  "64).")
+flags.DEFINE_integer("featvis_steps", 256, "Adam steps of feature visualisation.")
+flags.DEFINE_integer("target_class", None, "The class attribution explains besides the predicted one (default: each "
+                     "image's runner-up).")
+flags.DEFINE_integer("seed", 0, "Seed of feature visualisation's noise and transformations.")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/inspect).")
 FLAGS = flags.FLAGS
 
@@ -68,7 +77,12 @@ def main(argv):
     run = trained.load(FLAGS.workdir, FLAGS.data_dir)
     chosen = chosen_images(run, FLAGS.images, FLAGS.image_files)
     out = FLAGS.out or os.path.join(FLAGS.workdir, "inspect")
-    report.write(run, chosen, methods, FLAGS.layers or None, out)
+    try:
+        channels = [int(c) for c in FLAGS.channels]
+    except ValueError:
+        raise UserError(f"--channels={','.join(FLAGS.channels)} must be integers") from None
+    report.write(run, chosen, methods, out, FLAGS.layers or None, FLAGS.featvis_layers or None, channels,
+                 FLAGS.featvis_steps, FLAGS.target_class, FLAGS.seed)
     print(f"wrote {os.path.join(out, 'index.html')} ({len(methods)} methods on {len(chosen.labels)} images)")
 
 

@@ -1,6 +1,7 @@
 """Shared test fixtures and helpers: small synthetic IDX datasets, and the kernels a training step calls."""
 
 import collections
+import fcntl
 import os
 import re
 import shutil
@@ -96,15 +97,19 @@ the test split), its first 1,000 test images."""
 
 @pytest.fixture(scope="session")
 def seed_run(tmp_path_factory) -> str:
-    """The workdir of `SEED_RUN`, trained once per test process."""
+    """The workdir of `SEED_RUN`, trained once per test run: the first xdist worker to need it trains it while
+    the others wait (a lock in the folder the workers' temporary folders share)."""
     from cnn_jax.training import loop
     from cnn_jax.training.config import Config
 
-    workdir = str(tmp_path_factory.mktemp("seed_run"))
-    checkpoint_every = SEED_RUN["checkpoint_every"]
-    config = Config(max_steps=SEED_RUN["max_steps"], max_test_examples=SEED_RUN["max_test_examples"])
-    loop.train_and_evaluate(config, workdir, checkpoint_every)
-    return workdir
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-of-<user>/pytest-<n>, with or without xdist.
+    workdir = shared / "seed_run"
+    with open(shared / "seed_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (workdir / "results.json").exists():
+            config = Config(max_steps=SEED_RUN["max_steps"], max_test_examples=SEED_RUN["max_test_examples"])
+            loop.train_and_evaluate(config, str(workdir), SEED_RUN["checkpoint_every"])
+    return str(workdir)
 
 
 def ffi_targets(model, image_shape) -> collections.Counter:

@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import he_variables
 from jax import lax
 
 from cnn_jax import data, models
-from cnn_jax.analysis.inspect import activations, filters, taps
+from cnn_jax.analysis.inspect import activations, attribution, filters, report, taps
 from cnn_jax.errors import UserError
 from cnn_jax.training import trained
 
@@ -59,20 +60,23 @@ def test_activation_maps_are_the_layer_outputs_computed_directly(seed):
                           "ConvBlock_1/Conv_0", "ConvBlock_1/BatchNorm_0", "ConvBlock_1"]
 
 
-def test_every_zoo_model_lists_its_layers_and_its_forward_pass_is_unchanged():
-    for name, shape, last, last_spatial in (("resnet18", (32, 32, 3), "stage4_block2", "stage4_block2"),
-                                            ("lenet5", (28, 28, 1), "C5", "C3"),
+def test_zoo_models_list_their_layers_and_their_forward_pass_is_unchanged():
+    for name, shape, last, last_spatial in (("lenet5", (28, 28, 1), "C5", "C3"),
                                             ("alexnet", (32, 32, 1), "adaptive_avg_pool_0", "Conv_4")):
         model = models.lookup(name)(num_classes=10)
-        variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)))
-        layers = taps.layers(model, variables, shape)
         x = jax.random.uniform(jax.random.key(1), (2, *shape))
+        variables = he_variables(model, x)
+        layers = taps.layers(model, variables, shape)
         logits, outputs = jax.jit(lambda x: taps.forward(model, variables, x))(x)
-        np.testing.assert_allclose(logits, model.apply(variables, x), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(logits, jax.jit(model.apply)(variables, x), rtol=1e-4, atol=1e-5)
         assert set(outputs) == set(layers) and all(outputs[n].shape[1:] == layers[n].shape for n in layers)
         assert list(layers)[-1] == last and taps.last_spatial_layer(layers) == last_spatial, name
-        if name != "resnet18":  # At 32×32 a ResNet does not pool until its global average.
-            assert any(layer.kind.endswith("pool") and not layer.editable for layer in layers.values()), name
+        assert any(layer.kind.endswith("pool") and not layer.editable for layer in layers.values()), name
+    resnet = models.lookup("resnet18")(num_classes=10)  # Traced only: a residual block is recorded after its sum.
+    layers = taps.layers(resnet, he_variables(resnet, jnp.zeros((1, 32, 32, 3))), (32, 32, 3))
+    assert list(layers)[-3:] == ["stage4_block2/ConvBN_1/Conv_0", "stage4_block2/ConvBN_1", "stage4_block2"]  # (Its
+    # BatchNorm, the end of a ConvBN without ReLU, is listed as the ConvBN.)
+    assert report.featvis_layers_of(layers) == ["stem", "stage2_block1", "stage3_block1", "stage4_block2"]
 
 
 def test_an_edit_changes_what_follows_and_a_pooling_is_edited_through_its_module(seed):
@@ -151,15 +155,27 @@ def test_image_files_become_the_runs_shape(tmp_path):
         data.read_image(str(tmp_path / "missing.png"), (28, 28, 1))
 
 
+@pytest.mark.slow
 def test_the_command_writes_every_file_and_the_page_shows_each_picture(seed_run, tmp_path):
     out = tmp_path / "inspect"
-    result = run_inspect(f"--workdir={seed_run}", f"--out={out}", "--images=3,5")
+    result = run_inspect(f"--workdir={seed_run}", f"--out={out}", "--images=3,5", "--featvis_steps=16")
     assert result.returncode == 0, result.stderr
     written = set(os.listdir(out))
     results = json.loads((out / "inspect.json").read_text())
-    assert results["images"] == [3, 5] and set(results["methods"]) >= {"activations", "filters", "hand_made", "edges"}
+    assert results["images"] == [3, 5] and list(results["methods"]) == list(report.METHODS)
     for method in results["methods"]:
         assert f"{method}.npz" in written
+    for method in attribution.METHODS:  # Maps at the input's resolution, and which test images they are of.
+        with np.load(out / f"{method}.npz") as arrays:
+            assert arrays["maps"].shape == (2, 28, 28) and list(arrays["images"]) == [3, 5], method
+            assert np.all(np.isfinite(arrays["maps"])) and np.all(np.isfinite(arrays["chosen_maps"]))
+    sanity = results["methods"]["sanity"]
+    assert sanity["groups"] == ["DenseHead_0", "ConvBlock_1", "ConvBlock_0"]
+    assert set(sanity["methods"]) == set(attribution.METHODS)
+    assert ("Flagged: " in (out / "index.html").read_text()) == bool(sanity["flagged"])
+    grids = results["methods"]["features"]["grids"]
+    assert set(grids) == {"channel_ConvBlock_0", "channel_ConvBlock_1", "neuron_ConvBlock_0_Conv_0", "logit_logits"}
+    assert len(grids["channel_ConvBlock_1"]["targets"]) == 32 and len(grids["logit_logits"]["targets"]) == 10
     pictures = {name for name in written if name.endswith(".png")}
     page = (out / "index.html").read_text()
     assert pictures and all(f"src='{name}'" in page for name in pictures)
@@ -172,12 +188,33 @@ def test_the_command_writes_every_file_and_the_page_shows_each_picture(seed_run,
         assert arrays["ConvBlock_1"].shape == (2, 7, 7, 32)
 
 
+def test_the_command_on_your_own_image_files(seed_run, tmp_path):
+    from PIL import Image
+
+    photo = np.zeros((80, 60, 3), np.uint8)
+    photo[20:60, 15:45] = (200, 180, 160)  # A pale block on black: a garment-like blob, in colour.
+    Image.fromarray(photo).save(tmp_path / "mine.jpg")
+    out = tmp_path / "inspect"
+    result = run_inspect(f"--workdir={seed_run}", f"--out={out}", f"--image_files={tmp_path / 'mine.jpg'}",
+                         "--methods=activations,filters,saliency", "--target_class=2")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((out / "inspect.json").read_text())
+    assert results["images"] is None and results["labels"] == ["mine.jpg"]
+    assert results["methods"]["saliency"]["chosen_classes"] == [2]
+    with np.load(out / "saliency.npz") as arrays:
+        assert arrays["maps"].shape == (1, 28, 28) and "images" not in arrays
+
+
 @pytest.mark.parametrize("flags, message", [
     (("--methods=activations,nope",), "error: unknown method 'nope': choose from activations, "),
     (("--layers=ConvBlock_9",), "error: unknown layer 'ConvBlock_9': choose from ConvBlock_0/Conv_0, "),
     (("--images=0,1000",), "error: --images=0,1000: the test split has 1,000 images; give indices in [0, 1000)"),
     (("--images=0", "--image_files=a.png"), "error: give --images (test indices) or --image_files"),
     (("--image_files=missing.png",), "error: image file missing.png does not exist"),
+    (("--channels=40",), "error: --channels: channel 40 is beyond the layers' widths (ConvBlock_0: 16, "
+                         "ConvBlock_1: 32)"),
+    (("--target_class=10",), "error: --target_class=10 is not a class: choose from 0 to 9 (T-shirt/top, "),
+    (("--featvis_layers=Conv",), "error: unknown layer 'Conv': choose from ConvBlock_0/Conv_0, "),
 ])
 def test_bad_input_gives_one_line_and_writes_nothing(seed_run, tmp_path, flags, message):
     out = tmp_path / "inspect"

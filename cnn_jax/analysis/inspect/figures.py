@@ -103,6 +103,7 @@ def activation_grid(images: np.ndarray, maps: np.ndarray, labels: list[str], tit
 def picture_grid(pictures: np.ndarray, captions: list[str], title: str, path: str, columns: int = COLUMNS) -> None:
     """Pictures `[n, h, w, 1 or 3]` in [0, 1] (filters, feature visualisations) in a grid, each captioned."""
     plt = pyplot()
+    columns = min(columns, len(pictures))
     rows = math.ceil(len(pictures) / columns)
     fig, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained", figsize=(0.9 * columns, 1.0 * rows))
     for ax in axes.ravel():
@@ -181,18 +182,34 @@ def overlays(images: np.ndarray, maps: dict[str, np.ndarray], labels: list[str],
     _save(plt, fig, path, title)
 
 
-def curves(xs: list[str], ys: dict[str, list[float]], ylabel: str, title: str, path: str,
-           threshold: float | None = None) -> None:
-    """One line per method over the categories `xs` (the sanity check's randomisation cascade)."""
+def curves(xs: list[str], ys: dict[str, list[float]], ylabel: str, title: str, path: str) -> None:
+    """One line per entry of `ys` over the categories `xs` (a value per layer, say)."""
     plt = pyplot()
     fig, ax = plt.subplots(layout="constrained", figsize=(max(6, 0.5 * len(xs)), 3.5))
     for name, values in ys.items():
         ax.plot(range(len(values)), values, marker="o", label=name)
-    if threshold is not None:
-        ax.axhline(threshold, color="gray", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(xs)), xs, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
+    _save(plt, fig, path, title)
+
+
+def cascade(groups: list[str], signed: dict[str, list[float]], absolute: dict[str, list[float]], threshold: float,
+            title: str, path: str) -> None:
+    """The sanity check: each method's rank correlation with its trained maps as the layer `groups` are
+    re-initialised from the top, solid for the maps and dashed for their magnitudes, from 1 (nothing random)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(layout="constrained", figsize=(max(6, 0.6 * len(groups) + 3), 3.8))
+    for k, name in enumerate(signed):
+        colour = f"C{k}"
+        ax.plot(range(len(groups) + 1), [1, *signed[name]], marker="o", color=colour, label=name)
+        ax.plot(range(len(groups) + 1), [1, *absolute[name]], linestyle="--", color=colour)
+    ax.axhline(threshold, color="gray", linewidth=1)
+    ax.set_xticks(range(len(groups) + 1), ["trained", *(f"…{g}" for g in groups)], rotation=30, ha="right",
+                  fontsize=7)
+    ax.set_ylabel("Spearman ρ with the trained maps")
+    ax.set_ylim(-0.3, 1.05)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _save(plt, fig, path, title)
 
 

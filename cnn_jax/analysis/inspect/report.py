@@ -15,11 +15,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
+import jax
 import numpy as np
 from tqdm import tqdm
 
 from cnn_jax import data
-from cnn_jax.analysis.inspect import activations, figures, filters, taps
+from cnn_jax.analysis.inspect import activations, attribution, featvis, figures, filters, sanity, taps
 from cnn_jax.errors import UserError
 from cnn_jax.training import steps, trained
 
@@ -43,6 +44,12 @@ class Context:
     layers: dict[str, taps.Layer]  # Every layer of the model, in call order.
     shown_layers: list[str]  # The layers whose activation maps are drawn.
     out: str  # The (temporary) output folder.
+    target_class: int | None = None  # The class attribution also explains (None: each image's runner-up).
+    featvis_layers: list[str] = dataclasses.field(default_factory=list)  # Feature visualisation's layers.
+    channels: list[int] = dataclasses.field(default_factory=list)  # Its channels (empty: the first `most_channels`).
+    most_channels: int = 64
+    featvis_steps: int = 256
+    seed: int = 0
     figures: list[dict] = dataclasses.field(default_factory=list)
 
     def figure(self, name: str, heading: str, caption: str, warning: str | None = None) -> str:
@@ -58,6 +65,9 @@ class Context:
     def inputs(self) -> np.ndarray:
         """The chosen images as the model sees them: float32 in [0, 1]."""
         return data.normalize(self.chosen.images)
+
+
+COLUMNS_SMALL = 16  # Neurons of the first convolution visualised.
 
 
 def _safe(name: str) -> str:
@@ -172,11 +182,158 @@ def _edges(ctx: Context) -> dict:
     return {"layer": name, "bank_size": len(bank), **summary}
 
 
+def featvis_layers_of(known: dict[str, taps.Layer], most: int = 4) -> list[str]:
+    """Feature visualisation's default layers: the outermost module layers with a map (a ConvNet's blocks, a
+    ResNet's stem and residual blocks), at most `most` of them evenly spread, the last included. (A lone
+    convolution is linear in the image: a flat image maximises its channels' means.)"""
+    outer = [name for name, layer in known.items() if "/" not in name and layer.editable
+             and layer.shape[0] * layer.shape[1] > 1]
+    if len(outer) <= most:
+        return outer
+    return [outer[round(i * (len(outer) - 1) / (most - 1))] for i in range(most)]
+
+
+def _featvis_channels(ctx: Context, layer: str) -> list[int]:
+    width = ctx.layers[layer].shape[-1]
+    return [c for c in ctx.channels if c < width] if ctx.channels else list(range(min(width, ctx.most_channels)))
+
+
+def check_channels(known: dict[str, taps.Layer], layers: list[str], channels: list[int]) -> None:
+    """UserError unless every channel of `channels` exists in one of `layers` at least."""
+    widest = max(known[name].shape[-1] for name in layers)
+    beyond = [c for c in channels if not 0 <= c < widest]
+    if beyond:
+        raise UserError(f"`channels`: channel {beyond[0]} is beyond the layers' widths ("
+                        + ", ".join(f"{name}: {known[name].shape[-1]}" for name in layers)
+                        + "); choose channels from 0 to the width − 1")
+
+
+def _features(ctx: Context) -> dict:
+    """Feature visualisation from noise (source 003): each channel's mean in the chosen layers, each first-layer
+    kernel's centre neuron, and each class logit, maximised by images optimised together."""
+    run = ctx.run
+    shape = run.dataset.image_shape
+    colours = featvis.colour_basis(run.dataset.test_images[:1000]) if shape[-1] == 3 else None
+    key = jax.random.key(ctx.seed)
+    results, arrays = {}, {}
+    jobs = [("channel", layer, _featvis_channels(ctx, layer)) for layer in ctx.featvis_layers]
+    first = next(name for name, layer in ctx.layers.items() if layer.kind == "Conv")  # Each kernel, as source 003.
+    jobs.append(("neuron", first, _featvis_channels(ctx, first)[:COLUMNS_SMALL]))
+    jobs.append(("logit", None, None))
+    for objective, layer, channels in tqdm(jobs, desc="feature visualisation", unit="grid", disable=None,
+                                           leave=False):
+        result = featvis.visualise(run.model, run.variables, layer, channels, shape, key, objective=objective,
+                                   steps=ctx.featvis_steps, colours=colours)
+        what = layer if layer else "logits"
+        tag = f"{objective}_{_safe(what)}"
+        ratio = result.end / np.where(np.abs(result.start) > 0, np.abs(result.start), np.nan)
+        captions = ([run.dataset.class_names[t][:12] for t in result.targets] if objective == "logit"
+                    else [str(t) for t in result.targets])
+        path = ctx.figure(f"features_{tag}", f"Feature visualisation: {what} ({objective})",
+                          f"Images optimised from noise ({ctx.featvis_steps} Adam steps at 0.05, in a decorrelated "
+                          f"Fourier basis, randomly shifted, scaled and rotated every step) to maximise "
+                          + {"channel": f"each channel's mean activation in {what}",
+                             "neuron": f"each channel's neuron at the centre of {what}'s map",
+                             "logit": "each class's logit"}[objective]
+                          + f"; all {len(result.targets)} optimised together. The objective rose from the start "
+                          f"noise's by a median factor of {np.nanmedian(ratio):.1f}.")
+        figures.picture_grid(result.images, captions, f"{what}: {objective} objective", path)
+        arrays[f"{tag}_images"], arrays[f"{tag}_targets"] = result.images, result.targets
+        results[tag] = {"objective": objective, "layer": layer, "targets": result.targets.tolist(),
+                        "start": result.start.tolist(), "end": result.end.tolist()}
+    ctx.save_arrays("features", **arrays)
+    return {"steps": ctx.featvis_steps, "seed": ctx.seed, "grids": results}
+
+
+ATTRIBUTION_CAPTIONS = {
+    "saliency": "gradient saliency: max over channels of |∂ logit / ∂ pixel|",
+    "smoothgrad": "SmoothGrad: the gradient averaged over 25 noisy copies of the image (noise 15% of its range), "
+                  "max |·| over channels",
+    "integrated_gradients": "integrated gradients from a black baseline, 64 steps: signed, summing to the logit's "
+                            "change from the baseline",
+    "grad_cam": "Grad-CAM at the last spatial layer: its channels weighted by the spatial mean of the logit's "
+                "gradient, ReLU, upsampled (often blank where a dense layer reads the flattened map, as in the seed "
+                "network: use hires_cam there)",
+    "hires_cam": "HiResCAM at the last spatial layer: each position weighted by its own gradient, ReLU, upsampled",
+    "occlusion": "occlusion: the logit's mean drop when a square of a quarter of the image's side, sliding by half "
+                 "of it, is set to black",
+}
+"""What each attribution method's maps are, for the captions (with `attribution`'s default options)."""
+
+
+def _classes(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, chosen) class per image: the chosen is `ctx.target_class` or else the runner-up."""
+    logits = np.asarray(attribution.logits(ctx.run.model, ctx.run.variables, ctx.inputs))
+    ranked = np.argsort(-logits, axis=1)
+    chosen = np.full(len(logits), ctx.target_class) if ctx.target_class is not None else ranked[:, 1]
+    return ranked[:, 0], chosen
+
+
+def _attribution(name: str) -> Callable[[Context], dict]:
+    """The report method drawing attribution method `name`'s maps for the predicted and the chosen class."""
+
+    def method(ctx: Context) -> dict:
+        run, method = ctx.run, attribution.lookup(name)
+        predicted, chosen = _classes(ctx)
+        maps = {cls: np.asarray(method(run.model, run.variables, ctx.inputs, classes)) for cls, classes
+                in (("predicted", predicted), ("chosen", chosen))}
+        names = run.dataset.class_names
+        labels = [f"{label}\n→ {names[p]} / {names[c]}" for label, p, c in zip(ctx.chosen.labels, predicted, chosen)]
+        which = "the class given as --target_class" if ctx.target_class is not None else "the runner-up class"
+        path = ctx.figure(f"attribution_{name}", f"Attribution: {name}",
+                          f"{ATTRIBUTION_CAPTIONS[name]}; over each image, for the predicted class and for {which} "
+                          "(under each image: predicted / chosen). Each map is scaled to its own maximum.")
+        figures.overlays(ctx.inputs, {"predicted": maps["predicted"], "chosen": maps["chosen"]}, labels,
+                         f"{name}", path)
+        ctx.save_arrays(name, maps=maps["predicted"], chosen_maps=maps["chosen"], classes=predicted,
+                        chosen_classes=chosen, **_indices(ctx))
+        blank = [int(i) for i in np.flatnonzero(np.ptp(maps["predicted"].reshape(len(predicted), -1), axis=1) == 0)]
+        return {"classes": predicted.tolist(), "chosen_classes": chosen.tolist(), "constant_maps": blank}
+
+    return method
+
+
+def _indices(ctx: Context) -> dict:
+    return {"images": np.asarray(ctx.chosen.indices)} if ctx.chosen.indices is not None else {}
+
+
+def _sanity(ctx: Context) -> dict:
+    """Cascading randomisation (Adebayo et al. 2018) of every attribution method, for the predicted classes."""
+    run = ctx.run
+    predicted, _ = _classes(ctx)
+    cascades = sanity.cascading_randomisation(run.model, run.variables, ctx.inputs, predicted,
+                                              list(attribution.METHODS))
+    groups = [group for group, _ in next(iter(cascades.values())).correlations]
+    flagged = [name for name, cascade in cascades.items() if cascade.flagged]
+    path = ctx.figure("sanity_cascading_randomisation", "Sanity check: cascading randomisation",
+                      f"Each method's maps of the chosen images (predicted class) after re-initialising the "
+                      f"network's layer groups from the top down ({' → '.join(groups)}), compared with its maps of "
+                      f"the trained network: mean Spearman rank correlation, solid for the maps as they are, dashed "
+                      f"for their magnitudes. A method that explains the network falls towards 0; one above "
+                      f"{sanity.THRESHOLD} with every layer random is flagged.",
+                      warning=f"Flagged: {', '.join(flagged)} (their maps barely depend on the weights)."
+                      if flagged else None)
+    figures.cascade(groups, {name: [rho for _, rho in c.correlations] for name, c in cascades.items()},
+                    {name: [rho for _, rho in c.absolute_correlations] for name, c in cascades.items()},
+                    sanity.THRESHOLD, "Cascading randomisation", path)
+    ctx.save_arrays("sanity", groups=np.asarray(groups),
+                    **{f"{name}_signed": [rho for _, rho in c.correlations] for name, c in cascades.items()},
+                    **{f"{name}_absolute": [rho for _, rho in c.absolute_correlations]
+                       for name, c in cascades.items()})
+    return {"groups": groups, "threshold": sanity.THRESHOLD, "flagged": flagged,
+            "methods": {name: {"spearman": [rho for _, rho in c.correlations],
+                               "spearman_absolute": [rho for _, rho in c.absolute_correlations]}
+                        for name, c in cascades.items()}}
+
+
 METHODS: dict[str, Callable[[Context], dict]] = {
     "activations": _activations,
     "filters": _filters,
     "hand_made": _hand_made,
     "edges": _edges,
+    "features": _features,
+    **{name: _attribution(name) for name in attribution.METHODS},
+    "sanity": _sanity,
 }
 """Every method, by name, in the order they run and appear on the page."""
 
@@ -188,20 +345,43 @@ def check_methods(names) -> list[str]:
     return list(names)
 
 
-def write(run: trained.Run, chosen: Chosen, methods: list[str], layers: list[str] | None, out: str) -> dict:
+def write(run: trained.Run, chosen: Chosen, methods: list[str], out: str, layers: list[str] | None = None,
+          featvis_layers: list[str] | None = None, channels: list[int] | None = None, featvis_steps: int = 256,
+          target_class: int | None = None, seed: int = 0) -> dict:
     """Runs `methods` on `run` for the `chosen` images, writing every file into `out` (replacing what was there);
-    returns inspect.json's contents. Bad input raises UserError before anything is written."""
+    returns inspect.json's contents.
+
+    `layers` are the activation maps' (default `taps.default_layers`),
+    `featvis_layers` feature visualisation's (default `featvis_layers`), of
+    whose `channels` (default: the first 64 of each) it optimises an image
+    for `featvis_steps` steps from noise drawn from `seed`. Attribution
+    explains each image's predicted class and `target_class` (default: its
+    runner-up). Bad input raises UserError before anything is written; the
+    folder appears whole, at the end.
+    """
     check_methods(methods)
     known = taps.layers(run.model, run.variables, run.dataset.image_shape)
     shown = taps.check_layers(layers, known) if layers else taps.default_layers(known)
+    visualised = taps.check_layers(featvis_layers, known) if featvis_layers else featvis_layers_of(known)
+    if "features" in methods and not visualised:
+        raise UserError(f"model '{run.config.model}' has no convolution to visualise; name `featvis_layers`")
+    if channels:
+        check_channels(known, visualised, channels)
+    if featvis_steps < 1:
+        raise UserError(f"`featvis_steps` must be at least 1, got {featvis_steps}")
+    if target_class is not None and not 0 <= target_class < run.dataset.num_classes:
+        raise UserError(f"`target_class`={target_class} is not a class: choose from 0 to "
+                        f"{run.dataset.num_classes - 1} ({', '.join(run.dataset.class_names)})")
     parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UserError(f"`out`={out}: its folder {parent} does not exist; create it or choose another `out`")
     try:
-        os.makedirs(parent, exist_ok=True)
         temporary = tempfile.mkdtemp(prefix=".inspect-", dir=parent)
     except OSError as e:
         raise UserError(f"`out`={out} cannot be written ({e.strerror}); choose another `out`") from None
     try:
-        ctx = Context(run, chosen, known, shown, temporary)
+        ctx = Context(run, chosen, known, shown, temporary, target_class, visualised, list(channels or []),
+                      featvis_steps=featvis_steps, seed=seed)
         results = {"workdir": run.workdir, "step": run.step, "model": run.config.model, "dataset": run.config.dataset,
                    "images": chosen.indices, "labels": chosen.labels, "methods": {}}
         for method in tqdm(methods, desc="inspect", unit="method", disable=None):
