@@ -7,6 +7,7 @@ r"""Benchmarks: each compares variants side by side in one run, on one machine.
     python -m experiments.benchmark --what=fusion
     python -m experiments.benchmark --what=vmap_seeds --seeds=4
     python -m experiments.benchmark --what=devices --batch_size=128
+    python -m experiments.benchmark --what=inspect
 
 torch: training throughput of the seed network in cnn_jax and in the PyTorch
   reference (experiments/torch_reference.py: same architecture, initialisation,
@@ -44,6 +45,12 @@ devices: training throughput of the seed network on 1, 2 and 4 CPU devices
   measurement is a process of its own (`--what=train_step`, which times the
   training step on every device JAX sees), and the processes take turns.
 
+inspect: on a trained seed network (`--workdir`, else one trained here for
+  600 steps), feature visualisation of all 32 channels of its second
+  convolution (256 steps), compilation included (JAX's caches cleared before
+  each repeat), and Grad-CAM and HiResCAM of 100 test images after
+  compilation (`cnn_jax.analysis.inspect`).
+
 Each variant runs a warm-up, then `--repeats` timed runs of `--steps` training
 steps at `--batch_size`, the variants taking turns run by run; the median of
 each is reported.
@@ -74,7 +81,8 @@ from cnn_jax.training.steps import create_train_state, train_step
 from experiments import cli
 
 flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion", "vmap_seeds",
-                                    "devices", "train_step"], "Which comparison to run.")
+                                    "devices", "train_step", "inspect"], "Which comparison to run.")
+flags.DEFINE_string("workdir", None, "--what=inspect: a seed-network run to look inside (default: one trained here).")
 flags.DEFINE_list("device_counts", ["1", "2", "4"], "--what=devices: the numbers of CPU devices to compare.")
 flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs (0 skips them).")
 flags.DEFINE_integer("batch_size", 100, "Training examples per step.")
@@ -325,6 +333,45 @@ def versus_devices(batch_size: int, steps: int, repeats: int, counts: list[int])
         print(f"  {count:7d} " + " ".join(f"{cell:>18s}" for cell in cells))
 
 
+def inspect_speed(workdir: str | None, repeats: int) -> None:
+    """Seconds of feature visualisation (compilation included) and of Grad-CAM (after it) on a trained seed network."""
+    from cnn_jax.analysis.inspect import attribution, featvis
+    from cnn_jax.training import trained
+
+    with tempfile.TemporaryDirectory() as scratch:
+        if workdir is None:
+            workdir = os.path.join(scratch, "seed")
+            loop.train_and_evaluate(Config(max_steps=600, max_test_examples=1000), workdir)
+        run = trained.load(workdir)
+    images = data.normalize(run.dataset.test_images[:100])
+    classes = attribution.predicted(run.model, run.variables, images)
+
+    def visualise():
+        jax.clear_caches()
+        result = featvis.visualise(run.model, run.variables, "ConvBlock_1/Conv_0", None, run.dataset.image_shape,
+                                   jax.random.key(0))
+        assert len(result.images) == 32
+
+    cams = {name: functools.partial(lambda method: jax.block_until_ready(
+        method(run.model, run.variables, images, classes)), attribution.lookup(name))
+        for name in ("grad_cam", "hires_cam")}
+    seconds = {"feature visualisation, 32 channels, 256 steps, compiling": [], **{name: [] for name in cams}}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        visualise()
+        seconds["feature visualisation, 32 channels, 256 steps, compiling"].append(time.perf_counter() - start)
+        for name, cam in cams.items():
+            cam()  # Compiles (after the caches were cleared).
+            start = time.perf_counter()
+            cam()
+            seconds[name].append(time.perf_counter() - start)
+    print(f"inspect on {jax.devices()[0].device_kind} ({jax.default_backend()}), {workdir} (step {run.step:,}), "
+          f"median of {repeats}:")
+    for name, times in seconds.items():
+        what = name if "compiling" in name else f"{name}, 100 test images, compiled"
+        print(f"  {what:60s} {statistics.median(times):7.3f} s  (min {min(times):.3f}, max {max(times):.3f})")
+
+
 def main(argv):
     del argv
     if FLAGS.what == "torch":
@@ -333,6 +380,8 @@ def main(argv):
         return conv_ops(FLAGS.batch_size, FLAGS.repeats * 10)
     if FLAGS.what == "devices":
         return versus_devices(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, [int(n) for n in FLAGS.device_counts])
+    if FLAGS.what == "inspect":
+        return inspect_speed(FLAGS.workdir, FLAGS.repeats)
     if FLAGS.what == "train_step":
         rate = train_step_rate(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats)
         return print(f"train_step on {jax.device_count()} {jax.default_backend()} device(s): {rate:.1f} examples/s")
