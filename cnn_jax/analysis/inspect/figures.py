@@ -133,7 +133,7 @@ def filter_responses(image: np.ndarray, responses: dict[str, np.ndarray], title:
     percentile of |response|, so that a photograph's many weak edges show beside its few strong ones)."""
     plt = pyplot()
     columns = math.ceil((1 + len(responses)) / 2)
-    size = 2.0 if image.shape[0] <= 64 else 3.6
+    size = 2.0 if image.shape[0] <= 64 else image.shape[1] / 110  # A large image at about its own pixels.
     fig, axes = plt.subplots(2, columns, layout="constrained", figsize=(size * columns, 2 * size * image.shape[0]
                                                                           / image.shape[1] + 0.6))
     axes = axes.ravel()

@@ -92,7 +92,7 @@ def _activations(ctx: Context) -> dict:
     path = ctx.figure("activations_sparsity", "Sparsity by depth",
                       f"For every layer in call order, over the run's {len(run.dataset.test_images):,} test images: "
                       "the share of values at or below zero (what a ReLU sets to zero, for a layer before one; "
-                      "exact zeros for a layer after one) and the mean activation.")
+                      "exact zeros for a layer after one). inspect.json has these and each layer's mean.")
     figures.curves(names, {"share ≤ 0": [stats[n]["off_fraction"] for n in names]}, "share of activations ≤ 0",
                    "Sparsity by depth", path)
     return {"layers": stats, "shown": ctx.shown_layers}
@@ -137,11 +137,13 @@ def _filters(ctx: Context) -> dict:
 
 
 def natural_photograph() -> np.ndarray:
-    """A grey natural photograph `[h, w]` in [0, 1]: scikit-learn's sample image of a Chinese temple, shipped with
-    the package (no download)."""
+    """A grey natural photograph `[213, 320]` in [0, 1]: scikit-learn's sample image of a Chinese temple (shipped
+    with the package, no download), its 427×640 pixels averaged 2×2."""
     from sklearn.datasets import load_sample_image
 
-    return load_sample_image("china.jpg").astype(np.float32).mean(axis=-1) / 255.0
+    grey = load_sample_image("china.jpg").astype(np.float32).mean(axis=-1) / 255.0
+    h, w = grey.shape[0] // 2 * 2, grey.shape[1] // 2 * 2
+    return grey[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
 
 def _hand_made(ctx: Context) -> dict:
