@@ -28,8 +28,8 @@ flags.DEFINE_list("layers", [], "Layers whose activation maps are drawn (default
                   "outermost ones); the names are those of python -m experiments.summary.")
 flags.DEFINE_list("methods", [], "What to do (default: all), from: activations, filters, hand_made, edges, "
                   "features, saliency, smoothgrad, integrated_gradients, grad_cam, hires_cam, occlusion, sanity.")
-flags.DEFINE_list("featvis_layers", [], "Layers whose channels feature visualisation shows (default: the "
-                  "convolutions, at most 4 of them evenly spread).")
+flags.DEFINE_list("featvis_layers", [], "Layers whose channels feature visualisation shows (default: the outermost "
+                  "layers with a map, a ConvNet's blocks or a ResNet's residual blocks, at most 4 evenly spread).")
 flags.DEFINE_list("channels", [], "Channels feature visualisation shows in each of its layers (default: the first "
                   "64).")
 flags.DEFINE_integer("featvis_steps", 256, "Adam steps of feature visualisation.")
@@ -38,30 +38,6 @@ flags.DEFINE_integer("target_class", None, "The class attribution explains besid
 flags.DEFINE_integer("seed", 0, "Seed of feature visualisation's noise and transformations.")
 flags.DEFINE_string("out", None, "Output folder (default: <workdir>/inspect).")
 FLAGS = flags.FLAGS
-
-
-def chosen_images(run, indices: list[str], files: list[str]):
-    """The images to look at (`report.Chosen`): test images by index, or the user's files."""
-    from cnn_jax import data
-    from cnn_jax.analysis.inspect import report
-
-    dataset = run.dataset
-    if files:
-        images = [data.read_image(path, dataset.image_shape) for path in files]
-        import numpy as np
-
-        return report.Chosen(np.stack(images), [os.path.basename(path) for path in files], None)
-    try:
-        numbers = [int(i) for i in indices]
-    except ValueError:
-        raise UserError(f"`images`={','.join(indices)} must be test-image indices (integers)") from None
-    count = len(dataset.test_labels)
-    beyond = [i for i in numbers if not 0 <= i < count]
-    if beyond or not numbers:
-        raise UserError(f"`images`={','.join(indices)}: the test split has {count:,} images; give indices in "
-                        f"[0, {count})")
-    labels = [f"#{i}: {dataset.class_names[dataset.test_labels[i]]}" for i in numbers]
-    return report.Chosen(dataset.test_images[numbers], labels, numbers)
 
 
 def main(argv):
@@ -75,7 +51,7 @@ def main(argv):
 
     methods = report.check_methods(FLAGS.methods or list(report.METHODS))
     run = trained.load(FLAGS.workdir, FLAGS.data_dir)
-    chosen = chosen_images(run, FLAGS.images, FLAGS.image_files)
+    chosen = report.choose(run.dataset, FLAGS.images, FLAGS.image_files)
     out = FLAGS.out or os.path.join(FLAGS.workdir, "inspect")
     try:
         channels = [int(c) for c in FLAGS.channels]

@@ -95,6 +95,7 @@ def test_centre_neurons_beat_the_real_images(run, real_outputs):
     assert np.mean(result.end >= p99) >= 0.75, (result.end, p99)
 
 
+@pytest.mark.slow  # Two compilations of a colour model.
 def test_colour_model_runs_with_diversity():
     """A 3-channel text-spec model: each target's `samples` images, in [0, 1]; the diversity term makes the two
     images of a target less alike (Gram matrices of the layer) and the colours come out correlated."""

@@ -60,6 +60,7 @@ def test_activation_maps_are_the_layer_outputs_computed_directly(seed):
                           "ConvBlock_1/Conv_0", "ConvBlock_1/BatchNorm_0", "ConvBlock_1"]
 
 
+@pytest.mark.slow  # Compiles two zoo models.
 def test_zoo_models_list_their_layers_and_their_forward_pass_is_unchanged():
     for name, shape, last, last_spatial in (("lenet5", (28, 28, 1), "C5", "C3"),
                                             ("alexnet", (32, 32, 1), "adaptive_avg_pool_0", "Conv_4")):
@@ -188,6 +189,7 @@ def test_the_command_writes_every_file_and_the_page_shows_each_picture(seed_run,
         assert arrays["ConvBlock_1"].shape == (2, 7, 7, 32)
 
 
+@pytest.mark.slow
 def test_the_command_on_your_own_image_files(seed_run, tmp_path):
     from PIL import Image
 
@@ -207,14 +209,8 @@ def test_the_command_on_your_own_image_files(seed_run, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (("--methods=activations,nope",), "error: unknown method 'nope': choose from activations, "),
-    (("--layers=ConvBlock_9",), "error: unknown layer 'ConvBlock_9': choose from ConvBlock_0/Conv_0, "),
     (("--images=0,1000",), "error: --images=0,1000: the test split has 1,000 images; give indices in [0, 1000)"),
     (("--images=0", "--image_files=a.png"), "error: give --images (test indices) or --image_files"),
-    (("--image_files=missing.png",), "error: image file missing.png does not exist"),
-    (("--channels=40",), "error: --channels: channel 40 is beyond the layers' widths (ConvBlock_0: 16, "
-                         "ConvBlock_1: 32)"),
-    (("--target_class=10",), "error: --target_class=10 is not a class: choose from 0 to 9 (T-shirt/top, "),
-    (("--featvis_layers=Conv",), "error: unknown layer 'Conv': choose from ConvBlock_0/Conv_0, "),
 ])
 def test_bad_input_gives_one_line_and_writes_nothing(seed_run, tmp_path, flags, message):
     out = tmp_path / "inspect"
@@ -222,6 +218,33 @@ def test_bad_input_gives_one_line_and_writes_nothing(seed_run, tmp_path, flags, 
     assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".inspect")]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"layers": ["ConvBlock_9"]}, "unknown layer 'ConvBlock_9': choose from ConvBlock_0/Conv_0, "),
+    ({"featvis_layers": ["Conv"]}, "unknown layer 'Conv': choose from ConvBlock_0/Conv_0, "),
+    ({"channels": [40]}, "`channels`: channel 40 is beyond the layers' widths (ConvBlock_0: 16, ConvBlock_1: 32)"),
+    ({"target_class": 10}, "`target_class`=10 is not a class: choose from 0 to 9 (T-shirt/top, "),
+    ({"featvis_steps": 0}, "`featvis_steps` must be at least 1, got 0"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(seed, tmp_path, settings, message):
+    chosen = report.choose(seed.dataset, ["0"], [])
+    with pytest.raises(UserError) as error:
+        report.write(seed, chosen, ["activations"], str(tmp_path / "inspect"), **settings)
+    assert str(error.value).startswith(message)
+    assert os.listdir(tmp_path) == []
+
+
+def test_chosen_images_are_test_images_by_index_or_files_and_nothing_else(seed, tmp_path):
+    chosen = report.choose(seed.dataset, ["7", "2"], [])
+    assert chosen.indices == [7, 2] and chosen.labels[0].startswith("#7: ")
+    np.testing.assert_array_equal(chosen.images, seed.dataset.test_images[[7, 2]])
+    for indices, message in ((["1000"], "`images`=1000: the test split has 1,000 images"),
+                             (["a"], "`images`=a must be test-image indices"), ([], "`images`=: the test split")):
+        with pytest.raises(UserError, match=message):
+            report.choose(seed.dataset, indices, [])
+    with pytest.raises(data.DataError, match="image file .*missing.png does not exist"):
+        report.choose(seed.dataset, [], [str(tmp_path / "missing.png")])
 
 
 def test_a_workdir_without_a_run_or_checkpoint_gives_one_line(tmp_path):

@@ -35,6 +35,24 @@ class Chosen:
     indices: list[int] | None
 
 
+def choose(dataset: data.Dataset, indices: list[str], files: list[str]) -> Chosen:
+    """The images to look at: the test images at `indices` (strings, as typed), or else the image `files`,
+    converted to the dataset's image shape; UserError if an index is not one."""
+    if files:
+        images = np.stack([data.read_image(path, dataset.image_shape) for path in files])
+        return Chosen(images, [os.path.basename(path) for path in files], None)
+    try:
+        numbers = [int(i) for i in indices]
+    except ValueError:
+        raise UserError(f"`images`={','.join(indices)} must be test-image indices (integers)") from None
+    count = len(dataset.test_labels)
+    if not numbers or any(not 0 <= i < count for i in numbers):
+        raise UserError(f"`images`={','.join(indices)}: the test split has {count:,} images; give indices in "
+                        f"[0, {count})")
+    labels = [f"#{i}: {dataset.class_names[dataset.test_labels[i]]}" for i in numbers]
+    return Chosen(dataset.test_images[numbers], labels, numbers)
+
+
 @dataclasses.dataclass
 class Context:
     """What every method works from, and where it writes."""
