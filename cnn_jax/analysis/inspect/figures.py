@@ -28,13 +28,13 @@ def pyplot():
     return plt
 
 
-def tile(pictures: np.ndarray, columns: int = COLUMNS, gap: int = 1) -> np.ndarray:
-    """Pictures `[n, h, w, c]` as one `[H, W, c]` mosaic, row by row, `gap` pixels of 0 between them (no matplotlib:
-    for TensorBoard)."""
+def tile(pictures: np.ndarray, columns: int = COLUMNS, gap: int = 1, fill: float = 0.0) -> np.ndarray:
+    """Pictures `[n, h, w, c]` as one `[H, W, c]` mosaic, row by row, `gap` pixels of `fill` between them (no
+    matplotlib: also for TensorBoard)."""
     n, h, w, c = pictures.shape
     columns = min(columns, n)
     rows = math.ceil(n / columns)
-    mosaic = np.zeros((rows * (h + gap) - gap, columns * (w + gap) - gap, c), pictures.dtype)
+    mosaic = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, c), fill, pictures.dtype)
     for k, picture in enumerate(pictures):
         top, left = (k // columns) * (h + gap), (k % columns) * (w + gap)
         mosaic[top : top + h, left : left + w] = picture
@@ -73,30 +73,31 @@ def _save(plt, fig, path: str, title: str) -> None:
 
 
 def activation_grid(images: np.ndarray, maps: np.ndarray, labels: list[str], title: str, path: str) -> None:
-    """One layer's maps `[b, h, w, c]` of `images` `[b, H, W, C]`: per image a band of rows, the image first.
+    """One layer's maps `[b, h, w, c]` of `images` `[b, H, W, C]`: per image a row, the image, then a mosaic of its
+    channels (`COLUMNS` to a row, channel 0 top left), drawn as one picture.
 
     Each channel has one colour scale over all the images (its own minimum
     to maximum), so a channel's maps compare between images.
     """
     plt = pyplot()
-    count, channels = maps.shape[0], maps.shape[-1]
-    rows_per_image = math.ceil(channels / COLUMNS)
-    fig, axes = plt.subplots(count * rows_per_image, COLUMNS + 1, squeeze=False, layout="constrained",
-                             figsize=(0.75 * (COLUMNS + 1), 0.8 * count * rows_per_image))
-    low, high = maps.min(axis=(0, 1, 2)), maps.max(axis=(0, 1, 2))
-    for ax in axes.ravel():
-        ax.axis("off")
+    from matplotlib import colormaps
+
+    count, h, w, channels = maps.shape
+    scaled = per_channel_scaled(maps)  # [c, b, h, w, 1], each channel over all the images.
+    mosaics = [colormaps["viridis"](tile(scaled[:, i], COLUMNS, fill=np.nan)[..., 0]) for i in range(count)]
+    for mosaic in mosaics:
+        mosaic[mosaic[..., 3] == 0] = 1.0  # The gaps (NaN, transparent) white.
+    mosaics = [mosaic[..., :3] for mosaic in mosaics]
+    ratio = mosaics[0].shape[1] / mosaics[0].shape[0]
+    height = 1.1 * mosaics[0].shape[0] / (h + 1)
+    fig, axes = plt.subplots(count, 2, squeeze=False, layout="constrained", width_ratios=[1, ratio],
+                             figsize=(height * (1 + ratio) + 0.5, height * count + 0.4))
     for i in range(count):
-        top = i * rows_per_image
-        axes[top, 0].axis("on")
-        _show(axes[top, 0], images[i])
-        axes[top, 0].set_title(labels[i], fontsize=6)
-        for k in range(channels):
-            ax = axes[top + k // COLUMNS, 1 + k % COLUMNS]
-            ax.axis("on")
-            _show(ax, maps[i, :, :, k], cmap="viridis", vmin=low[k], vmax=max(high[k], low[k] + 1e-12))
-            if i == 0:
-                ax.set_title(str(k), fontsize=6)
+        _show(axes[i, 0], images[i])
+        axes[i, 0].set_title(labels[i], fontsize=7)
+        _show(axes[i, 1], mosaics[i])
+        if i == 0:
+            axes[i, 1].set_title(f"{channels} channels, {min(channels, COLUMNS)} to a row", fontsize=7)
     _save(plt, fig, path, title)
 
 
