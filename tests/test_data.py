@@ -46,7 +46,8 @@ GOOD_HEADER = bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3])  # uint8, shape (2, 3)
         (bytes([0, 0, 8, 3, 0, 0, 0, 2]), "truncated header: 3 dimensions need 16 bytes, file has 8"),
         (GOOD_HEADER + bytes(5), "truncated: header says shape (2, 3) (6 bytes of data), file holds 5"),
         (GOOD_HEADER + bytes(8), "2 unexpected bytes after the (2, 3) array"),
-        (gzip.compress(GOOD_HEADER + bytes(6))[:-6], "corrupt or truncated gzip data"),
+        (gzip.compress(GOOD_HEADER + bytes(6), mtime=0)[:-6], "corrupt or truncated gzip data"),  # mtime=0: the
+        # same bytes in every xdist worker, which must collect the same test ids.
     ],
 )
 def test_bad_idx_files_name_the_file_and_the_fault(tmp_path, raw, message):
