@@ -90,26 +90,46 @@ def idx_dir(tmp_path):
     return write_idx_dataset(str(directory))
 
 
-SEED_RUN = dict(max_steps=600, max_test_examples=1000, checkpoint_every=0)
+SEED_RUN = dict(max_steps=600, max_test_examples=1000)
 """A short real run: the seed network on the real Fashion-MNIST (Debian's package), 600 steps of 50 (about 85% on
 the test split), its first 1,000 test images."""
 
 
-@pytest.fixture(scope="session")
-def seed_run(tmp_path_factory) -> str:
-    """The workdir of `SEED_RUN`, trained once per test run: the first xdist worker to need it trains it while
-    the others wait (a lock in the folder the workers' temporary folders share)."""
+def _shared_run(tmp_path_factory, name: str, make_config) -> str:
+    """The workdir `name` of a run of `make_config(folder)`, trained once per test run: the first xdist worker
+    to need it trains it while the others wait (a lock in the folder the workers' temporary folders share)."""
     from cnn_jax.training import loop
-    from cnn_jax.training.config import Config
 
     shared = tmp_path_factory.getbasetemp().parent  # pytest-of-<user>/pytest-<n>, with or without xdist.
-    workdir = shared / "seed_run"
-    with open(shared / "seed_run.lock", "w") as lock:
+    workdir = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (workdir / "results.json").exists():
-            config = Config(max_steps=SEED_RUN["max_steps"], max_test_examples=SEED_RUN["max_test_examples"])
-            loop.train_and_evaluate(config, str(workdir), SEED_RUN["checkpoint_every"])
+            loop.train_and_evaluate(make_config(shared), str(workdir))
     return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def seed_run(tmp_path_factory) -> str:
+    """The workdir of `SEED_RUN`, trained once per test run."""
+    from cnn_jax.training.config import Config
+
+    return _shared_run(tmp_path_factory, "seed_run", lambda shared: Config(
+        max_steps=SEED_RUN["max_steps"], max_test_examples=SEED_RUN["max_test_examples"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> str:
+    """The workdir of the seed network trained 2 steps on `write_idx_dataset`'s 300 + 200 synthetic images: a run
+    with a checkpoint, for tests of what reads one."""
+    from cnn_jax.training.config import Config
+
+    def config(shared):
+        folder = shared / "tiny_run_idx"
+        folder.mkdir(exist_ok=True)
+        return Config(data_dir=write_idx_dataset(str(folder)), max_steps=2, epochs=1)
+
+    return _shared_run(tmp_path_factory, "tiny_run", config)
 
 
 def ffi_targets(model, image_shape) -> collections.Counter:

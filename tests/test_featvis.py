@@ -20,6 +20,14 @@ def run(seed_run):
     return trained.load(seed_run)
 
 
+class Untrained:
+    """The seed network as initialised, for the tests that do not need what it learned."""
+
+    model = models.ConvNet()
+    variables = models.ConvNet().init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    image_shape = (28, 28, 1)
+
+
 @pytest.fixture(scope="module")
 def real_outputs(run):
     """{layer: [1000, h, w, c]}: the seed network's layers on its 1,000 test images."""
@@ -34,6 +42,7 @@ def blocks(run):
                                      jax.random.key(0)) for layer in BLOCKS}
 
 
+@pytest.mark.slow  # Optimises images on the trained seed network (the `seed_run` fixture).
 @pytest.mark.parametrize("layer", BLOCKS)
 def test_most_channels_beat_the_real_images(blocks, real_outputs, layer):
     """At least 75% of the channels end at or above their 99th percentile over the test images (of each image's
@@ -56,6 +65,7 @@ def test_most_channels_beat_the_real_images(blocks, real_outputs, layer):
     assert np.all(result.end[dead] >= p99[dead]), (result.start, result.end, p99)
 
 
+@pytest.mark.slow  # Optimises images on the trained seed network (the `seed_run` fixture).
 def test_images_are_structured_and_differ_by_channel(blocks):
     """Not grey: the pixels of at least 90% of the images spread over [0, 1]; and no two channels share an image."""
     for result in blocks.values():
@@ -65,6 +75,7 @@ def test_images_are_structured_and_differ_by_channel(blocks):
         assert distance.min() > 0.1
 
 
+@pytest.mark.slow  # Optimises images on the trained seed network (the `seed_run` fixture).
 def test_same_key_same_images_whatever_the_batch(run, blocks):
     """The key fixes each image, whichever other channels share its batch; another key gives other images."""
     shape = run.dataset.image_shape
@@ -78,6 +89,7 @@ def test_same_key_same_images_whatever_the_batch(run, blocks):
     assert np.abs(other.images - two.images).mean(axis=(1, 2, 3)).min() > 0.1
 
 
+@pytest.mark.slow  # Optimises images on the trained seed network (the `seed_run` fixture).
 def test_logits_rise_until_the_network_sees_each_class(run):
     result = featvis.visualise(run.model, run.variables, None, None, run.dataset.image_shape, jax.random.key(0),
                                objective="logit", steps=32)
@@ -87,6 +99,7 @@ def test_logits_rise_until_the_network_sees_each_class(run):
     np.testing.assert_array_equal(np.asarray(logits.argmax(-1)), np.arange(10))
 
 
+@pytest.mark.slow  # Optimises images on the trained seed network (the `seed_run` fixture).
 def test_centre_neurons_beat_the_real_images(run, real_outputs):
     layer = "ConvBlock_1/Conv_0"
     result = featvis.visualise(run.model, run.variables, layer, range(8), run.dataset.image_shape,
@@ -118,6 +131,15 @@ def test_colour_model_runs_with_diversity():
     assert np.all(similarity[5.0] < similarity[0.0] - 0.05), similarity
 
 
+def test_a_few_steps_raise_each_channel_from_its_start():
+    """The whole path, cheaply: 2 channels of a block, 8 steps; images in [0, 1], each objective higher at the end."""
+    result = featvis.visualise(Untrained.model, Untrained.variables, "ConvBlock_1", [3, 7], Untrained.image_shape,
+                               jax.random.key(0), steps=8)
+    assert result.images.shape == (2, 28, 28, 1) and list(result.targets) == [3, 7]
+    assert 0 <= result.images.min() and result.images.max() <= 1
+    assert np.all(result.end > result.start), (result.start, result.end)
+
+
 def test_colour_basis():
     """Grey pixels have one colour, luminance; a basis B of correlated pixels has B Bᵀ ∝ their covariance."""
     grey = np.repeat(np.random.default_rng(0).integers(0, 256, (500, 1), dtype=np.uint8), 3, axis=1)
@@ -131,8 +153,8 @@ def test_colour_basis():
                                atol=1e-5)
 
 
-def test_pre_activation(run):
-    known = taps.layers(run.model, run.variables, run.dataset.image_shape)
+def test_pre_activation():
+    known = taps.layers(Untrained.model, Untrained.variables, Untrained.image_shape)
     assert featvis.pre_activation("ConvBlock_1", known) == "ConvBlock_1/BatchNorm_0"
     assert featvis.pre_activation("ConvBlock_1/Conv_0", known) is None
 
@@ -146,8 +168,9 @@ def test_pre_activation(run):
     (None, [0], "channel", ["needs a `layer`"]),
     ("ConvBlock_0", [0], "mean", ["unknown `objective`='mean'"]),
 ])
-def test_bad_input_is_a_user_error(run, layer, channels, objective, words):
+def test_bad_input_is_a_user_error(layer, channels, objective, words):
     with pytest.raises(UserError) as error:
-        featvis.visualise(run.model, run.variables, layer, channels, run.dataset.image_shape, 0, objective=objective)
+        featvis.visualise(Untrained.model, Untrained.variables, layer, channels, Untrained.image_shape, 0,
+                          objective=objective)
     message = str(error.value)
     assert "\n" not in message and all(word in message for word in words), message

@@ -26,8 +26,9 @@ def run_inspect(*flags):
 
 
 @pytest.fixture(scope="module")
-def seed(seed_run):
-    return trained.load(seed_run)
+def seed(tiny_run):
+    """The seed network after 2 steps on synthetic images: what these tests check does not need it trained."""
+    return trained.load(tiny_run)
 
 
 def _conv(x, kernel, bias, padding):
@@ -91,8 +92,8 @@ def test_an_edit_changes_what_follows_and_a_pooling_is_edited_through_its_module
 
 
 def test_layer_statistics_count_zeros_and_means_over_all_images(seed):
-    images = seed.dataset.test_images[:250]  # Two batches of 200, the second padded.
-    stats = activations.layer_statistics(seed.model, seed.variables, images)
+    images = seed.dataset.test_images  # 200: two batches of 128, the second padded.
+    stats = activations.layer_statistics(seed.model, seed.variables, images, batch_size=128)
     direct = activations.activation_maps(seed.model, seed.variables, images, ["ConvBlock_1", "ConvBlock_1/BatchNorm_0"])
     block, norm = stats["ConvBlock_1"], stats["ConvBlock_1/BatchNorm_0"]
     assert block["rectified"] and not norm["rectified"]
@@ -209,12 +210,12 @@ def test_the_command_on_your_own_image_files(seed_run, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (("--methods=activations,nope",), "error: unknown method 'nope': choose from activations, "),
-    (("--images=0,1000",), "error: --images=0,1000: the test split has 1,000 images; give indices in [0, 1000)"),
+    (("--images=0,200",), "error: --images=0,200: the test split has 200 images; give indices in [0, 200)"),
     (("--images=0", "--image_files=a.png"), "error: give --images (test indices) or --image_files"),
 ])
-def test_bad_input_gives_one_line_and_writes_nothing(seed_run, tmp_path, flags, message):
+def test_bad_input_gives_one_line_and_writes_nothing(tiny_run, tmp_path, flags, message):
     out = tmp_path / "inspect"
-    result = run_inspect(f"--workdir={seed_run}", f"--out={out}", *flags)
+    result = run_inspect(f"--workdir={tiny_run}", f"--out={out}", *flags)
     assert result.returncode == 2 and result.stderr.startswith(message), result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".inspect")]
@@ -239,7 +240,7 @@ def test_chosen_images_are_test_images_by_index_or_files_and_nothing_else(seed, 
     chosen = report.choose(seed.dataset, ["7", "2"], [])
     assert chosen.indices == [7, 2] and chosen.labels[0].startswith("#7: ")
     np.testing.assert_array_equal(chosen.images, seed.dataset.test_images[[7, 2]])
-    for indices, message in ((["1000"], "`images`=1000: the test split has 1,000 images"),
+    for indices, message in ((["200"], "`images`=200: the test split has 200 images"),
                              (["a"], "`images`=a must be test-image indices"), ([], "`images`=: the test split")):
         with pytest.raises(UserError, match=message):
             report.choose(seed.dataset, indices, [])
