@@ -248,12 +248,12 @@ def test_chosen_images_are_test_images_by_index_or_files_and_nothing_else(seed, 
         report.choose(seed.dataset, [], [str(tmp_path / "missing.png")])
 
 
-def test_a_workdir_without_a_run_or_checkpoint_gives_one_line(tmp_path):
+def test_a_workdir_without_a_run_or_checkpoint_is_refused_and_left_alone(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_inspect(f"--workdir={empty}")
-    assert result.returncode == 2 and result.stderr.startswith(f"error: --workdir={empty} holds no run"), result.stderr
+    with pytest.raises(UserError, match=f"^`workdir`={empty} holds no run \\(config.json is missing\\)"):
+        trained.load(str(empty))
     (empty / "config.json").write_text("{}")
-    result = run_inspect(f"--workdir={empty}")
-    assert result.returncode == 2 and result.stderr.startswith(f"error: --workdir={empty} has no checkpoint yet")
+    with pytest.raises(UserError, match=f"^`workdir`={empty} has no checkpoint yet"):
+        trained.load(str(empty))
     assert sorted(os.listdir(empty)) == ["config.json"]
