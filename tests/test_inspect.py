@@ -16,6 +16,7 @@ from cnn_jax import data, models
 from cnn_jax.analysis.inspect import activations, attribution, filters, report, taps
 from cnn_jax.errors import UserError
 from cnn_jax.training import trained
+from cnn_jax.training.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -257,3 +258,22 @@ def test_a_workdir_without_a_run_or_checkpoint_is_refused_and_left_alone(tmp_pat
     with pytest.raises(UserError, match=f"^`workdir`={empty} has no checkpoint yet"):
         trained.load(str(empty))
     assert sorted(os.listdir(empty)) == ["config.json"]
+
+
+@pytest.mark.slow  # Compiles a colour model's methods.
+def test_a_colour_model_is_inspected_too(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8), rng.integers(0, 4, 40).astype(np.int32)
+    dataset = data.Dataset("rgb", "synthetic", images, labels, images, labels, ("a", "b", "c", "d"))
+    model = models.lookup("c8-max-c16-max-fc32")(num_classes=4)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    run = trained.Run(str(tmp_path), Config(model="c8-max-c16-max-fc32"), model, variables, dataset, 0)
+    out = tmp_path / "inspect"
+    results = report.write(run, report.choose(dataset, ["0", "1"], []), ["activations", "filters", "edges",
+                                                                          "saliency"], str(out))
+    assert results["methods"]["filters"]["kernel_shape"] == [3, 3, 3, 8]
+    with np.load(out / "filters.npz") as arrays:
+        assert arrays["first_layer"].shape == (3, 3, 3, 8)
+    with np.load(out / "saliency.npz") as arrays:
+        assert arrays["maps"].shape == (2, 16, 16)
+    assert (out / "filters_first_layer.png").exists() and (out / "attribution_saliency.png").exists()
