@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.stats
-from conftest import unoptimised_jit
+from conftest import he_variables, unoptimised_jit
 
 from cnn_jax import models
 from cnn_jax.analysis.inspect import attribution, sanity
@@ -186,26 +186,11 @@ def test_cascading_randomisation_scrambles_the_gradient_methods_and_flags_a_map_
     np.testing.assert_allclose(sanity.spearman(a, b), [*expected, 0.0], atol=1e-12)
 
 
-def he_variables(model, image_shape):
-    """Random variables without compiling `model.init` (tens of seconds for these): He-normal kernels, unit
-    BatchNorm scales and variances, zero biases and means."""
-    shapes = jax.eval_shape(functools.partial(model.init, train=False), KEY, jnp.zeros((1, *image_shape)))
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            return jnp.asarray(rng.normal(0, np.sqrt(2 / np.prod(leaf.shape[:-1])), leaf.shape), leaf.dtype)
-        return jnp.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-@pytest.mark.parametrize("name, layer", [("resnet18", "stage4_block2"),
-                                         pytest.param("googlenet", "inception5b", marks=pytest.mark.slow)])
+@pytest.mark.slow  # Compiles a zoo model's Grad-CAM.
+@pytest.mark.parametrize("name, layer", [("resnet18", "stage4_block2"), ("googlenet", "inception5b")])
 def test_grad_cam_default_layer_is_the_last_block_of_residual_and_inception_networks(name, layer):
     model = models.lookup(name)(num_classes=10)
-    variables = he_variables(model, (32, 32, 3))
+    variables = he_variables(model, jnp.zeros((1, 32, 32, 3)))
     assert attribution.grad_cam_layer(model, variables, (32, 32, 3)) == layer
     images = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 32, 32, 3)), jnp.float32)
     maps = np.asarray(unoptimised_jit(functools.partial(attribution.grad_cam.__wrapped__, model))(

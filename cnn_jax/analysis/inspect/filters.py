@@ -1,6 +1,6 @@
 """A network's filters as pictures, hand-made edge filters, and how much the first layer's filters look like edges.
 
-    kernel = convolution_kernels(model, variables, image_shape)["ConvBlock_0/Conv_0"]   # [kh, kw, in, out]
+    kernel = convolution_kernels(params, taps.layers(model, variables, shape))["ConvBlock_0/Conv_0"]  # HWIO
     pictures = kernel_images(kernel)              # [out, kh, kw, in] in [0, 1], 0.5 = a zero weight
     responses = apply_filters(grey_image, HAND_MADE)   # {name: [h, w]}, through cnn_jax's own convolution
     scores = edge_scores(kernel, derivative_of_gaussian_bank(5))   # [out]: best |cosine| with an oriented edge
@@ -35,11 +35,11 @@ HAND_MADE = {
 a flat image gives zero."""
 
 
-def convolution_kernels(model, variables, image_shape) -> dict[str, np.ndarray]:
-    """{layer name: HWIO kernel} of every convolution of `model`, in call order."""
-    params = variables["params"]
+def convolution_kernels(params, known: dict[str, taps.Layer]) -> dict[str, np.ndarray]:
+    """{layer name: HWIO kernel} of every convolution among the `known` layers (`taps.layers`), in call order,
+    from `params` (the variables' 'params')."""
     kernels = {}
-    for name, layer in taps.layers(model, variables, image_shape).items():
+    for name, layer in known.items():
         if layer.kind == "Conv":
             subtree = params
             for part in name.split("/"):

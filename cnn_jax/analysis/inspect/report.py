@@ -120,21 +120,14 @@ def _first_convolution(ctx: Context) -> tuple[str, np.ndarray, np.ndarray]:
     """(name, trained kernel, initial kernel) of the model's first convolution; the initial one is the run's own
     (its seed's initialisation)."""
     run = ctx.run
-    kernels = filters.convolution_kernels(run.model, run.variables, run.dataset.image_shape)
-    if not kernels:
-        raise UserError(f"model '{run.config.model}' has no convolution to show")
+    name, kernel = next(iter(filters.convolution_kernels(run.variables["params"], ctx.layers).items()))
     initial = steps.create_train_state(run.model, run.config, run.dataset.image_shape)
-    initial_kernels = filters.convolution_kernels(run.model, {"params": initial.params,
-                                                              "batch_stats": initial.batch_stats},
-                                                  run.dataset.image_shape)
-    name = next(iter(kernels))
-    return name, kernels[name], initial_kernels[name]
+    return name, kernel, filters.convolution_kernels(initial.params, ctx.layers)[name]
 
 
 def _filters(ctx: Context) -> dict:
     """The first convolution's kernels as pictures; each later convolution's kernel norms over its inputs."""
-    run = ctx.run
-    kernels = filters.convolution_kernels(run.model, run.variables, run.dataset.image_shape)
+    kernels = filters.convolution_kernels(ctx.run.variables["params"], ctx.layers)
     first, kernel = next(iter(kernels.items()))
     pictures = filters.kernel_images(kernel)
     path = ctx.figure("filters_first_layer", f"First-layer filters: {first}",
@@ -383,6 +376,8 @@ def write(run: trained.Run, chosen: Chosen, methods: list[str], out: str, layers
     known = taps.layers(run.model, run.variables, run.dataset.image_shape)
     shown = taps.check_layers(layers, known) if layers else taps.default_layers(known)
     visualised = taps.check_layers(featvis_layers, known) if featvis_layers else featvis_layers_of(known)
+    if {"filters", "edges"} & set(methods) and not any(layer.kind == "Conv" for layer in known.values()):
+        raise UserError(f"model '{run.config.model}' has no convolution for `methods` filters and edges")
     if "features" in methods and not visualised:
         raise UserError(f"model '{run.config.model}' has no convolution to visualise; name `featvis_layers`")
     if channels:

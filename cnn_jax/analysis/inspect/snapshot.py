@@ -9,7 +9,7 @@ def snapshot(model, variables, image: np.ndarray) -> dict[str, np.ndarray]:
     """What `experiments.fashion --log_images` writes to TensorBoard at each evaluation: the first convolution's
     kernels and uint8 `image`'s activation maps in the default layers, as uint8 mosaics `[H, W, c]` by tag."""
     known = taps.layers(model, variables, image.shape)
-    kernels = filters.convolution_kernels(model, variables, image.shape)
+    kernels = filters.convolution_kernels(variables["params"], known)
     pictures = {}
     if kernels:
         first, kernel = next(iter(kernels.items()))
