@@ -165,6 +165,7 @@ def test_integrated_gradients_memory_is_one_chunk_of_steps_however_many_steps():
     assert temporary_bytes(128) < 1.1 * temporary_bytes(16)  # 8 rounds of 16 steps; side by side they took 4.6×.
 
 
+@pytest.mark.slow  # Maps of four methods at every step of the cascade.
 def test_cascading_randomisation_scrambles_the_gradient_methods_and_flags_a_map_of_the_image(textures, monkeypatch):
     model, variables, images, labels, _ = textures
     monkeypatch.setitem(attribution.METHODS, "brightness", lambda model, variables, images, classes: images[..., 0])
@@ -180,6 +181,9 @@ def test_cascading_randomisation_scrambles_the_gradient_methods_and_flags_a_map_
         assert report[name].absolute_correlations[-1][1] < 0.3 and not report[name].flagged, name
     assert [rho for _, rho in report["brightness"].correlations] == pytest.approx([1, 1, 1])
     assert report["brightness"].flagged
+
+
+def test_spearman_is_scipys_rank_correlation_and_0_for_a_constant_map():
     a, b = np.random.default_rng(0).normal(size=(2, 3, 40))
     b[2] = 1.0  # A constant map ranks nothing: 0.
     expected = [scipy.stats.spearmanr(x, y).statistic for x, y in zip(a[:2], b[:2])]
