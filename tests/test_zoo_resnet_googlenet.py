@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import he_variables, unoptimised_jit
+from conftest import SAME_BLOCKS, he_variables, unoptimised_jit
 
 from cnn_jax.analysis.arithmetic import count_params
 from cnn_jax.errors import UserError
@@ -108,12 +108,6 @@ def test_imagenet_size_forward_pass_gives_finite_logits(name):
     logits, _ = unoptimised_jit(model.init_with_output)(jax.random.key(0), images)
     assert logits.shape == (1, 1000)
     assert np.all(np.isfinite(logits))
-
-
-SAME_BLOCKS = {"resnet34": "resnet18", "resnet101": "resnet50"}
-"""Deeper ResNets and the shallower one whose blocks and initialisers they repeat: the shallower one's own
-initialisation is tested; theirs, which costs more to compile and run than their forward pass (ResNet-101: 17 s
-and 9 s against 3 s), is stood in for by `he_variables`."""
 
 
 @pytest.mark.parametrize("name", HEAVY)

@@ -111,6 +111,9 @@ def cascading_randomisation(model: nn.Module, variables, images: jnp.ndarray, cl
     images = jnp.asarray(images)
     classes = jnp.asarray(classes)
     fresh = jax.jit(lambda k: model.init(k, jnp.zeros((1, *images.shape[1:]), images.dtype), train=False))(key)
+    # Every array committed to one device, as a checkpoint's are: a step mixing committed and uncommitted arrays
+    # would compile each method again.
+    variables, fresh = jax.device_put((variables, fresh), jax.devices()[0])
     groups = layer_groups(model, variables, images.shape[1:])
 
     def maps(method, name, current):
