@@ -19,7 +19,6 @@ loss, parameters, FLOPs, wall time, examples/s, steps to `--target_accuracy`),
 import csv
 import json
 import os
-import shutil
 import statistics
 import sys
 
@@ -38,43 +37,8 @@ flags.DEFINE_float("target_accuracy", 0.85, "Test accuracy whose first reaching 
 flags.DEFINE_string("data_dir", None, "Folder with IDX files, or tensorflow-datasets' data_dir.")
 FLAGS = flags.FLAGS
 
-CHECKPOINT_EVERY = 500  # Steps between a run's checkpoints (and at every epoch's end), so a killed sweep loses little.
-
 FIELDS = ("variant", "seeds", "test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "params", "flops",
           "wall_seconds_mean", "examples_per_second_mean", "steps_to_target_mean", "reached_target")
-
-
-def _finished(workdir: str) -> bool:
-    return os.path.exists(os.path.join(workdir, "results.json"))
-
-
-def run_all(runs: list, vmap: bool, stop_requested) -> None:
-    """Trains the runs [(config, workdir)] that have not finished, resuming those with a checkpoint.
-
-    With `vmap`, runs that differ only in seed and learning rate and stand at
-    the same step (none started, or an interrupted group) train together as
-    one vectorised program (`cnn_jax.training.vectorized`); the others one by one.
-    """
-    from tqdm import tqdm
-
-    from cnn_jax.training import checkpoint, loop, vectorized
-
-    todo = [(config, workdir) for config, workdir in runs if not _finished(workdir)]
-    for _, workdir in todo:
-        if checkpoint.newest_step(workdir) is None:  # Killed before its first checkpoint: start it again.
-            shutil.rmtree(workdir, ignore_errors=True)
-    groups = {}
-    for config, workdir in todo:
-        key = (vectorized.group_key(config), checkpoint.newest_step(workdir)) if vmap else workdir
-        groups.setdefault(key, []).append((config, workdir))
-    with tqdm(total=len(todo), desc="runs", unit="run", disable=None) as bar:
-        for group in groups.values():
-            configs, workdirs = zip(*group)
-            if len(group) > 1:
-                vectorized.train_group(configs, workdirs, CHECKPOINT_EVERY, stop_requested)
-            else:
-                loop.train_and_evaluate(configs[0], workdirs[0], CHECKPOINT_EVERY, stop_requested=stop_requested)
-            bar.update(len(group))
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -172,6 +136,7 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str]) -> None:
     del argv
     from cnn_jax.errors import UserError
+    from cnn_jax.training import sweeps
     from cnn_jax.training.sweeps import SWEEPS
 
     if FLAGS.sweep not in SWEEPS:
@@ -199,8 +164,8 @@ def main(argv: list[str]) -> None:
 
     try:
         with cli.preemption_notice() as stop_requested:
-            run_all([(Config(**{**config.to_dict(), "seed": seed}), workdir(label, seed))
-                     for label, config in variants for seed in seeds], FLAGS.vmap, stop_requested)
+            sweeps.run_all([(Config(**{**config.to_dict(), "seed": seed}), workdir(label, seed))
+                            for label, config in variants for seed in seeds], FLAGS.vmap, stop_requested)
     except loop.Preempted as e:
         print(cli.preempted_message(e), file=sys.stderr)
         return

@@ -81,7 +81,7 @@ from cnn_jax.training.steps import create_train_state, train_step
 from experiments import cli
 
 flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion", "vmap_seeds",
-                                    "devices", "train_step", "inspect"], "Which comparison to run.")
+                                    "devices", "train_step", "inspect", "transfer"], "Which comparison to run.")
 flags.DEFINE_string("workdir", None, "--what=inspect: a seed-network run to look inside (default: one trained here).")
 flags.DEFINE_list("device_counts", ["1", "2", "4"], "--what=devices: the numbers of CPU devices to compare.")
 flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs (0 skips them).")
@@ -115,11 +115,12 @@ def interleaved_median_seconds(runs: dict, repeats: int) -> dict:
     return {name: statistics.median(times) for name, times in seconds.items()}
 
 
-def host_loop(model, dataset, batch_size: int, num_steps: int, layout=None, seeds=(0,)):
+def host_loop(model, dataset, batch_size: int, num_steps: int, layout=None, seeds=(0,), **fields):
     """A function running `num_steps` training steps of `model` as the training loop does: host batches and an
-    ahead-of-time compiled step, for one run (`layout` None) or the runs of `seeds` held by `layout`."""
+    ahead-of-time compiled step, for one run (`layout` None) or the runs of `seeds` held by `layout`; `fields`
+    set the runs' other Config fields."""
     layout = layout or loop.OneRun()
-    configs = [Config(batch_size=batch_size, seed=seed) for seed in seeds]
+    configs = [Config(batch_size=batch_size, seed=seed, **fields) for seed in seeds]
     mesh = loop.data_mesh(("batch_size", batch_size), ("eval_batch_size", configs[0].eval_batch_size))
     state = layout.initial_state(model, configs, dataset.image_shape, num_steps)
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
@@ -291,6 +292,11 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
             "fused kernel": host_loop(models.ConvNet(), dataset, batch_size, steps),
             # A pooling function that does not say what it computes (`pooling.describe` is None) is never fused.
             "XLA": host_loop(models.ConvNet(pool=lambda x: pooling.max_pool(x, 2)), dataset, batch_size, steps),
+        }
+    if what == "transfer":  # The weights' values do not change a step's cost: fresh ones stand in for trained.
+        return {
+            "full fine-tuning": host_loop(models.ConvNet(), dataset, batch_size, steps),
+            "linear probe": host_loop(models.ConvNet(), dataset, batch_size, steps, freeze="backbone"),
         }
     if what == "vmap_seeds":
         return {

@@ -78,6 +78,15 @@ def preempted_message(error) -> str:
             "run the same command to resume")
 
 
+def cache_compiled_programs(folder: str) -> None:
+    """Keeps every compiled program in `folder` (JAX's persistent compilation cache), for commands that train
+    many runs of a few shapes: each later run of a shape loads its programs instead of compiling them."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+
+
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
     """Joins a multi-process run (`jax.distributed.initialize`), or does nothing for a single process.

@@ -3,6 +3,7 @@ r"""The headline experiment: the seed-000 network on Fashion-MNIST.
     python -m experiments.fashion                       # defaults: seed network, 10 epochs
     python -m experiments.fashion --epochs=2 --workdir=runs/quick
     python -m experiments.fashion --dataset=mnist --data_dir=~/data/mnist
+    python -m experiments.fashion --classes=5,6,7,8,9 --init_from=runs/first5 --freeze=backbone   # a linear probe
 
 Prints one line per epoch and ends with the test accuracy; writes
 metrics.jsonl, TensorBoard events, a checkpoint and results.json to --workdir.
@@ -15,7 +16,7 @@ import time
 
 from absl import flags
 
-from cnn_jax.training.config import AUGMENTATIONS, LR_SCHEDULES, Config
+from cnn_jax.training.config import AUGMENTATIONS, LR_SCHEDULES, NEW_LAYERS, Config
 from experiments import cli
 
 _DEFAULTS = Config()
@@ -37,6 +38,20 @@ flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for initialisation and data o
 flags.DEFINE_integer("max_steps", _DEFAULTS.max_steps, "Stop after this many steps (0 = no limit).")
 flags.DEFINE_integer("max_train_examples", 0, "Train on the first N examples only (0 = all).")
 flags.DEFINE_integer("max_test_examples", 0, "Evaluate on the first N test examples only (0 = all).")
+flags.DEFINE_integer("eval_every", 0, "Evaluate on the test split every N steps (0: at every epoch's end).")
+flags.DEFINE_string("classes", "", "Comma-separated class indices or names to keep, in both splits, relabelled in "
+                    "this order (default: all), e.g. --classes=0,1 or --classes=Sandal,Sneaker.")
+flags.DEFINE_integer("train_examples_per_class", 0, "Train on N examples of each class, drawn by --seed (0: all).")
+flags.DEFINE_string("init_from", "", "Start from the weights of a trained run (its --workdir, or one checkpoint "
+                    "folder): every layer of the same path and shape is loaded; the others (a classifier for "
+                    "another number of classes) start fresh. Optimizer and step start anew.")
+flags.DEFINE_string("reinit", "", "With --init_from: layers that start fresh even though it has weights of their "
+                    "shape: classifier, or a regex over parameter paths (a new head for other classes).")
+flags.DEFINE_enum("new_layers", _DEFAULTS.new_layers, NEW_LAYERS, "With --init_from: how layers it has no weights "
+                  "for start: the model's initialisation (fresh) or zeros.")
+flags.DEFINE_string("freeze", "", "Parameters that do not train: backbone (all but the classifier) or a regex over "
+                    "parameter paths (ConvBlock_0/Conv_0/kernel, ...). A block whose parameters are all frozen "
+                    "runs in inference mode (BatchNorm keeps its statistics).")
 flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (0: only at epoch ends). Running "
                      "again with the same --workdir resumes from the newest one.")
 flags.DEFINE_bool("log_images", False, "At each evaluation, also write the first layer's filters and the first test "

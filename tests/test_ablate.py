@@ -121,10 +121,13 @@ def stop_after(steps):
     return lambda: next(asked) >= steps
 
 
-@pytest.mark.parametrize("vmapped", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["one run", "vmapped group"])
-def test_a_stopped_run_or_group_resumes_mid_epoch_to_the_uninterrupted_end(tmp_path, idx_dir, capsys, vmapped):
-    configs = [Config(data_dir=idx_dir, epochs=2, batch_size=50, eval_batch_size=100, seed=seed, learning_rate=rate)
-               for seed, rate in ((3, 1e-3), (4, 3e-3))][: 2 if vmapped else 1]
+@pytest.mark.parametrize("vmapped, eval_every, evaluations", [(False, 0, 2), pytest.param(True, 0, 2, marks=pytest.mark.slow),
+                                                             pytest.param(False, 5, 3, marks=pytest.mark.slow)],
+                         ids=["one run", "vmapped group", "evaluating every 5 steps"])
+def test_a_stopped_run_or_group_resumes_mid_epoch_to_the_uninterrupted_end(tmp_path, idx_dir, capsys, vmapped,
+                                                                           eval_every, evaluations):
+    configs = [Config(data_dir=idx_dir, epochs=2, batch_size=50, eval_batch_size=100, seed=seed, learning_rate=rate,
+                      eval_every=eval_every) for seed, rate in ((3, 1e-3), (4, 3e-3))][: 2 if vmapped else 1]
 
     def train(name, stop_requested=None):
         workdirs = [str(tmp_path / name / f"run{k}") for k in range(len(configs))]
@@ -141,7 +144,9 @@ def test_a_stopped_run_or_group_resumes_mid_epoch_to_the_uninterrupted_end(tmp_p
     for k, (one, other) in enumerate(zip(uninterrupted, resumed, strict=True)):
         assert {**one, **TIMES} == {**other, **TIMES}
         metrics = [(tmp_path / name / f"run{k}" / "metrics.jsonl").read_text() for name in ("uninterrupted", "resumed")]
-        assert metrics[0] == metrics[1] and len(metrics[0].splitlines()) == 2
+        assert metrics[0] == metrics[1] and len(metrics[0].splitlines()) == evaluations
+    if eval_every:  # Steps 5 and 10, then the run's end at 12; the first period spans the epoch's end at 6.
+        assert [json.loads(line)["step"] for line in metrics[0].splitlines()] == [5, 10, 12]
 
 
 TIMES = dict.fromkeys(("train_seconds", "train_examples_per_second", "compile_seconds", "wall_seconds"))

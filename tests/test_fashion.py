@@ -104,6 +104,7 @@ def test_max_steps_stops_mid_epoch_and_still_evaluates(tmp_path, idx_dir):
         ("--dataset=no_such_dataset", "error: unknown dataset 'no_such_dataset'"),
         ("--batch_size=ten", "error: flag --batch_size=ten: invalid literal for int() with base 10: 'ten'"),
         ("--model=8xc8k5p0", "error: layer 7 'c8k5p0' on its 4×4 input: kernel spans 5 pixels"),  # Found when built.
+        ("--init_from=/nonexistent", "error: --init_from=/nonexistent holds no checkpoint"),
     ],
 )
 def test_bad_flags_give_one_line_and_write_nothing(tmp_path, idx_dir, flag, message):

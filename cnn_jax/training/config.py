@@ -1,11 +1,13 @@
 """The configuration of one training run: plain data, validated before any work starts."""
 
 import dataclasses
+import re
 
 from cnn_jax.errors import UserError
 
 LR_SCHEDULES = ("cosine", "constant")
 AUGMENTATIONS = ("flip", "none")
+NEW_LAYERS = ("fresh", "zeros")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +33,19 @@ class Config:
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many training steps.
     max_train_examples: int = 0  # 0 = the whole training split; else its first N (for quick runs).
     max_test_examples: int = 0  # 0 = the whole test split; else its first N.
+    eval_every: int = 0  # Steps between evaluations (and their checkpoints); 0 = at every epoch's end.
+    classes: str = ""  # Comma-separated class indices or names: only those, in both splits, relabelled in this order.
+    train_examples_per_class: int = 0  # 0 = every training example; else N of each class, drawn by `seed`.
+    init_from: str = ""  # A run's workdir or one checkpoint folder whose weights start this run (transfer.py).
+    reinit: str = ""  # With `init_from`, layers that start fresh all the same: "classifier", or a regex over paths.
+    new_layers: str = "fresh"  # With `init_from`, how the layers it does not give start: "fresh" or "zeros".
+    freeze: str = ""  # Parameters that do not train: "backbone" (all but the classifier) or a regex over their paths.
 
     def validate(self) -> "Config":
         """Returns self, or raises UserError naming the first bad field."""
         positive = ("epochs", "batch_size", "eval_batch_size")
-        non_negative = ("max_steps", "max_train_examples", "max_test_examples")
+        non_negative = ("max_steps", "max_train_examples", "max_test_examples", "eval_every",
+                        "train_examples_per_class")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
@@ -44,9 +54,18 @@ class Config:
                 raise UserError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if not self.learning_rate > 0:  # Also rejects NaN.
             raise UserError(f"`learning_rate` must be > 0, got {self.learning_rate}")
-        for name, choices in (("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS)):
+        for name, choices in (("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS), ("new_layers", NEW_LAYERS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"`{name}` must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
+        for name, value in (("new_layers", self.new_layers != "fresh"), ("reinit", self.reinit)):
+            if value and not self.init_from:
+                raise UserError(f"`{name}`={getattr(self, name)} needs `init_from` (the run whose weights start this "
+                                "one)")
+        for name in ("freeze", "reinit"):
+            try:
+                re.compile(getattr(self, name))
+            except re.error as e:
+                raise UserError(f"`{name}`={getattr(self, name)!r} is not a regular expression ({e})") from None
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
         from cnn_jax.layers import losses  # Imports JAX: not at module level, so the command line stays fast.

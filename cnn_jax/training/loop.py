@@ -26,7 +26,7 @@ from cnn_jax.analysis import arithmetic
 from cnn_jax.errors import UserError
 from cnn_jax.kernels import dispatch
 from cnn_jax.layers import losses
-from cnn_jax.training import checkpoint
+from cnn_jax.training import checkpoint, transfer
 from cnn_jax.training.config import Config
 from cnn_jax.training.steps import TrainState, create_train_state, eval_step, learning_rate_schedule, train_step
 from cnn_jax.training.writers import MetricWriter, truncate_metrics, write_json_atomically
@@ -214,8 +214,9 @@ def prepare_workdir(workdir: str, config: Config, allow_config_change: bool) -> 
     if resume:
         with open(path) as f:
             before = json.load(f)
-        changed = [f"{name}: {before.get(name)!r} there, {value!r} here"
-                   for name, value in config.to_dict().items() if before.get(name) != value]
+        defaults = Config().to_dict()  # What a field a run recorded before it existed meant.
+        changed = [f"{name}: {before.get(name, defaults[name])!r} there, {value!r} here"
+                   for name, value in config.to_dict().items() if before.get(name, defaults[name]) != value]
         if changed and not allow_config_change:
             raise UserError(f"`workdir`={workdir} holds a run with another config ({'; '.join(changed)}); resume it "
                             "with its settings, choose a new `workdir`, or pass `allow_config_change`")
@@ -243,7 +244,8 @@ def _stop_agreed(stop_requested: Callable[[], bool] | None, step: int, checkpoin
 
 
 def _new_progress() -> dict:
-    """A run's progress, saved with each checkpoint: the step, the epoch's sums so far and the training seconds."""
+    """A run's progress, saved with each checkpoint: the step, the sums of the steps since the last evaluation
+    ('steps_in_epoch': with `eval_every`, an evaluation period's) and the training seconds."""
     return {"step": 0, "loss_sum": 0.0, "accuracy_sum": 0.0, "steps_in_epoch": 0, "train_seconds": 0.0}
 
 
@@ -273,9 +275,12 @@ def plan(config: Config) -> tuple[Any, data.Dataset, int, int]:
     """(model, dataset, steps per epoch, total steps) of a validated `config`; UserError if it cannot run."""
     config.validate()
     model_cls = models.lookup(config.model)
-    dataset = data.load_dataset(config.dataset, config.data_dir).truncated(
-        config.max_train_examples, config.max_test_examples
-    )
+    dataset = data.load_dataset(config.dataset, config.data_dir)
+    if config.classes:
+        dataset = dataset.with_classes(dataset.class_indices(config.classes.split(",")))
+    if config.train_examples_per_class:
+        dataset = dataset.balanced(config.train_examples_per_class, config.seed)
+    dataset = dataset.truncated(config.max_train_examples, config.max_test_examples)
     steps_per_epoch = len(dataset.train_labels) // config.batch_size
     if steps_per_epoch == 0:
         raise UserError(
@@ -302,15 +307,20 @@ def epoch_record(step: int, steps_per_epoch: int, train: dict, test: dict, learn
     }
 
 
-def results_record(config: Config, dataset: data.Dataset, params: int, record: dict, seconds: dict,
-                   devices: list[str], compiled_kernels: bool) -> dict:
-    """results.json: the last evaluation, `seconds` (train, compile, wall) and what ran where."""
+def results_record(config: Config, dataset: data.Dataset, params: int, trainable: int, record: dict, seconds: dict,
+                   devices: list[str], compiled_kernels: bool, started: dict | None = None) -> dict:
+    """results.json: the last evaluation, `seconds` (train, compile, wall), what ran where and, for a run that
+    started from another's weights, where they came from (`started`, `transfer.start`'s record)."""
     return {
         "model": config.model,
         "dataset": config.dataset,
         "data_source": dataset.source,
+        "classes": list(dataset.class_names),
+        "train_examples": len(dataset.train_labels),
         "seed": config.seed,
         "params": params,
+        "trainable_params": trainable,
+        "init_from": started,
         "steps": record["step"],
         "epochs": record["epoch"],
         "test_accuracy": record["test_accuracy"],
@@ -373,6 +383,18 @@ def _restore(layout: Layout, managers: list, state) -> tuple[Any, list[dict]] | 
     return layout.join([state for state, _ in found]), [progress for _, progress in found]
 
 
+def _training_batches(dataset: data.Dataset, config: Config, step: int, steps_per_epoch: int):
+    """Run `config`'s training batches from `step` on, epoch after epoch: each epoch's in its own order
+    (`data.epoch_permutation`), so a resumed run reads what an uninterrupted one would."""
+    epoch, done = divmod(step, steps_per_epoch)
+    while True:
+        order = data.epoch_permutation(config.seed, epoch, len(dataset.train_labels))
+        order = order[done * config.batch_size :]  # Resuming inside an epoch: the batches not yet seen.
+        yield from itertools.islice(data.batches(dataset.train_images, dataset.train_labels, config.batch_size,
+                                                 order, part=_process_part()), steps_per_epoch - done)
+        epoch, done = epoch + 1, 0
+
+
 def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, checkpoint_every: int = 0,
         allow_config_change: bool = False, stop_requested: Callable[[], bool] | None = None,
         log_images: bool = False) -> list[dict]:
@@ -388,16 +410,24 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
     for config in configs:
         config.validate()
     config = configs[0]
+    grouped = len(configs) > 1
+    if grouped and config.init_from:
+        raise UserError("runs that start from `init_from` train one at a time, not vectorised together")
     model, dataset, steps_per_epoch, total_steps = plan(config)
+    period = config.eval_every or steps_per_epoch  # Steps between evaluations.
     mesh = data_mesh(("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size))
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, layout.batch_spec())
-    # Built before anything is written: a layer that cannot work on its input raises UserError here.
-    state = jax.device_put(layout.initial_state(model, configs, dataset.image_shape, total_steps), replicated)
+    # Built before anything is written: a layer that cannot work on its input, or weights to start from that do
+    # not fit, raise UserError here. A run resuming has its weights in its own checkpoint.
+    state = layout.initial_state(model, configs, dataset.image_shape, total_steps)
+    started = None
+    if config.init_from and checkpoint.newest_step(workdirs[0]) is None:
+        state, started = transfer.start(state, model, dataset.image_shape, config)
+    state = jax.device_put(state, replicated)
     resumes = [prepare_workdir(workdir, run_config, allow_config_change)
                for run_config, workdir in zip(configs, workdirs, strict=True)]
     lead = jax.process_index() == 0  # Only the first process writes metrics, results and logs.
-    grouped = len(configs) > 1
-    progresses = [_new_progress() for _ in configs]
+    progresses = [{**_new_progress(), "init_from": started} for _ in configs]
     managers = [checkpoint.manager(workdir) for workdir in workdirs]
     found = _restore(layout, managers, state) if any(resumes) else None
     if found:
@@ -405,7 +435,9 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
         state = jax.device_put(state, replicated)
     step = progresses[0]["step"]
     schedules = [learning_rate_schedule(run_config, total_steps) for run_config in configs]
-    num_params = arithmetic.count_params(layout.run_state(state, 0).params)
+    params = layout.run_state(state, 0).params
+    num_params = arithmetic.count_params(params)
+    num_frozen = arithmetic.count_params(transfer.split(params, state.frozen)[1])
     with jax.set_mesh(mesh):
         compiled_kernels = dispatch.compiled_kernels()
     if lead:
@@ -418,7 +450,10 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
             f"{len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test | {runs}"
             f"{total_steps:,} steps of {config.batch_size} on {mesh.size} {jax.devices()[0].platform} device(s) "
             f"in {jax.process_count()} process(es) | {where}"
-            + (f" | resuming at step {step:,}" if found else ""),
+            + (f" | resuming at step {step:,}" if found else "")
+            + (f" | weights from {started['checkpoint']} (step {started['step']:,}); new: "
+               f"{', '.join(started['fresh']) or 'none'} ({started['new_layers']})" if started else "")
+            + (f" | frozen: {num_frozen:,} parameters ({config.freeze})" if num_frozen else ""),
             flush=True,
         )
 
@@ -431,22 +466,18 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
     bar = tqdm(total=total_steps, initial=step, unit="step", disable=None if lead else True, dynamic_ncols=True,
                file=sys.stderr)
     pending = []
-    # (Also entered when killed after the last step, before its evaluation.)
+    batches = zip(*(_training_batches(dataset, run_config, step, steps_per_epoch) for run_config in configs))
+
+    def evaluation_due() -> bool:  # After a step that ends a period or the run.
+        return bool(progresses[0]["steps_in_epoch"] + len(pending)) and (step % period == 0 or step == total_steps)
+
+    # (Also entered when killed after a period's last step, before its evaluation: it evaluates at once.)
     while step < total_steps or progresses[0]["steps_in_epoch"]:
-        epoch, done = divmod(step, steps_per_epoch)
-        if done == 0 and progresses[0]["steps_in_epoch"]:  # Stopped after an epoch's last step, before its evaluation.
-            epoch, done = epoch - 1, steps_per_epoch
-        run_batches = []
-        for run_config in configs:
-            order = data.epoch_permutation(run_config.seed, epoch, len(dataset.train_labels))
-            order = order[done * config.batch_size :]  # Resuming inside an epoch: the batches not yet seen.
-            run_batches.append(data.batches(dataset.train_images, dataset.train_labels, config.batch_size, order,
-                                            part=_process_part()))
-        epoch_start, epoch_steps = time.perf_counter(), 0
-        for batches in itertools.islice(zip(*run_batches), min(steps_per_epoch - done, total_steps - step)):
-            state, metrics = train_fn(state, _global_batch(layout.batch(list(batches)), split))
+        period_start, period_steps = time.perf_counter(), 0
+        while not evaluation_due():
+            state, metrics = train_fn(state, _global_batch(layout.batch(list(next(batches))), split))
             pending.append(metrics)
-            step, epoch_steps = step + 1, epoch_steps + 1
+            step, period_steps = step + 1, period_steps + 1
             for progress in progresses:
                 progress["step"] = step
             bar.update()
@@ -459,16 +490,16 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
                 bar.close()
                 raise Preempted(step, workdirs)
         _fold_in_metrics(layout, progresses, pending, managers)  # Waits for the last step.
-        epoch_seconds = time.perf_counter() - epoch_start
+        period_seconds = time.perf_counter() - period_start
         tests = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, config.eval_batch_size,
                          NamedSharding(mesh, PartitionSpec("data")))
         for k, (progress, test) in enumerate(zip(progresses, tests, strict=True)):
-            progress["train_seconds"] += epoch_seconds / len(configs)
+            progress["train_seconds"] += period_seconds / len(configs)
             count = progress["steps_in_epoch"]
             train = {"loss": progress["loss_sum"] / count, "accuracy": progress["accuracy_sum"] / count}
             records[k] = epoch_record(step, steps_per_epoch, train, test, float(schedules[k](step)))
             if lead:
-                speed = epoch_steps * config.batch_size / epoch_seconds  # Each run's share of the group's speed.
+                speed = period_steps * config.batch_size / period_seconds  # Each run's share of the group's speed.
                 writers[k].write(records[k], timing={"examples_per_second": speed,
                                                      "train_seconds": progress["train_seconds"]})
                 if log_images:
@@ -493,8 +524,8 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
     compile_share, wall_share = compile_seconds / len(configs), (time.perf_counter() - wall_start) / len(configs)
     for run_config, workdir, progress in zip(configs, workdirs, progresses, strict=True):
         seconds = {"train": progress["train_seconds"], "compile": compile_share, "wall": wall_share}
-        result = results_record(run_config, dataset, num_params, progress["last_record"], seconds, devices,
-                                compiled_kernels)
+        result = results_record(run_config, dataset, num_params, num_params - num_frozen, progress["last_record"],
+                                seconds, devices, compiled_kernels, progress.get("init_from"))
         if grouped:
             result["vectorized_runs"] = len(configs)
         if lead:

@@ -12,21 +12,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from cnn_jax import data
 from cnn_jax.layers import losses
+from cnn_jax.training import transfer
 from cnn_jax.training.config import Config
 
 
 class TrainState(train_state.TrainState):
-    """Parameters, optimizer state and step, plus BatchNorm's running statistics and the run's base key.
+    """Parameters, optimizer state and step, plus BatchNorm's running statistics, the run's base key and the
+    paths of the parameters that do not train (`cnn_jax.training.transfer`).
 
     Randomness at step t uses `fold_in(rng, t)`, so it depends on nothing but the seed and the step.
     """
 
     batch_stats: Any
     rng: jax.Array
+    frozen: frozenset[str] = struct.field(pytree_node=False, default=frozenset())
 
 
 def learning_rate_schedule(config: Config, total_steps: int) -> optax.Schedule:
@@ -38,17 +42,20 @@ def learning_rate_schedule(config: Config, total_steps: int) -> optax.Schedule:
 
 def initial_state(model, config: Config, image_shape: tuple[int, int, int], total_steps: int, seed) -> TrainState:
     """`model` initialised from `seed` (an int, or traced under `jax.vmap`) for images of `image_shape` (H, W, C),
-    with Adam on a `total_steps` schedule."""
+    with Adam on a `total_steps` schedule for the parameters `config.freeze` leaves trainable."""
     init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
     variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    frozen = transfer.frozen_paths(model, config.freeze, image_shape)
+    # Adam on all parameters as one flat vector: the same arithmetic in a few fused loops instead of a few per
+    # parameter array, which XLA's CPU runtime launches one by one.
+    adam = optax.flatten(optax.adam(learning_rate_schedule(config, total_steps)))
     return TrainState.create(
         rng=rng,
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
-        # Adam on all parameters as one flat vector: the same arithmetic in a few fused loops instead of a
-        # few per parameter array, which XLA's CPU runtime launches one by one.
-        tx=optax.flatten(optax.adam(learning_rate_schedule(config, total_steps))),
+        tx=transfer.partitioned(adam, variables["params"], frozen),
+        frozen=frozen,
     )
 
 
@@ -74,24 +81,32 @@ def train_step(state: TrainState, batch: dict, augment: str = "none",
 
 
 def gradients(state: TrainState, batch: dict, augment: str, loss: losses.Loss) -> tuple[Any, Any, dict]:
-    """`train_step`'s gradients of the mean loss, new BatchNorm statistics and metrics, before the update."""
+    """`train_step`'s gradients of the mean loss, new BatchNorm statistics and metrics, before the update.
+
+    Only the trainable parameters are differentiated (the frozen ones' gradients are zeros), and the modules
+    whose parameters are all frozen run in inference mode (`cnn_jax.training.transfer`).
+    """
     step_key = jax.random.fold_in(state.rng, state.step)
     images = data.normalize(batch["image"])
     if augment == "flip":
         images = data.random_flip(images, step_key)
+    trainable, frozen = transfer.split(state.params, state.frozen)
+    inference = transfer.inference_modules(list(transfer.flat(state.params)), state.frozen)
 
-    def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": jax.random.fold_in(step_key, 1)},
-        )
+    def loss_fn(trainable):
+        with transfer.inference_mode(inference):
+            logits, updates = state.apply_fn(
+                {"params": transfer.join(trainable, frozen), "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": jax.random.fold_in(step_key, 1)},
+            )
         return loss(logits, batch["label"]).mean(), (logits, updates)
 
-    (mean_loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (mean_loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    grads = transfer.join(grads, jax.tree.map(jnp.zeros_like, frozen))
     return grads, updates.get("batch_stats", {}), {"loss": mean_loss, "accuracy": accuracy}
 
 

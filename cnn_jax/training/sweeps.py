@@ -11,11 +11,16 @@ it over seeds. The models are text specs (`cnn_jax.models.spec`); the seed netwo
 
 import dataclasses
 import itertools
+import os
+import shutil
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cnn_jax.training.config import Config
 
 SEED_NETWORK = "c16k5-max-c32k5-max"
+
+CHECKPOINT_EVERY = 500  # Steps between a run's checkpoints (and at every evaluation), so a killed sweep loses little.
 
 QUICK = {"epochs": 5, "max_train_examples": 6000, "max_test_examples": 2000}
 """What the `quick` option of `experiments.ablate` changes: 5 epochs over the first 6,000 training images, tested on 2,000 (minutes on a CPU)."""
@@ -78,3 +83,38 @@ SWEEPS: dict[str, Sweep] = {
         {"learning_rate": {f"{rate:g}": {"learning_rate": rate} for rate in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}},
     ),
 }
+
+
+def finished(workdir: str) -> bool:
+    """Whether the run in `workdir` has finished (it wrote results.json)."""
+    return os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def run_all(runs: Sequence[tuple[Config, str]], vmap: bool = False, stop_requested: Callable[[], bool] | None = None,
+            checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+    """Trains the runs [(config, workdir)] that have not finished, in order, resuming those with a checkpoint.
+
+    With `vmap`, runs that differ only in seed and learning rate and stand at
+    the same step (none started, or an interrupted group) train together as
+    one vectorised program (`cnn_jax.training.vectorized`); the others one by one.
+    """
+    from tqdm import tqdm
+
+    from cnn_jax.training import checkpoint, loop, vectorized
+
+    todo = [(config, workdir) for config, workdir in runs if not finished(workdir)]
+    for _, workdir in todo:
+        if checkpoint.newest_step(workdir) is None:  # Killed before its first checkpoint: start it again.
+            shutil.rmtree(workdir, ignore_errors=True)
+    groups = {}
+    for config, workdir in todo:
+        key = (vectorized.group_key(config), checkpoint.newest_step(workdir)) if vmap else workdir
+        groups.setdefault(key, []).append((config, workdir))
+    with tqdm(total=len(todo), desc="runs", unit="run", disable=None) as bar:
+        for group in groups.values():
+            configs, workdirs = zip(*group)
+            if len(group) > 1:
+                vectorized.train_group(configs, workdirs, checkpoint_every, stop_requested)
+            else:
+                loop.train_and_evaluate(configs[0], workdirs[0], checkpoint_every, stop_requested=stop_requested)
+            bar.update(len(group))

@@ -31,8 +31,10 @@ from cnn_jax.training.config import Config
 
 
 def group_key(config: Config) -> tuple:
-    """Configs with equal keys can train together: everything but the seed and the learning rate is equal."""
-    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in ("seed", "learning_rate")))
+    """Configs with equal keys can train together: everything but the seed and the learning rate is equal. A run
+    that starts from another's weights (`init_from`) trains alone: its key is all of its config."""
+    apart = () if config.init_from else ("seed", "learning_rate")
+    return tuple(sorted((k, v) for k, v in config.to_dict().items() if k not in apart))
 
 
 def unit_rate(config: Config) -> Config:
