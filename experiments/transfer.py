@@ -157,19 +157,28 @@ def write_summary(root: str, summary: dict) -> None:
         writer.writeheader()
         writer.writerows(rows)
 
-    figure, (study, example) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (study, gain, example) = plt.subplots(1, 3, figsize=(17, 4.5))
+    scratch = {row["labels_per_class"]: row["test_accuracy_mean"] for row in rows if row["method"] == "scratch"}
     for method in METHODS:
         mine = [row for row in rows if row["method"] == method]
-        study.errorbar([row["train_examples"] / len(summary["target_classes"]) for row in mine],
-                       [row["test_accuracy_mean"] for row in mine], yerr=[row["test_accuracy_std"] for row in mine],
-                       marker="o", capsize=3, label=method)
-    study.set_xscale("log")
-    study.set_xlabel("training labels per class")
+        per_class = [row["train_examples"] / len(summary["target_classes"]) for row in mine]
+        spread = [row["test_accuracy_std"] for row in mine]
+        study.errorbar(per_class, [row["test_accuracy_mean"] for row in mine], yerr=spread, marker="o", capsize=3,
+                       label=method)
+        gain.errorbar(per_class, [100 * (row["test_accuracy_mean"] - scratch[row["labels_per_class"]])
+                                  for row in mine], yerr=[100 * s for s in spread], marker="o", capsize=3,
+                      label=method)
     study.set_ylabel(f"test accuracy (mean ± std over {rows[0]['seeds']} seeds)")
     study.set_title(f"classes 5-9 from a network pretrained on 0-4 ({summary['source']['test_accuracy']:.1%})",
                     fontsize=10)
-    study.legend(fontsize="small")
-    study.grid(alpha=0.3)
+    gain.axhline(0, color="grey", linewidth=0.8)
+    gain.set_ylabel("test accuracy − scratch's (points; ± the method's std)")
+    gain.set_title("what transfer buys", fontsize=10)
+    for axis in (study, gain):
+        axis.set_xscale("log")
+        axis.set_xlabel("training labels per class")
+        axis.legend(fontsize="small")
+        axis.grid(alpha=0.3)
     for name, result in summary["two_to_three"].items():
         steps, accuracy = zip(*result["curve"])
         example.plot(steps, accuracy, marker="o", label=f"{name.replace('_', '-')} ({result['test_accuracy']:.1%})")

@@ -68,6 +68,12 @@ def test_a_run_started_from_another_has_its_layers_bit_for_bit_and_a_fresh_class
                 np.testing.assert_array_equal(value, old[path], err_msg=path)
 
 
+def test_a_source_is_a_run_or_one_of_its_checkpoint_folders(tiny_run):
+    run, folder = transfer.read(tiny_run), transfer.read(os.path.join(tiny_run, "checkpoints", "2"))
+    assert run.folder == folder.folder == os.path.join(tiny_run, "checkpoints", "2") and run.step == folder.step == 2
+    assert jax.tree.all(jax.tree.map(np.array_equal, run.variables, folder.variables))
+
+
 def test_reinit_classifier_starts_a_head_of_the_same_shape_fresh(tiny_run):
     config = target_config(tiny_run, classes="", reinit="classifier")
     model, dataset, _, total_steps = loop.plan(config)
