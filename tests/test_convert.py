@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import normal
 
 from cnn_jax import layers, models
 from cnn_jax.analysis import convert
@@ -28,16 +29,15 @@ class UnpaddedNet(nn.Module):
 def trained_looking(variables, seed=0):
     """`variables` drawn afresh: parameters and BatchNorm means ~ 0.3·N(0, 1), variances ~ U[0.5, 1.5).
 
-    Unlike an initialisation (zero biases, unit BatchNorm), no layer is an identity.
+    Unlike an initialisation (zero biases, unit BatchNorm), no layer is an identity. Drawn by NumPy: eager
+    `jax.random` would compile a program per leaf's shape.
     """
-    leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
-    keys = iter(jax.random.split(jax.random.key(seed), len(leaves)))
+    rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
-        key = next(keys)
         if jax.tree_util.keystr(path).endswith("['var']"):
-            return jax.random.uniform(key, leaf.shape, minval=0.5, maxval=1.5)
-        return 0.3 * jax.random.normal(key, leaf.shape)
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
+        return jnp.asarray(0.3 * rng.standard_normal(leaf.shape, np.float32))
 
     return jax.tree_util.tree_map_with_path(draw, variables)
 
@@ -64,7 +64,7 @@ SLOW_HEADS = [name if name == "convnet" else pytest.param(name, marks=pytest.mar
 def test_score_map_at_training_size_is_the_models_logits(name):
     model, shape, _ = HEADS[name]
     variables = init(model, shape=shape)
-    images = jax.random.normal(jax.random.key(1), (3, *shape))
+    images = normal(1, (3, *shape))
     conv_variables, _ = convert.to_fully_convolutional(model, variables, shape)
     scores = convert.apply_fully_convolutional(model, conv_variables, images)
     assert scores.shape == (3, 1, 1, 10)
@@ -98,7 +98,7 @@ def test_score_map_entry_is_the_model_on_the_crop_at_stride_offsets_when_the_bod
     """
     model = UnpaddedNet()
     variables = init(model)
-    image = jax.random.normal(jax.random.key(2), (1, 40, 44, 1))
+    image = normal(2, (1, 40, 44, 1))
     conv_variables, (sh, sw) = convert.to_fully_convolutional(model, variables, (28, 28, 1))
     scores = convert.apply_fully_convolutional(model, conv_variables, image)[0]
     assert (sh, sw) == (4, 4)
@@ -118,7 +118,7 @@ def test_padded_body_score_map_entry_is_its_head_on_the_feature_window(name):
     """
     model, shape, larger = HEADS[name]
     variables = init(model, shape=shape)
-    image = jax.random.normal(jax.random.key(3), (2, larger, larger, shape[2]))
+    image = normal(3, (2, larger, larger, shape[2]))
 
     heads = []
 

@@ -94,16 +94,17 @@ def test_max_steps_stops_mid_epoch_and_still_evaluates(tmp_path, idx_dir):
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # Each a command (3 s): the everyday suite keeps a bad value, a malformed flag, a bad path.
     "flag, message",
     [
         ("--batch_size=0", "error: --batch_size must be a positive integer, got 0"),
-        ("--learning_rate=-0.1", "error: --learning_rate must be > 0, got -0.1"),
-        ("--epochs=-2", "error: --epochs must be a positive integer, got -2"),
-        ("--model=resnet9000", "error: unknown model 'resnet9000'"),
-        ("--dataset=no_such_dataset", "error: unknown dataset 'no_such_dataset'"),
+        pytest.param("--learning_rate=-0.1", "error: --learning_rate must be > 0, got -0.1", marks=pytest.mark.slow),
+        pytest.param("--epochs=-2", "error: --epochs must be a positive integer, got -2", marks=pytest.mark.slow),
+        pytest.param("--model=resnet9000", "error: unknown model 'resnet9000'", marks=pytest.mark.slow),
+        pytest.param("--dataset=no_such_dataset", "error: unknown dataset 'no_such_dataset'", marks=pytest.mark.slow),
         ("--batch_size=ten", "error: flag --batch_size=ten: invalid literal for int() with base 10: 'ten'"),
-        ("--model=8xc8k5p0", "error: layer 7 'c8k5p0' on its 4×4 input: kernel spans 5 pixels"),  # Found when built.
+        pytest.param("--model=8xc8k5p0", "error: layer 7 'c8k5p0' on its 4×4 input: kernel spans 5 pixels",
+                     marks=pytest.mark.slow),  # Found when built.
         ("--init_from=/nonexistent", "error: --init_from=/nonexistent holds no checkpoint"),
     ],
 )

@@ -67,7 +67,7 @@ def test_zoo_models_list_their_layers_and_their_forward_pass_is_unchanged():
     for name, shape, last, last_spatial in (("lenet5", (28, 28, 1), "C5", "C3"),
                                             ("alexnet", (32, 32, 1), "adaptive_avg_pool_0", "Conv_4")):
         model = models.lookup(name)(num_classes=10)
-        x = jax.random.uniform(jax.random.key(1), (2, *shape))
+        x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, *shape)), jnp.float32)
         variables = he_variables(model, x)
         layers = taps.layers(model, variables, shape)
         logits, outputs = jax.jit(lambda x: taps.forward(model, variables, x))(x)

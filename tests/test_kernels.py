@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import custom_calls, ffi_targets
+from conftest import custom_calls, ffi_targets, normal
 
 from cnn_jax import layers, models
 from cnn_jax.kernels import dispatch, ffi, tap_sum
@@ -36,7 +36,7 @@ def assert_same_value_and_gradients(fast, x, w, strides, padding, rtol, atol):
     plain = functools.partial(_xla_conv, strides=strides, padding=padding)
     out = plain(x, w)
     np.testing.assert_allclose(jax.jit(fast)(x, w), out, rtol=rtol, atol=atol)
-    cotangent = jax.random.normal(jax.random.key(2), out.shape)
+    cotangent = normal(2, out.shape)
     got = jax.jit(jax.grad(lambda x, w: jnp.sum(fast(x, w) * cotangent), (0, 1)))(x, w)
     want = jax.grad(lambda x, w: jnp.sum(plain(x, w) * cotangent), (0, 1))(x, w)
     for g, r in zip(got, want):
@@ -65,7 +65,7 @@ def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(im
         fast = lambda x, w: ffi.conv(x, w, strides, padding, few)  # noqa: E731
     else:
         fast = lambda x, w: tap_sum.conv(x, w, strides, padding)  # noqa: E731
-    x, w = jax.random.normal(jax.random.key(0), shape), jax.random.normal(jax.random.key(1), kernel)
+    x, w = normal(0, shape), normal(1, kernel)
     assert_same_value_and_gradients(fast, x, w, strides, padding, rtol=1e-5, atol=1e-5)
 
 
@@ -81,7 +81,7 @@ def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(im
 def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient_with_onednn_and_gxx(shape, kernel, strides,
                                                                                            padding):
     assert ffi.load(), NEEDS_KERNELS
-    x, w = jax.random.normal(jax.random.key(0), shape), jax.random.normal(jax.random.key(1), kernel)
+    x, w = normal(0, shape), normal(1, kernel)
     fast = lambda x, w: ffi.conv(x, w, strides, padding, False)  # noqa: E731
     assert_same_value_and_gradients(fast, x, w, strides, padding, rtol=1e-5, atol=1e-4)
 
@@ -188,11 +188,12 @@ def test_fused_batch_norm_relu_max_pool_equals_xla_layers_with_onednn_and_gxx(sh
                                                                              padding):
     """The fused kernels against XLA's convolution -> BatchNorm -> relu -> max-pool: outputs, statistics, gradients."""
     assert ffi.load(), NEEDS_KERNELS
-    x = 3 * jax.random.normal(jax.random.key(0), shape) + 1
+    x = 3 * normal(0, shape) + 1
     block = layers.ConvBlock(features, kernel, strides=strides, padding=padding, pool=pooling.max_pool_2x2)
-    variables = block.init(jax.random.key(1), x)
-    variables = jax.tree.map(lambda v: v + 0.3 * jax.random.normal(jax.random.key(2), v.shape), variables)
-    weights = jax.random.normal(jax.random.key(3), block.apply(variables, x).shape)
+    variables = jax.jit(block.init)(jax.random.key(1), x)
+    rng = np.random.default_rng(2)  # In NumPy: eager JAX would compile a program per leaf's shape.
+    variables = jax.tree.map(lambda v: v + 0.3 * rng.standard_normal(v.shape, np.float32), variables)
+    weights = normal(3, jax.eval_shape(block.apply, variables, x).shape)
 
     def loss(params, x):
         y, updates = block.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
@@ -215,7 +216,7 @@ def test_fused_kernels_under_vmap_equal_them_one_by_one_with_onednn_and_gxx():
     """As `cnn_jax.training.vectorized` runs them (several models' parameters, one batch of images): bit for bit."""
     assert ffi.load(), NEEDS_KERNELS
     block = layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2)
-    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    x = normal(0, (4, 28, 28, 1))
     variables = jax.vmap(lambda key: block.init(key, x))(jax.random.split(jax.random.key(1), 2))
 
     def grads(params, stats, x):
@@ -234,17 +235,20 @@ def test_fused_kernels_under_vmap_equal_them_one_by_one_with_onednn_and_gxx():
 
 def test_fused_kernel_takes_the_conv_bias_as_an_offset_that_moves_only_the_mean_with_onednn_and_gxx():
     assert ffi.load(), NEEDS_KERNELS
-    x = 2 * jax.random.normal(jax.random.key(0), (4, 6, 8, 8)) + 1
-    offset, scale, bias = (jax.random.normal(jax.random.key(i), (8,)) for i in (1, 2, 3))
+    x = 2 * normal(0, (4, 6, 8, 8)) + 1
+    offset, scale, bias = (normal(i, (8,)) for i in (1, 2, 3))
 
     def fused(x, offset):
         return ffi.batch_norm_relu_max_pool(x, offset, scale, bias, 1e-5)
 
-    (y, mean, var), vjp = jax.vjp(fused, x, offset)
-    y0, mean0, var0 = fused(x, jnp.zeros(8))
+    @jax.jit  # One program: eagerly, each operation around the kernels would compile on its own.
+    def outputs_and_gradients(x, offset, dy):
+        outputs, vjp = jax.vjp(fused, x, offset)
+        return outputs, fused(x, jnp.zeros(8)), vjp((dy, jnp.zeros(8), jnp.zeros(8)))
+
+    dy = normal(4, (4, 3, 4, 8))
+    (y, mean, var), (y0, mean0, var0), (dx, doffset) = outputs_and_gradients(x, offset, dy)
     np.testing.assert_array_equal(y, y0)
     np.testing.assert_allclose(mean, mean0 + offset, rtol=1e-6)
     np.testing.assert_array_equal(var, var0)
-    dy = jax.random.normal(jax.random.key(4), y.shape)
-    dx, doffset = vjp((dy, jnp.zeros(8), jnp.zeros(8)))
     np.testing.assert_allclose(doffset, dx.sum(axis=(0, 1, 2)), atol=1e-5)  # The gradient of x + offset.

@@ -1,9 +1,11 @@
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import normal
 
 from cnn_jax import layers, models
 from cnn_jax.analysis import arithmetic
@@ -13,15 +15,15 @@ from cnn_jax.layers import pooling
 
 def test_seed_network_maps_28x28x1_images_to_10_logits():
     model = models.ConvNet()
-    variables = model.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
-    logits = model.apply(variables, jnp.ones((5, 28, 28, 1)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))  # Eagerly: 2 s more.
+    logits = jax.jit(model.apply)(variables, jnp.ones((5, 28, 28, 1)))
     assert logits.shape == (5, 10)
     assert set(variables) == {"params", "batch_stats"}
 
 
 def test_seed_network_has_29034_trainable_parameters():
     model = models.ConvNet()
-    params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
     assert arithmetic.count_params(params) == 29_034
     # (5·5·1 + 1)·16 + BN 2·16 + (5·5·16 + 1)·32 + BN 2·32 + (32·7·7 + 1)·10
     per_layer = {name: arithmetic.count_params(p) for name, p in params.items()}
@@ -30,9 +32,9 @@ def test_seed_network_has_29034_trainable_parameters():
 
 def test_batch_norm_statistics_change_only_in_training():
     model = models.ConvNet()
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    x = jax.random.normal(jax.random.key(1), (4, 28, 28, 1))
-    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    x = normal(1, (4, 28, 28, 1))
+    _, updates = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(variables, x)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], updates["batch_stats"])
     assert all(jax.tree.leaves(changed))
 
@@ -44,8 +46,8 @@ def test_unknown_model_lists_the_known_ones():
 
 @pytest.mark.parametrize("shape", [(3, 8, 12, 5), (2, 28, 28, 16)])
 def test_fast_max_pool_equals_windowed_max_pool_in_value_and_gradient(shape):
-    x = jax.random.normal(jax.random.key(0), shape)
-    cotangent = jax.random.normal(jax.random.key(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    x = normal(0, shape)
+    cotangent = normal(1, (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
 
     def reference(x):
         return nn.max_pool(x, (2, 2), strides=(2, 2))
@@ -53,10 +55,13 @@ def test_fast_max_pool_equals_windowed_max_pool_in_value_and_gradient(shape):
     def loss(pool, x):
         return jnp.sum(pool(x) * cotangent)
 
-    np.testing.assert_array_equal(pooling.max_pool(x, 2), reference(x))
-    np.testing.assert_array_equal(
-        jax.grad(loss, 1)(lambda v: pooling.max_pool(v, 2), x), jax.grad(loss, 1)(reference, x)
-    )
+    @jax.jit  # One program: eagerly, each operation of the two gradients would compile on its own.
+    def values_and_gradients(x):
+        fast = functools.partial(pooling.max_pool, window=2)
+        return (fast(x), reference(x)), (jax.grad(loss, 1)(fast, x), jax.grad(loss, 1)(reference, x))
+
+    for ours, theirs in values_and_gradients(x):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def numpy_max_pool(x, window, stride, padding):

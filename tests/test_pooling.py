@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import normal
 
 from cnn_jax import layers
 from cnn_jax.errors import UserError
@@ -124,7 +125,7 @@ def test_gaussian_weights_fall_off_with_distance_and_sum_to_one():
 
 
 def test_mixed_learned_has_a_trainable_mix_with_a_gradient():
-    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    x = normal(0, (2, 6, 6, 3))
     pool = pooling.lookup("mixed_learned", mix=0.25)
     params = pool.init(KEYS, x)["params"]
     assert params["mix_logit"] == pytest.approx(math.log(0.25 / 0.75))
@@ -140,7 +141,7 @@ def sample_stochastic_pool(x, seed):
 
 
 def test_stochastic_pool_in_training_outputs_a_value_from_its_window():
-    x = jax.random.normal(jax.random.key(0), (1, 2, 2, 20_000))
+    x = normal(0, (1, 2, 2, 20_000))
     out = np.asarray(sample_stochastic_pool(x, seed=5))
     windows = np.maximum(np.asarray(x[0]), 0).reshape(4, -1).T  # [channels, 4]
     assert np.all(np.any(windows == out[:, None], axis=-1))
@@ -183,7 +184,7 @@ def test_spp_gives_fixed_length_of_numpy_bin_maxima(height, width):
 
 
 def test_spp_gradient_equals_loop_reference():
-    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 2))
+    x = normal(0, (2, 9, 7, 2))
     grad = jax.jit(jax.grad(lambda x: pooling.spatial_pyramid_pool(x).sum()))(x)
     np.testing.assert_array_equal(grad, jax.jit(jax.grad(lambda x: spp_reference(x, (1, 2, 4), xp=jnp).sum()))(x))
 
@@ -275,7 +276,7 @@ def test_lookup_rejects_options_a_pooling_does_not_have():
 @pytest.mark.parametrize("name", ["mixed_learned", "stochastic"])  # A parameter; randomness.
 def test_module_poolings_work_as_a_conv_block_pool_in_training_and_test(name):
     block = layers.ConvBlock(features=4, batch_norm=False, pool=pooling.lookup(name))
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    x = normal(0, (2, 8, 8, 3))
     variables = block.init(KEYS, x)
     test_out = block.apply(variables, x)
     train_out = block.apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)})

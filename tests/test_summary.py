@@ -209,8 +209,10 @@ def test_json_output_parses_with_every_field():
     assert all(set(row) == fields for row in result["layers"])
 
 
-@pytest.mark.parametrize("args", [("nope",), ("convnet", "--input_shape=28,28"), ("convnet", "--num_classes=x"),
-                                  ("convnet", "--input_shape=1,1,1"), ()])
+@pytest.mark.parametrize("args", [("nope",), ("convnet", "--num_classes=x"),
+                                  *(pytest.param(args, marks=pytest.mark.slow)  # The same path as those above.
+                                    for args in (("convnet", "--input_shape=28,28"), ("convnet", "--input_shape=1,1,1"),
+                                                 ()))])
 def test_bad_input_exits_2_with_one_line(args):
     process = _run(*args)
     assert process.returncode == 2

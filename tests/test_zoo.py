@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import SAME_BLOCKS, UNOPTIMISED, he_variables, unoptimised_jit
+from conftest import SAME_BLOCKS, UNOPTIMISED, he_variables, normal, unoptimised_jit
 
 from cnn_jax import models
 from cnn_jax.errors import UserError
@@ -32,7 +32,7 @@ def test_one_training_step_at_28x28x1_reaches_every_parameter_and_lowers_the_los
     initialisation, at 32×32×3). ResNet-34 and -101 repeat ResNet-18's and -50's blocks (`SAME_BLOCKS`): their
     step would test the same code at 2× and 3× the compile time (measured 23 s and 68 s)."""
     model = models.lookup(name)(num_classes=10)
-    images, labels = jax.random.normal(jax.random.key(1), (4, 28, 28, 1)), jnp.array([3, 1, 4, 1])
+    images, labels = normal(1, (4, 28, 28, 1)), jnp.array([3, 1, 4, 1])
     variables = he_variables(model, images)
     # Compiled, unoptimised: eagerly, each of GoogLeNet's many differently-shaped operations is compiled on its
     # own (measured: 40 s eager, 11 s compiled; VGG-19 11 s and 6 s).

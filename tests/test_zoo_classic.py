@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import unoptimised_jit
+from conftest import normal, unoptimised_jit
 
 from cnn_jax.analysis.arithmetic import count_params
 from cnn_jax.errors import UserError
@@ -97,7 +97,7 @@ def test_lenet5_has_61706_parameters_at_32x32x1_in_the_classic_layout():
 def test_alexnet_runs_at_224x224x3():
     model = ZOO["alexnet"].build(num_classes=1000)
     variables = init(model, (1, 224, 224, 3))
-    logits = jax.jit(model.apply)(variables, jax.random.normal(jax.random.key(1), (1, 224, 224, 3)))
+    logits = jax.jit(model.apply)(variables, normal(1, (1, 224, 224, 3)))
     assert logits.shape == (1, 1000)
     assert np.all(np.isfinite(logits))
 
@@ -121,7 +121,7 @@ def test_32x32x3_images_give_finite_logits(name):
     """(At 28×28×1, and training there, tests/test_zoo.py's training-step test checks every model.)"""
     model = ZOO[name].build(num_classes=10)
     variables = init(model, (1, 32, 32, 3))
-    assert_finite_logits(jax.jit(model.apply)(variables, jax.random.normal(jax.random.key(1), (2, 32, 32, 3))), 2)
+    assert_finite_logits(jax.jit(model.apply)(variables, normal(1, (2, 32, 32, 3))), 2)
 
 
 def numpy_adaptive_avg_pool(x, grid):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SAME_BLOCKS, he_variables, unoptimised_jit
+from conftest import SAME_BLOCKS, he_variables, normal, unoptimised_jit
 
 from cnn_jax.analysis.arithmetic import count_params
 from cnn_jax.errors import UserError
@@ -57,7 +57,7 @@ def initial_logits_and_variables(name, image_shape, num_classes=10):
     `init_with_output` runs the model (train=False) on the batch it initialises from: one compilation for both.
     """
     model = ZOO[name].build(num_classes=num_classes)
-    images = jax.random.normal(jax.random.key(1), (2, *image_shape))
+    images = normal(1, (2, *image_shape))
     return unoptimised_jit(model.init_with_output)(jax.random.key(0), images)
 
 
@@ -104,7 +104,7 @@ def test_googlenet_with_auxiliary_heads_on_small_images_changes_stem_and_three_h
 @pytest.mark.parametrize("name", ["resnet18", "googlenet"])
 def test_imagenet_size_forward_pass_gives_finite_logits(name):
     model = ZOO[name].build(num_classes=1000)
-    images = jax.random.normal(jax.random.key(1), (1, *IMAGENET))
+    images = normal(1, (1, *IMAGENET))
     logits, _ = unoptimised_jit(model.init_with_output)(jax.random.key(0), images)
     assert logits.shape == (1, 1000)
     assert np.all(np.isfinite(logits))
@@ -115,7 +115,7 @@ def test_small_images_give_finite_10_class_logits(name, image_shape=(32, 32, 3))
     """(At 28×28×1 tests/test_zoo.py's training-step test checks them.)"""
     if name in SAME_BLOCKS:
         model = ZOO[name].build(num_classes=10)
-        images = jax.random.normal(jax.random.key(1), (2, *image_shape))
+        images = normal(1, (2, *image_shape))
         logits = unoptimised_jit(model.apply)(he_variables(model, images), images)
     else:
         logits, _ = initial_logits_and_variables(name, image_shape)
