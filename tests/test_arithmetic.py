@@ -35,18 +35,19 @@ def test_conv_output_size_matches_lax_convolution():
     for size, kernel, stride, padding, dilation in itertools.product((5, 8), (1, 2, 3), (1, 2, 3), (0, 1, 2), (1, 2)):
         if dilation * (kernel - 1) + 1 > size + 2 * padding:
             continue
-        out = jax.lax.conv_general_dilated(jnp.zeros((1, size, size, 1)), jnp.zeros((kernel, kernel, 1, 1)),
-                                           (stride, stride), [(padding, padding)] * 2,
-                                           rhs_dilation=(dilation, dilation),
-                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        out = jax.eval_shape(  # JAX's own shape rule, without compiling each of the 70 convolutions.
+            lambda x, w: jax.lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2,
+                                                      rhs_dilation=(dilation, dilation),
+                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            jnp.zeros((1, size, size, 1)), jnp.zeros((kernel, kernel, 1, 1)))
         assert out.shape[1] == arithmetic.conv_output_size(size, kernel, stride, padding, dilation)
 
 
 def test_pool_output_size_matches_flax_max_pool():
     for size, window, stride, padding in itertools.product((4, 7), (1, 2, 3), (1, 2, 3), (0, 1)):
         if padding < window:  # A window of padding alone would pool nothing: refused (test below).
-            out = nn.max_pool(jnp.zeros((1, size, size, 1)), (window, window), (stride, stride),
-                              [(padding, padding)] * 2)
+            out = jax.eval_shape(lambda x: nn.max_pool(x, (window, window), (stride, stride), [(padding, padding)] * 2),
+                                 jnp.zeros((1, size, size, 1)))
             assert out.shape[1] == arithmetic.pool_output_size(size, window, stride, padding)
 
 
@@ -83,9 +84,9 @@ def test_kernel_larger_than_padded_input_names_layer_size_and_formula():
 def test_param_counts_match_flax_modules():
     x = jnp.zeros((1, 8, 8, 3))
     for bias in (True, False):
-        conv = nn.Conv(16, (5, 3), use_bias=bias).init(jax.random.key(0), x)
+        conv = jax.eval_shape(nn.Conv(16, (5, 3), use_bias=bias).init, jax.random.key(0), x)  # Shapes only.
         assert sum(p.size for p in jax.tree.leaves(conv)) == arithmetic.conv_params(5, 3, 3, 16, bias)
-        dense = nn.Dense(10, use_bias=bias).init(jax.random.key(0), jnp.zeros((1, 1568)))
+        dense = jax.eval_shape(nn.Dense(10, use_bias=bias).init, jax.random.key(0), jnp.zeros((1, 1568)))
         assert sum(p.size for p in jax.tree.leaves(dense)) == arithmetic.dense_params(1568, 10, bias)
     assert arithmetic.conv_params(5, 5, 1, 16) == 416
 
