@@ -160,13 +160,12 @@ def test_runs_that_differ_in_more_than_seed_and_rate_are_not_grouped(tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_with_vmap_trains_every_learning_rate_and_seed_together(tmp_path, idx_dir):
-    result = ablate(tmp_path, idx_dir, "--vmap", sweep="learning_rate")
+def test_sweep_with_vmap_trains_its_learning_rates_together(tmp_path, idx_dir):
+    result = ablate(tmp_path, idx_dir, "--vmap", "--seeds=1", sweep="learning_rate")  # 1 seed: a 5-run group.
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "summary.json").read_text())["variants"]
     assert [row["variant"] for row in rows] == [f"learning_rate={rate}" for rate in ("0.0001", "0.0003", "0.001",
                                                                                      "0.003", "0.01")]
     for row in rows:
-        for seed in (0, 1):
-            results = json.loads((tmp_path / row["variant"] / f"seed{seed}" / "results.json").read_text())
-            assert results["vectorized_runs"] == 10 and results["seed"] == seed
+        results = json.loads((tmp_path / row["variant"] / "seed0" / "results.json").read_text())
+        assert results["vectorized_runs"] == 5 and results["seed"] == 0

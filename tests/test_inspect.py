@@ -265,7 +265,7 @@ def test_a_colour_model_is_inspected_too(tmp_path):
     images, labels = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8), rng.integers(0, 4, 40).astype(np.int32)
     dataset = data.Dataset("rgb", "synthetic", images, labels, images, labels, ("a", "b", "c", "d"))
     model = models.lookup("c8-max-c16-max-fc32")(num_classes=4)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     run = trained.Run(str(tmp_path), Config(model="c8-max-c16-max-fc32"), model, variables, dataset, 0)
     out = tmp_path / "inspect"
     results = report.write(run, report.choose(dataset, ["0", "1"], []), ["activations", "filters", "edges",
