@@ -52,7 +52,7 @@ flags.DEFINE_enum("new_layers", _DEFAULTS.new_layers, NEW_LAYERS, "With --init_f
 flags.DEFINE_string("freeze", "", "Parameters that do not train: backbone (all but the classifier) or a regex over "
                     "parameter paths (ConvBlock_0/Conv_0/kernel, ...). A block whose parameters are all frozen "
                     "runs in inference mode (BatchNorm keeps its statistics).")
-flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (0: only at epoch ends). Running "
+flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (0: only at evaluations). Running "
                      "again with the same --workdir resumes from the newest one.")
 flags.DEFINE_bool("log_images", False, "At each evaluation, also write the first layer's filters and the first test "
                   "image's activation maps to TensorBoard.")

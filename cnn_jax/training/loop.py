@@ -341,11 +341,12 @@ def results_record(config: Config, dataset: data.Dataset, params: int, trainable
 
 def train_and_evaluate(config: Config, workdir: str, checkpoint_every: int = 0, allow_config_change: bool = False,
                        stop_requested: Callable[[], bool] | None = None, log_images: bool = False) -> dict:
-    """Trains `config.model` on `config.dataset`, evaluating on the whole test split after every epoch.
+    """Trains `config.model` on `config.dataset`, evaluating on the whole test split after every epoch (or every
+    `config.eval_every` steps).
 
     Writes to `workdir`: config.json, metrics.jsonl (one line per evaluation),
     timing.jsonl, TensorBoard events, orbax checkpoints (every
-    `checkpoint_every` steps, at every epoch's end and at the end; the last
+    `checkpoint_every` steps, at every evaluation and at the end; the last
     few kept) and results.json. Called again with the same `workdir` and
     config, it resumes from the newest checkpoint: the same data order and
     random numbers, so the run ends exactly as an uninterrupted one. When
@@ -406,7 +407,7 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
     """
     wall_start = time.perf_counter()
     if checkpoint_every < 0:
-        raise UserError(f"`checkpoint_every` must be >= 0 (0: at epoch ends only), got {checkpoint_every}")
+        raise UserError(f"`checkpoint_every` must be >= 0 (0: at evaluations only), got {checkpoint_every}")
     for config in configs:
         config.validate()
     config = configs[0]
