@@ -7,6 +7,9 @@ several fields at once (a model spec, or a learning rate). Add a sweep by
 adding an entry to `SWEEPS`; `python -m experiments.ablate --sweep=NAME` runs
 it over seeds. The models are text specs (`cnn_jax.models.spec`); the seed network is
 `c16k5-max-c32k5-max` (two 5×5 convolutions, BatchNorm, ReLU, 2×2 max-pooling).
+
+`run_all(runs)` trains a list of (config, workdir) in order, skipping finished
+runs and resuming interrupted ones: what the sweep and transfer commands run.
 """
 
 import dataclasses
