@@ -37,15 +37,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail(e)
 
 
-def run(main: Callable[[list[str]], None], usage: str, positional: int = 0) -> None:
-    """`app.run(main)`, where `main` takes `positional` arguments after the program name (see `usage`).
+def run(main: Callable[[list[str]], None], usage: str, positional: int | range = 0) -> None:
+    """`app.run(main)`, where `main` takes `positional` arguments after the program name (see `usage`): that
+    many, or a number in that range.
 
     Library INFO logs (JAX's backend probing, orbax) are silenced unless `-v`
     is given.
     """
 
     def wrapped(argv: list[str]) -> None:
-        if len(argv) - 1 != positional:
+        if len(argv) - 1 not in (positional if isinstance(positional, range) else (positional,)):
             _fail(f"usage: {usage} (got {len(argv) - 1} argument(s) besides --flags: {' '.join(argv[1:])})")
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)

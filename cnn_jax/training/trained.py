@@ -2,9 +2,10 @@
 
     run = trained.load("runs/fashion")
     logits = run.model.apply(run.variables, images, train=False)
+    probabilities = trained.probabilities(run, uint8_images)   # as evaluation scales them
 
-What the commands that look at a trained network (`experiments.inspect`,
-`experiments.score_map`) start from. A finished run and one stopped
+What the commands that use a trained network (`experiments.inspect`,
+`experiments.score_map`, `experiments.predict`) start from. A finished run and one stopped
 mid-way alike: the newest complete checkpoint is read.
 """
 
@@ -14,6 +15,8 @@ import os
 from typing import Any
 
 import flax.linen as nn
+import jax
+import numpy as np
 
 from cnn_jax import data
 from cnn_jax.errors import UserError
@@ -64,3 +67,14 @@ def load(workdir: str, data_dir: str | None = None) -> Run:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return Run(workdir, config, model, variables, dataset, step)
 
+
+
+def probabilities(run: Run, images: np.ndarray, batch_size: int = 200) -> np.ndarray:
+    """`[n, classes]`: what the run's network gives uint8 `images` `[n, h, w, c]` (at its image shape), in test
+    mode and scaled as evaluation scales them: class probabilities (softmax; each class's own sigmoid for a
+    run trained with sigmoid cross-entropy; the raw outputs, which regress one-hot targets, for `l2`)."""
+    outputs = {"sigmoid_cross_entropy": jax.nn.sigmoid, "l2": lambda logits: logits}.get(run.config.loss,
+                                                                                          jax.nn.softmax)
+    predict = jax.jit(lambda images: outputs(run.model.apply(run.variables, data.normalize(images), train=False)))
+    return np.concatenate([np.asarray(predict(images[start : start + batch_size]))
+                           for start in range(0, len(images), batch_size)])
