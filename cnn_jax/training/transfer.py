@@ -192,7 +192,8 @@ def frozen_paths(model: nn.Module, freeze: str, image_shape: tuple[int, ...]) ->
     if not freeze:
         return frozenset()
     images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    paths = list(flat(jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)["params"]))
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    paths = list(flat(variables["params"]))
     if freeze == BACKBONE:
         head = classifier(model, image_shape) + "/"
         frozen = [p for p in paths if not p.startswith(head)]
@@ -203,7 +204,8 @@ def frozen_paths(model: nn.Module, freeze: str, image_shape: tuple[int, ...]) ->
     if len(frozen) == len(paths):
         raise UserError(f"`freeze`={freeze!r} freezes every parameter: nothing would train")
     whole = inference_modules(paths, frozen)
-    norms = {layer_of(p) for p in frozen if layer_of(p).rpartition("/")[2].startswith("BatchNorm")}
+    with_statistics = {layer_of(p) for p in flat(variables.get("batch_stats", {}))}  # The BatchNorms.
+    norms = {layer_of(p) for p in frozen} & with_statistics
     for norm in sorted(norms):
         block = layer_of(norm)
         if block not in whole:
