@@ -3,7 +3,7 @@ r"""The headline experiment: the seed-000 network on Fashion-MNIST.
     python -m experiments.fashion                       # defaults: seed network, 10 epochs
     python -m experiments.fashion --epochs=2 --workdir=runs/quick
     python -m experiments.fashion --dataset=mnist --data_dir=~/data/mnist
-    python -m experiments.fashion --classes=5,6,7,8,9 --init_from=runs/first5 --freeze=backbone   # a linear probe
+    python -m experiments.fashion --classes=5,6,7,8,9 --init_from=runs/first5 --reinit=classifier --freeze=backbone
 
 Prints one line per epoch and ends with the test accuracy; writes
 metrics.jsonl, TensorBoard events, a checkpoint and results.json to --workdir.

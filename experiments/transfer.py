@@ -201,12 +201,9 @@ def main(argv: list[str]) -> None:
     seeds = list(range(FLAGS.seeds if FLAGS.seeds is not None else 2 if FLAGS.quick else 3))
     if not seeds:
         raise UserError(f"--seeds={FLAGS.seeds} must be at least 1")
-    try:
-        labels_per_class = [0 if labels == "all" else int(labels) for labels in FLAGS.labels]
-    except ValueError:
-        raise UserError(f"--labels={','.join(FLAGS.labels)} must be numbers of labels per class or 'all'") from None
-    if not labels_per_class or min(labels_per_class) < 0:
-        raise UserError(f"--labels={','.join(FLAGS.labels)} must be positive numbers or 'all'")
+    if not FLAGS.labels or not all(labels == "all" or (labels.isdigit() and int(labels) > 0) for labels in FLAGS.labels):
+        raise UserError(f"--labels={','.join(FLAGS.labels)} must be numbers of labels per class or 'all'")
+    labels_per_class = [0 if labels == "all" else int(labels) for labels in FLAGS.labels]  # 0: every example.
     settings = dict(SETTINGS[FLAGS.quick])
     for name, flag, least in (("steps", "steps", 2), ("pretrain", "pretrain_steps", 1)):  # head_then_all halves steps.
         if FLAGS[flag].value is not None:

@@ -74,14 +74,20 @@ def test_a_source_is_a_run_or_one_of_its_checkpoint_folders(tiny_run):
     assert jax.tree.all(jax.tree.map(np.array_equal, run.variables, folder.variables))
 
 
-def test_reinit_classifier_starts_a_head_of_the_same_shape_fresh(tiny_run):
-    config = target_config(tiny_run, classes="", reinit="classifier")
+@pytest.mark.parametrize("reinit, fresh", [("classifier", ["DenseHead_0/Dense_0"]),
+                                           ("^ConvBlock_1/", ["ConvBlock_1/Conv_0", "ConvBlock_1/BatchNorm_0"])])
+def test_reinit_starts_layers_of_the_same_shape_fresh(tiny_run, reinit, fresh):
+    config = target_config(tiny_run, classes="", reinit=reinit)
     model, dataset, _, total_steps = loop.plan(config)
     state = create_train_state(model, config, dataset.image_shape, total_steps)
     started, record = transfer.start(state, model, dataset.image_shape, config)
-    assert record["fresh"] == ["DenseHead_0/Dense_0"]
-    np.testing.assert_array_equal(started.params["DenseHead_0"]["Dense_0"]["kernel"],
-                                  state.params["DenseHead_0"]["Dense_0"]["kernel"])
+    assert sorted(record["fresh"]) == sorted(fresh)
+    new, initial, old = (leaves(tree) for tree in ({"params": started.params, "batch_stats": started.batch_stats},
+                                                   {"params": state.params, "batch_stats": state.batch_stats},
+                                                   trained.load(tiny_run).variables))
+    for path, value in new.items():  # The named layers' parameters and statistics fresh, the others loaded.
+        np.testing.assert_array_equal(value, (initial if transfer.layer_of(path[path.index("/") + 1:]) in fresh
+                                              else old)[path], err_msg=path)
 
 
 def test_training_with_a_frozen_backbone_moves_only_the_classifier(tiny_run, tmp_path):

@@ -45,7 +45,7 @@ def initial_state(model, config: Config, image_shape: tuple[int, int, int], tota
     with Adam on a `total_steps` schedule for the parameters `config.freeze` leaves trainable."""
     init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
     variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    frozen = transfer.frozen_paths(model, config.freeze, image_shape)
+    frozen = transfer.frozen_paths(model, config.freeze, image_shape, variables)
     # Adam on all parameters as one flat vector: the same arithmetic in a few fused loops instead of a few per
     # parameter array, which XLA's CPU runtime launches one by one.
     adam = optax.flatten(optax.adam(learning_rate_schedule(config, total_steps)))

@@ -75,6 +75,7 @@ def probabilities(run: Run, images: np.ndarray, batch_size: int = 200) -> np.nda
     run trained with sigmoid cross-entropy; the raw outputs, which regress one-hot targets, for `l2`)."""
     outputs = {"sigmoid_cross_entropy": jax.nn.sigmoid, "l2": lambda logits: logits}.get(run.config.loss,
                                                                                           jax.nn.softmax)
-    predict = jax.jit(lambda images: outputs(run.model.apply(run.variables, data.normalize(images), train=False)))
-    return np.concatenate([np.asarray(predict(images[start : start + batch_size]))
+    # The variables an argument, not constants baked into the compiled program.
+    predict = jax.jit(lambda variables, x: outputs(run.model.apply(variables, data.normalize(x), train=False)))
+    return np.concatenate([np.asarray(predict(run.variables, images[start : start + batch_size]))
                            for start in range(0, len(images), batch_size)])

@@ -129,9 +129,9 @@ def merge(fresh, restored, keep: Sequence[str] = (), source: str = "the restored
         differences = "; ".join(part for part in (only_new and f"only in the new model: {_first(only_new)}",
                                                   only_old and f"only in {source}: {_first(only_old)}") if part)
         raise UserError(f"{source} is another architecture ({differences}); start from a run of the same model")
-    kept = [p for p in new if np.shape(new[p]) != np.shape(old[p]) or any(re.search(k, p) for k in keep)]
+    kept = {p for p in new if np.shape(new[p]) != np.shape(old[p]) or any(re.search(k, p) for k in keep)}
     leaves = {p: new[p] if p in kept else jnp.asarray(old[p], jnp.result_type(new[p])) for p in new}
-    return Merged(unflat(leaves), [p for p in new if p not in kept], kept)
+    return Merged(unflat(leaves), [p for p in new if p not in kept], [p for p in new if p in kept])
 
 
 def zeroed(variables, layers: Sequence[str]):
@@ -149,12 +149,10 @@ def start(state, model: nn.Module, image_shape: tuple[int, ...], config):
     leaves loaded and the new layers.
     """
     source = read(config.init_from)
-    keep = [re.escape(classifier(model, image_shape)) + "/"] if config.reinit == CLASSIFIER else [config.reinit]
     fresh = {"params": state.params, "batch_stats": state.batch_stats}
-    merged = merge(fresh, source.variables, [k for k in keep if k], source=f"`init_from`={config.init_from}")
-    if config.reinit and not any(re.search(keep[0], path) for path in merged.fresh):
-        raise UserError(f"`reinit`={config.reinit!r} matches no layer; the paths are: "
-                        f"{', '.join(flat(fresh['params']))}")
+    layers = reinit_layers(model, config.reinit, image_shape, fresh)
+    keep = [f"^[^/]+/{re.escape(layer)}/" for layer in layers]  # In every collection: params and statistics.
+    merged = merge(fresh, source.variables, keep, source=f"`init_from`={config.init_from}")
     variables = merged.variables
     if config.new_layers == "zeros":
         variables = zeroed(variables, merged.fresh_layers)
@@ -163,9 +161,31 @@ def start(state, model: nn.Module, image_shape: tuple[int, ...], config):
     return state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {})), record
 
 
-def classifier(model: nn.Module, image_shape: tuple[int, ...]) -> str:
+def reinit_layers(model: nn.Module, reinit: str, image_shape: tuple[int, ...], variables=None) -> list[str]:
+    """The layers `reinit` names: none for "", the classifier for "classifier", else those with a parameter
+    whose path a regex search finds (paths as `frozen_paths` matches them); UserError if it finds none."""
+    if not reinit:
+        return []
+    if reinit == CLASSIFIER:
+        return [classifier(model, image_shape, variables)]
+    paths = list(flat(_abstract(model, image_shape, variables)["params"]))
+    layers = list(dict.fromkeys(layer_of(p) for p in paths if re.search(reinit, p)))
+    if not layers:
+        raise UserError(f"`reinit`={reinit!r} matches no layer; the paths are: {', '.join(paths)}")
+    return layers
+
+
+def _abstract(model: nn.Module, image_shape: tuple[int, ...], variables=None):
+    """The shapes of `variables`, or of `model`'s own for images of `image_shape` (traced, nothing computed)."""
+    if variables is None:
+        images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+        return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype), variables)
+
+
+def classifier(model: nn.Module, image_shape: tuple[int, ...], variables=None) -> str:
     """The path of `model`'s classifier: the last layer with parameters that its test-mode forward pass calls
-    (traced, nothing computed)."""
+    (traced, nothing computed; `variables`, if given, spare tracing its initialisation)."""
     called = []
 
     def record(next_fun, args, kwargs, context):
@@ -176,26 +196,24 @@ def classifier(model: nn.Module, image_shape: tuple[int, ...]) -> str:
         return out
 
     images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
     with nn.intercept_methods(record):
-        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), _abstract(model, image_shape, variables), images)
     return called[-1]
 
 
-def frozen_paths(model: nn.Module, freeze: str, image_shape: tuple[int, ...]) -> frozenset[str]:
+def frozen_paths(model: nn.Module, freeze: str, image_shape: tuple[int, ...], variables=None) -> frozenset[str]:
     """The parameter paths `freeze` names: none for "", every one but the classifier's for "backbone", else
-    those a regex search finds.
+    those a regex search finds (`variables`, if given, spare tracing the model's initialisation).
 
     UserError when the pattern matches nothing (listing the paths), matches every parameter, or freezes a
     BatchNorm without the block that calls it (which decides whether it runs in inference mode).
     """
     if not freeze:
         return frozenset()
-    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    variables = _abstract(model, image_shape, variables)
     paths = list(flat(variables["params"]))
     if freeze == BACKBONE:
-        head = classifier(model, image_shape) + "/"
+        head = classifier(model, image_shape, variables) + "/"
         frozen = [p for p in paths if not p.startswith(head)]
     else:
         frozen = [p for p in paths if re.search(freeze, p)]
