@@ -24,8 +24,20 @@ _DEFAULTS = Config()
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<dataset>-<model>-<time>). Must not hold a run.")
 flags.DEFINE_string("model", _DEFAULTS.model, "A zoo name (see README: convnet, lenet5, vgg16, resnet18, ...) or a "
                     "text spec of a conv stack (cnn_jax.models.spec).")
-flags.DEFINE_string("dataset", _DEFAULTS.dataset, "fashion_mnist, mnist, or a tensorflow-datasets name.")
-flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "Folder with IDX files, or tensorflow-datasets' data_dir.")
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "fashion_mnist, mnist, a tensorflow-datasets name, or folder (your "
+                    "own images in --data_dir: DIR/<class>/*, or DIR/train/<class>/* and DIR/test/<class>/*).")
+flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "Folder with IDX files, tensorflow-datasets' data_dir, or the "
+                    "folder of images of --dataset=folder.")
+flags.DEFINE_string("image_size", "", "S or H,W: images become this size (training: Inception's random crop; "
+                    "evaluation: the centred crop), e.g. 224 or 299. Default: their own size (all one size).")
+flags.DEFINE_integer("channels", 0, "1 (grey) or 3 (RGB): images become this many channels. Default: their own.")
+flags.DEFINE_float("test_fraction", _DEFAULTS.test_fraction, "--dataset=folder without train/ and test/ folders: "
+                   "the share of each class held out for testing (always the same files).")
+flags.DEFINE_string("train_split", "", "tensorflow-datasets split to train on, e.g. train[:80%] (default: train).")
+flags.DEFINE_string("eval_split", "", "tensorflow-datasets split to evaluate on, e.g. train[80%:] (default: test, "
+                    "else validation, else the last 20% of train).")
+flags.DEFINE_bool("aux_classifiers", False, "googlenet, inception_v3: train their auxiliary classifiers too (their "
+                  "losses weigh 0.3 in the training loss; evaluation uses the main classifier only).")
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training set.")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training examples per step.")
 flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Test examples per evaluation step.")

@@ -165,3 +165,25 @@ def ffi_targets(model, image_shape) -> collections.Counter:
 def custom_calls(lowered) -> collections.Counter:
     """How many times each FFI target is called in a lowered program (`jax.jit(f).lower(...)`)."""
     return collections.Counter(re.findall(r"custom_call @(\w+)", lowered.as_text()))
+
+
+def write_image_folder(directory, per_class=12, classes=("dark", "bright"), sizes=((20, 30), (33, 25), (24, 24)),
+                       seed=0):
+    """Writes `directory/<class>/*` image files, class k of brightness 40 + 180 k / (classes - 1) plus noise: in
+    turn JPEG, PNG, BMP and GIF, of `sizes` (h, w) in turn, grey, RGB or palette in turn (a JPEG RGB, not palette). Returns the paths."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    formats, modes, paths = ("jpg", "png", "bmp", "gif"), ("L", "RGB", "P"), []
+    for k, name in enumerate(classes):
+        os.makedirs(os.path.join(directory, name), exist_ok=True)
+        for i in range(per_class):
+            height, width = sizes[i % len(sizes)]
+            shade = 40 + 180 * k // max(len(classes) - 1, 1)
+            pixels = np.clip(shade + rng.integers(-20, 21, (height, width, 3)), 0, 255).astype(np.uint8)
+            suffix, mode = formats[i % len(formats)], modes[i % len(modes)]
+            image = Image.fromarray(pixels).convert("RGB" if (suffix, mode) == ("jpg", "P") else mode)
+            path = os.path.join(directory, name, f"{i:03d}.{suffix}")
+            image.save(path)
+            paths.append(path)
+    return paths

@@ -63,7 +63,8 @@ def test_evaluate_gives_the_same_answer_for_any_batch_size():
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (23, 1, 3, 1)).astype(np.uint8), rng.integers(0, 3, 23).astype(np.int32)
     state = hand_made_state()
-    results = [loop.evaluate(jax.jit(steps.eval_step), state, images, labels, size)[0] for size in (1, 5, 23, 64)]
+    results = [loop.evaluate(jax.jit(steps.eval_step), state, data.batches(images, labels, size))[0]
+               for size in (1, 5, 23, 64)]
     for result in results[1:]:
         assert result["accuracy"] == results[0]["accuracy"]
         np.testing.assert_allclose(result["loss"], results[0]["loss"], rtol=1e-6)

@@ -1,8 +1,8 @@
-"""A labelled image dataset held in host memory, its class subsets and balanced subsets, and the error for data
-that cannot be used."""
+"""A labelled image dataset, its class subsets and balanced subsets, and the error for data that cannot be used."""
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -13,20 +13,43 @@ class DataError(UserError):
     """A data file or data source that cannot be used."""
 
 
+class Images(Protocol):
+    """Images read one at a time, when a batch needs them: image files (`cnn_jax.data.files.ImageFiles`) or a
+    tensorflow-datasets data source (`cnn_jax.data.tfds`)."""
+
+    shape: tuple  # (examples, height, width, channels); height and width None when the images differ in size.
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice | np.ndarray) -> "Images":
+        """The images at `index` (a slice, or an array of indices or a boolean mask), as NumPy indexes."""
+
+    def open(self, i: int) -> Any:
+        """Image `i` as a Pillow image ("L" or "RGB", as `shape`'s channels), decoded at its own size."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A labelled image dataset held in host memory.
+    """A labelled image dataset.
 
-    Images are uint8 `[examples, height, width, channels]`; labels int32 `[examples]`.
+    Images are uint8 `[examples, height, width, channels]` held in memory, or
+    images read one by one when a batch needs them (`ImageFiles`, or a
+    tensorflow-datasets data source), of one size or of any; labels are
+    int32 `[examples]`, in memory. `input_shape` is the (h, w, c) the images
+    become as a model's input (`cnn_jax.data.pipeline`); None: their own,
+    one size for all. `skipped` names the files left out because they do not
+    decode.
     """
 
     name: str
     source: str
-    train_images: np.ndarray
+    train_images: "np.ndarray | Images"
     train_labels: np.ndarray
-    test_images: np.ndarray
+    test_images: "np.ndarray | Images"
     test_labels: np.ndarray
     class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int] | None = None
+    skipped: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -34,7 +57,32 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_images.shape[1:])
+        """The (h, w, c) of the model's input; DataError if the images differ in size and no `input_shape` is set."""
+        if self.input_shape:
+            return self.input_shape
+        shape = tuple(self.train_images.shape[1:])
+        if None in shape:
+            raise DataError(f"the images of {self.name} are not all of one size; give `image_size` (for example "
+                            "224, or 299,299) to train on them")
+        return shape
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether batches are slices of arrays in memory: the images are arrays, used at their own shape."""
+        return all(isinstance(images, np.ndarray) for images in (self.train_images, self.test_images)) and (
+            self.input_shape in (None, tuple(self.train_images.shape[1:])))
+
+    def at_shape(self, size: tuple[int, int] | None, channels: int) -> "Dataset":
+        """The dataset with its images becoming `size` (h, w; None: their own) and `channels` (0: their own) as a
+        model's input."""
+        if size is None and not channels:
+            return self
+        own = self.train_images.shape[1:]
+        height, width = size or own[:2]
+        if None in (height, width):
+            raise DataError(f"the images of {self.name} are not all of one size; give `image_size` with "
+                            "`channels`")
+        return dataclasses.replace(self, input_shape=(height, width, channels or own[2]))
 
     def truncated(self, max_train: int = 0, max_test: int = 0) -> "Dataset":
         """The first `max_train` / `max_test` examples of each split (0 keeps a split whole)."""

@@ -1,4 +1,4 @@
-"""Where a dataset comes from, in order:
+"""Where a dataset comes from: `folder` is a folder of image files (`cnn_jax.data.folder`); any other name, in order:
 
   1. IDX files in `data_dir` (or `data_dir/<dataset>`), gzipped or raw, for the MNIST family;
   2. for Fashion-MNIST, the folder Debian's package `dataset-fashion-mnist` installs;
@@ -10,7 +10,7 @@ Nothing is downloaded at import time.
 
 import os
 
-from cnn_jax.data import idx, tfds
+from cnn_jax.data import folder, idx, tfds
 from cnn_jax.data.dataset import DataError, Dataset
 
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -36,20 +36,27 @@ def offline_ways(name: str) -> list[str]:
     return ways
 
 
-def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+def load_dataset(name: str, data_dir: str | None = None, test_fraction: float = 0.2, train_split: str = "",
+                 eval_split: str = "") -> Dataset:
     """Loads dataset `name` from the first source that has it (see the module docstring).
 
-    When tensorflow-datasets' download fails, the error lists the ways to get the data offline.
+    `test_fraction` is a folder's held-out share (without split folders);
+    `train_split` and `eval_split` are tensorflow-datasets split strings
+    ("train[:80%]"; "" for the defaults of `tfds.load_tfds_dataset`). When
+    tensorflow-datasets' download fails, the error lists the ways to get the
+    data offline.
     """
+    if name == folder.NAME:
+        return folder.load_folder(data_dir, test_fraction)
     if data_dir is not None and not os.path.isdir(data_dir):
         raise DataError(f"`data_dir`={data_dir} is not a directory")
-    if name in idx.IDX_DATASETS:
+    if name in idx.IDX_DATASETS and not (train_split or eval_split):
         for directory in _idx_directories(name, data_dir):
             if os.path.isdir(directory):
                 dataset = idx.load_idx_dataset(name, directory)
                 if dataset is not None:
                     return dataset
     try:
-        return tfds.load_tfds_dataset(name, data_dir)
+        return tfds.load_tfds_dataset(name, data_dir, train_split, eval_split)
     except tfds.DownloadFailed as e:
         raise tfds.DownloadFailed(f"{e}; to get it without a network: {'; or '.join(offline_ways(name))}") from None

@@ -3,8 +3,17 @@
 TFDS prepares a dataset once into its data folder (`data_dir`, default
 `~/tensorflow_datasets`) and reads it from there afterwards; preparing needs
 TensorFlow (`pip install 'cnn_jax[tfds]'`) and, for most datasets, internet.
-Any dataset with an 'image' and a class 'label' feature, fixed-size images
-and `train` plus `test` (or `validation`) splits works.
+Any dataset with an 'image' and a class 'label' feature works. It trains on
+`train_split` and evaluates on `eval_split`, TFDS split strings
+("train[:80%]"); by default on "train", and on "test", else "validation",
+else (a dataset with a training split only, such as `cats_vs_dogs`) the
+last `HELD_OUT` of "train", training on the rest.
+
+A dataset of images of one size, at most `IN_MEMORY_BYTES` of them, is read
+into arrays once (the fastest way to train on it); any other is read image
+by image as batches need them, through TFDS's random-access data source
+(`tfds.data_source`, ArrayRecord files: a dataset of images of several sizes
+is prepared in that format).
 """
 
 import sys
@@ -13,6 +22,9 @@ import numpy as np
 
 from cnn_jax.data.dataset import DataError, Dataset
 from cnn_jax.data.idx import IDX_DATASETS
+
+HELD_OUT = 20  # Percent of "train" held out for evaluation when a dataset has no other split.
+IN_MEMORY_BYTES = 2 << 30  # Larger datasets are streamed.
 
 # pip requirements of modules that tensorflow-datasets imports only when preparing or reading a dataset.
 _INSTALLS = {"tensorflow": "'cnn_jax[tfds]'"}
@@ -41,8 +53,9 @@ def _is_download_failure(error: Exception) -> bool:
     return isinstance(error, failures)
 
 
-def load_tfds_dataset(name: str, data_dir: str | None) -> Dataset:
-    """The image-classification dataset `name` through tensorflow-datasets, prepared first if it is not yet.
+def load_tfds_dataset(name: str, data_dir: str | None, train_split: str = "", eval_split: str = "") -> Dataset:
+    """The image-classification dataset `name` through tensorflow-datasets, prepared first if it is not yet,
+    with its `train_split` and `eval_split` (see the module docstring).
 
     Raises DataError if `name` is not a TFDS image-classification dataset, a
     module TFDS needs is missing (naming it and its install command), or
@@ -60,13 +73,17 @@ def load_tfds_dataset(name: str, data_dir: str | None) -> Dataset:
     features = builder.info.features
     if "image" not in features or "label" not in features or not hasattr(features["label"], "num_classes"):
         raise DataError(f"dataset '{name}' is not image classification: it needs 'image' and class 'label' features")
+    one_size = None not in features["image"].shape
     try:
         if not builder.is_prepared():
             print(f"preparing '{name}' with tensorflow-datasets in {builder.data_dir} (a download first; without "
                   "a network it fails after TFDS's retries, a few minutes)", file=sys.stderr, flush=True)
-        builder.download_and_prepare()
-        splits = _tfds_splits(builder)
-        arrays = {split: _tfds_arrays(builder, split) for split in splits}
+        builder.download_and_prepare(file_format=None if one_size else "array_record")
+        splits = _tfds_splits(builder.name, builder.info.splits, train_split, eval_split)
+        if one_size and _size_in_bytes(builder, splits) <= IN_MEMORY_BYTES:
+            (train_images, train_labels), (test_images, test_labels) = (_tfds_arrays(builder, s) for s in splits)
+        else:
+            (train_images, train_labels), (test_images, test_labels) = (_tfds_source(builder, s) for s in splits)
     except ImportError as e:
         raise _missing_module(e, f"preparing '{name}' with tensorflow-datasets") from None
     except DataError:
@@ -75,25 +92,71 @@ def load_tfds_dataset(name: str, data_dir: str | None) -> Dataset:
         if _is_download_failure(e):
             raise DownloadFailed(f"downloading '{name}' through tensorflow-datasets failed ({_first_line(e)})") from None
         raise DataError(f"preparing '{name}' through tensorflow-datasets failed ({_first_line(e)})") from None
-    (train_images, train_labels), (test_images, test_labels) = arrays["train"], arrays[splits[1]]
-    return Dataset(name, f"tensorflow-datasets ({builder.data_dir})", train_images, train_labels,
+    where = "" if splits == ("train", "test") else f", trained on {splits[0]}, evaluated on {splits[1]}"
+    return Dataset(name, f"tensorflow-datasets ({builder.data_dir}{where})", train_images, train_labels,
                    test_images, test_labels, tuple(features["label"].names))
 
 
-def _tfds_splits(builder) -> tuple[str, str]:
-    """('train', the held-out split): 'test' if the dataset has one, else 'validation'.
+def _tfds_splits(name: str, splits, train_split: str, eval_split: str) -> tuple[str, str]:
+    """(the split to train on, the one to evaluate on): those given, else 'train' and 'test' or 'validation', else
+    the start and the last `HELD_OUT` percent of 'train'.
 
     A builder that recorded no split names (tfds.testing.mock_data's, for one)
-    is read as 'train' and 'test'.
+    is read as having 'train' and 'test'.
     """
-    splits = builder.info.splits
     if not splits:
-        return "train", "test"
-    for held_out in ("test", "validation"):
-        if "train" in splits and held_out in splits:
-            return "train", held_out
-    raise DataError(f"dataset '{builder.name}' has splits {sorted(splits)}; cnn_jax needs 'train' and 'test' "
-                    "(or 'validation')")
+        return train_split or "train", eval_split or "test"
+    if train_split and eval_split:
+        return train_split, eval_split
+    if "train" not in splits and not train_split:
+        raise DataError(f"dataset '{name}' has no 'train' split (it has {', '.join(sorted(splits))}); choose one "
+                        "with `train_split`")
+    held_out = next((split for split in ("test", "validation") if split in splits), None)
+    if eval_split or held_out:
+        return train_split or "train", eval_split or held_out
+    return train_split or f"train[:{100 - HELD_OUT}%]", f"train[{100 - HELD_OUT}%:]"
+
+
+def _size_in_bytes(builder, splits: tuple[str, str]) -> int:
+    """The bytes of the images of `splits` as uint8 arrays (0 when the builder does not know its sizes)."""
+    examples = 0
+    for split in splits:
+        try:
+            examples += builder.info.splits[split].num_examples
+        except (KeyError, ValueError, TypeError):  # Unknown splits (mock_data), or a split string TFDS rejects later.
+            pass
+    return examples * int(np.prod(builder.info.features["image"].shape))
+
+
+class TfdsImages:
+    """The images of a split of a TFDS data source, read one by one (`cnn_jax.data.dataset.Images`)."""
+
+    def __init__(self, source, indices: np.ndarray, channels: int):
+        self.source, self.indices, self.channels = source, indices, channels
+        self.shape = (len(indices), None, None, channels)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index) -> "TfdsImages":
+        return TfdsImages(self.source, self.indices[index], self.channels)
+
+    def open(self, i: int):
+        from cnn_jax.data.files import from_array
+
+        image = from_array(np.asarray(self.source[int(self.indices[i])]["image"], np.uint8))
+        return image.convert("L" if self.channels == 1 else "RGB")
+
+
+def _tfds_source(builder, split: str) -> tuple[TfdsImages, np.ndarray]:
+    """The images of `split` read as batches need them, and its labels (read now, without decoding an image)."""
+    import tensorflow_datasets as tfds
+
+    images = builder.as_data_source(split=split)
+    records = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    labels = np.fromiter((records[k]["label"] for k in range(len(records))), np.int32, len(records))
+    channels = builder.info.features["image"].shape[-1] or 3
+    return TfdsImages(images, np.arange(len(labels)), channels), labels
 
 
 def _tfds_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -26,10 +26,17 @@ class Config:
     eval_batch_size: int = 200  # Small enough that a batch's activations stay in a CPU's cache (2× faster than 1000).
     learning_rate: float = 1e-3  # Adam's (peak) learning rate.
     lr_schedule: str = "cosine"  # "cosine": decays to 0 over the run; "constant": the seed's literal setup.
-    augment: str = "flip"  # "flip": mirror each training image left-right with probability 1/2; "none".
+    augment: str = "flip"  # "flip": mirror each training image left-right with probability 1/2 (and with
+    #   `image_size`, Inception's random crop first); "none": neither (training images are converted as test ones).
     loss: str = "softmax_cross_entropy"  # Or "sigmoid_cross_entropy", "l2" (cnn_jax.layers.losses).
     label_smoothing: float = 0.0  # Softmax cross-entropy's ε: targets (1 − ε)·one_hot + ε/k.
     seed: int = 0
+    image_size: str = ""  # "S" or "H,W": images become this size as the model's input; "": their own (one size).
+    channels: int = 0  # 1 (grey) or 3 (RGB): images become this many channels; 0: their own.
+    test_fraction: float = 0.2  # `dataset`=folder without split folders: the share of each class held out.
+    train_split: str = ""  # A tensorflow-datasets split to train on ("train[:80%]"); "": its training split.
+    eval_split: str = ""  # The split to evaluate on; "": "test", else "validation", else the last 20% of "train".
+    aux_classifiers: bool = False  # GoogLeNet, InceptionV3: auxiliary classifiers, in the training loss (weight 0.3).
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many training steps.
     max_train_examples: int = 0  # 0 = the whole training split; else its first N (for quick runs).
     max_test_examples: int = 0  # 0 = the whole test split; else its first N.
@@ -66,12 +73,29 @@ class Config:
                 re.compile(getattr(self, name))
             except re.error as e:
                 raise UserError(f"`{name}`={getattr(self, name)!r} is not a regular expression ({e})") from None
+        self.image_hw  # Raises for a malformed one.
+        if self.channels not in (0, 1, 3):
+            raise UserError(f"`channels` must be 1 (grey) or 3 (RGB), got {self.channels}")
+        if not 0 < self.test_fraction < 1:
+            raise UserError(f"`test_fraction` must be between 0 and 1 (the share of each class held out for testing), "
+                            f"got {self.test_fraction}")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
         from cnn_jax.layers import losses  # Imports JAX: not at module level, so the command line stays fast.
 
         losses.lookup(self.loss, self.label_smoothing)
         return self
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """`image_size` as (height, width), or None; UserError if it is neither "S" nor "H,W" of positive sizes."""
+        if not self.image_size:
+            return None
+        parts = self.image_size.replace("x", ",").split(",")
+        if len(parts) not in (1, 2) or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+            raise UserError(f"`image_size` must be a size S or H,W in pixels (224, or 299,299), got '{self.image_size}'")
+        height, width = (int(part) for part in parts * (3 - len(parts)))
+        return height, width
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

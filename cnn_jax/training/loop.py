@@ -7,7 +7,6 @@ run gets its own workdir with the same outputs, checkpoints and resumption.
 """
 
 import functools
-import itertools
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from cnn_jax import data, models
 from cnn_jax.analysis import arithmetic
+from cnn_jax.data import pipeline
 from cnn_jax.errors import UserError
 from cnn_jax.kernels import dispatch
 from cnn_jax.layers import losses
@@ -61,15 +61,13 @@ def _process_part() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def evaluate(eval_fn, state, images: np.ndarray, labels: np.ndarray, batch_size: int,
-             sharding: NamedSharding | None = None) -> list[dict]:
-    """Mean 'loss' and 'accuracy' over every example of (images, labels), of each run that `state` holds.
+def evaluate(eval_fn, state, batches, sharding: NamedSharding | None = None) -> list[dict]:
+    """Mean 'loss' and 'accuracy' over `batches` (`data.pipeline.evaluation_batches`), of each run `state` holds.
 
     `eval_fn(state, batch)` gives sums per run (scalars for one run, `[runs]`
-    for several). With `sharding` (every process calls it), each process feeds
-    its share of each batch.
+    for several). With `sharding` (every process calls it), the batches are
+    this process's shares of global batches.
     """
-    batches = data.batches(images, labels, batch_size, part=_process_part() if sharding else (0, 1))
     sums = [eval_fn(state, batch if sharding is None else _global_batch(batch, sharding)) for batch in batches]
     totals = jax.tree.map(lambda *xs: np.atleast_1d(np.sum(xs, axis=0)), *_fetch(sums))
     return [{"loss": float(loss) / float(count), "accuracy": float(correct) / float(count)}
@@ -91,12 +89,12 @@ def data_mesh(*batch_sizes: tuple[str, int]) -> Mesh:
     return Mesh(np.array(devices), ("data",))
 
 
-def abstract_batch(images: np.ndarray, labels: np.ndarray, shape: tuple[int, ...], with_mask: bool,
-                    sharding) -> dict:
-    """Shapes of a batch of `shape` (batch size, preceded by the runs when stacked) of (images, labels)."""
+def abstract_batch(image_shape: tuple[int, int, int], shape: tuple[int, ...], with_mask: bool, sharding) -> dict:
+    """Shapes of a batch of `shape` (batch size, preceded by the runs when stacked): uint8 images of
+    `image_shape`, int32 labels and, `with_mask`, a float32 mask."""
     batch = {
-        "image": jax.ShapeDtypeStruct((*shape, *images.shape[1:]), images.dtype, sharding=sharding),
-        "label": jax.ShapeDtypeStruct(shape, labels.dtype, sharding=sharding),
+        "image": jax.ShapeDtypeStruct((*shape, *image_shape), np.uint8, sharding=sharding),
+        "label": jax.ShapeDtypeStruct(shape, np.int32, sharding=sharding),
     }
     if with_mask:
         batch["mask"] = jax.ShapeDtypeStruct(shape, np.float32, sharding=sharding)
@@ -177,8 +175,8 @@ class OneRun(Layout):
         (config,) = configs
         loss = losses.lookup(config.loss, config.label_smoothing)
         split = NamedSharding(mesh, PartitionSpec("data"))
-        train_batch = abstract_batch(dataset.train_images, dataset.train_labels, (config.batch_size,), False, split)
-        eval_batch = abstract_batch(dataset.test_images, dataset.test_labels, (config.eval_batch_size,), True, split)
+        train_batch = abstract_batch(dataset.image_shape, (config.batch_size,), False, split)
+        eval_batch = abstract_batch(dataset.image_shape, (config.eval_batch_size,), True, split)
         train_fn = compile_step(functools.partial(train_step, augment=config.augment, loss=loss), mesh, state,
                                 train_batch, donate=True)
         return train_fn, compile_step(functools.partial(eval_step, loss=loss), mesh, state, eval_batch)
@@ -275,7 +273,8 @@ def plan(config: Config) -> tuple[Any, data.Dataset, int, int]:
     """(model, dataset, steps per epoch, total steps) of a validated `config`; UserError if it cannot run."""
     config.validate()
     model_cls = models.lookup(config.model)
-    dataset = data.load_dataset(config.dataset, config.data_dir)
+    dataset = data.load_dataset(config.dataset, config.data_dir, config.test_fraction, config.train_split,
+                                config.eval_split).at_shape(config.image_hw, config.channels)
     if config.classes:
         dataset = dataset.with_classes(dataset.class_indices(config.classes.split(",")))
     if config.train_examples_per_class:
@@ -288,6 +287,7 @@ def plan(config: Config) -> tuple[Any, data.Dataset, int, int]:
         )
     if len(dataset.test_labels) == 0:
         raise UserError(f"dataset '{config.dataset}' has no test examples to evaluate on")
+    dataset.image_shape  # Raises for images of several sizes without `image_size`.
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -317,6 +317,8 @@ def results_record(config: Config, dataset: data.Dataset, params: int, trainable
         "data_source": dataset.source,
         "classes": list(dataset.class_names),
         "train_examples": len(dataset.train_labels),
+        "image_shape": list(dataset.image_shape),
+        "skipped_files": len(dataset.skipped),
         "seed": config.seed,
         "params": params,
         "trainable_params": trainable,
@@ -384,16 +386,12 @@ def _restore(layout: Layout, managers: list, state) -> tuple[Any, list[dict]] | 
     return layout.join([state for state, _ in found]), [progress for _, progress in found]
 
 
-def _training_batches(dataset: data.Dataset, config: Config, step: int, steps_per_epoch: int):
-    """Run `config`'s training batches from `step` on, epoch after epoch: each epoch's in its own order
-    (`data.epoch_permutation`), so a resumed run reads what an uninterrupted one would."""
-    epoch, done = divmod(step, steps_per_epoch)
-    while True:
-        order = data.epoch_permutation(config.seed, epoch, len(dataset.train_labels))
-        order = order[done * config.batch_size :]  # Resuming inside an epoch: the batches not yet seen.
-        yield from itertools.islice(data.batches(dataset.train_images, dataset.train_labels, config.batch_size,
-                                                 order, part=_process_part()), steps_per_epoch - done)
-        epoch, done = epoch + 1, 0
+def _training_batches(dataset: data.Dataset, config: Config, step: int, steps_per_epoch: int, total_steps: int):
+    """Run `config`'s training batches of steps [step, total_steps): a pure function of the seed and the step
+    (`data.pipeline`), so a resumed run reads what an uninterrupted one would."""
+    crop = config.augment != "none" and config.image_hw is not None
+    return pipeline.training_batches(dataset, config.seed, config.batch_size, steps_per_epoch, crop, step, total_steps,
+                                     _process_part())
 
 
 def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, checkpoint_every: int = 0,
@@ -448,7 +446,11 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
         where = f"workdirs {', '.join(workdirs)}" if grouped else f"workdir {workdirs[0]}"
         print(
             f"{config.model}: {num_params:,} parameters | {config.dataset} from {dataset.source}: "
-            f"{len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test | {runs}"
+            f"{len(dataset.train_labels):,} train / {len(dataset.test_labels):,} test"
+            + (f" ({len(dataset.skipped):,} file(s) that do not decode skipped: {', '.join(dataset.skipped[:3])}"
+               f"{', ...' if len(dataset.skipped) > 3 else ''})" if dataset.skipped else "")
+            + (f" at {'×'.join(map(str, dataset.image_shape))}" if dataset.input_shape else "")
+            + f" | {runs}"
             f"{total_steps:,} steps of {config.batch_size} on {mesh.size} {jax.devices()[0].platform} device(s) "
             f"in {jax.process_count()} process(es) | {where}"
             + (f" | resuming at step {step:,}" if found else "")
@@ -467,7 +469,8 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
     bar = tqdm(total=total_steps, initial=step, unit="step", disable=None if lead else True, dynamic_ncols=True,
                file=sys.stderr)
     pending = []
-    batches = zip(*(_training_batches(dataset, run_config, step, steps_per_epoch) for run_config in configs))
+    batches = zip(*(_training_batches(dataset, run_config, step, steps_per_epoch, total_steps)
+                    for run_config in configs))
 
     def evaluation_due() -> bool:  # After a step that ends a period or the run.
         return bool(progresses[0]["steps_in_epoch"] + len(pending)) and (step % period == 0 or step == total_steps)
@@ -492,7 +495,7 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
                 raise Preempted(step, workdirs)
         _fold_in_metrics(layout, progresses, pending, managers)  # Waits for the last step.
         period_seconds = time.perf_counter() - period_start
-        tests = evaluate(eval_fn, state, dataset.test_images, dataset.test_labels, config.eval_batch_size,
+        tests = evaluate(eval_fn, state, pipeline.evaluation_batches(dataset, config.eval_batch_size, _process_part()),
                          NamedSharding(mesh, PartitionSpec("data")))
         for k, (progress, test) in enumerate(zip(progresses, tests, strict=True)):
             progress["train_seconds"] += period_seconds / len(configs)

@@ -62,10 +62,10 @@ class StackedRuns(loop.Layout):
         loss = losses.lookup(unit.loss, unit.label_smoothing)
         rates = jnp.asarray([config.learning_rate for config in configs])
         step = jax.vmap(functools.partial(scaled_step, augment=unit.augment, loss=loss))
-        train_batch = loop.abstract_batch(dataset.train_images, dataset.train_labels, (len(configs), unit.batch_size),
-                                           False, NamedSharding(mesh, self.batch_spec()))
-        eval_batch = loop.abstract_batch(dataset.test_images, dataset.test_labels, (unit.eval_batch_size,), True,
-                                          NamedSharding(mesh, PartitionSpec("data")))
+        train_batch = loop.abstract_batch(dataset.image_shape, (len(configs), unit.batch_size), False,
+                                          NamedSharding(mesh, self.batch_spec()))
+        eval_batch = loop.abstract_batch(dataset.image_shape, (unit.eval_batch_size,), True,
+                                         NamedSharding(mesh, PartitionSpec("data")))
         train_fn = loop.compile_step(lambda state, batch: step(state, batch, rates), mesh, state, train_batch,
                                      donate=True)
         evaluate = jax.vmap(functools.partial(steps.eval_step, loss=loss), in_axes=(0, None))
