@@ -48,10 +48,11 @@ def he_variables(model, images, seed: int = 0):
     return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init, jax.random.key(0), images))
 
 
-SAME_BLOCKS = {"resnet34": "resnet18", "resnet101": "resnet50"}
-"""Deeper ResNets and the shallower one whose blocks and initialisers they repeat: the shallower one's own
-initialisation is tested; theirs, which costs more to compile and run than their forward pass (ResNet-101: 17 s
-and 9 s against 3 s), is stood in for by `he_variables`."""
+SAME_BLOCKS = {"resnet34": "resnet18", "resnet101": "resnet50", **{f"vgg{n}{bn}": f"vgg11{bn}" for n in (13, 16, 19)
+                                                                    for bn in ("", "_bn")}}
+"""Deeper networks and the shallower one whose blocks and initialisers they repeat: the shallower one's training
+step is tested, and its own initialisation; theirs, which costs more to compile and run than their forward pass
+(ResNet-101: 17 s and 9 s against 3 s), is stood in for by `he_variables` where a test needs variables."""
 
 
 def pytest_configure(config):

@@ -144,3 +144,27 @@ def test_any_tfds_image_dataset_trains_by_name(tmp_path):
     assert results["data_source"].startswith("tensorflow-datasets")
     # The seed network adapted to 32×32×3 inputs: conv1 (5·5·3+1)·16, FC 32·8·8·10 + 10.
     assert results["params"] == 1216 + 32 + 12_832 + 64 + 20_490
+
+
+def test_splits_default_to_test_then_validation_then_a_held_out_slice_of_train():
+    splits = tfds_source._tfds_splits
+    assert splits("d", {"train": 1, "test": 1, "validation": 1}, "", "") == ("train", "test")
+    assert splits("d", {"train": 1, "validation": 1}, "", "") == ("train", "validation")
+    assert splits("cats_vs_dogs", {"train": 1}, "", "") == ("train[:80%]", "train[80%:]")
+    assert splits("d", {"train": 1}, "train[:50%]", "") == ("train[:50%]", "train[80%:]")
+    assert splits("d", {"train": 1, "test": 1}, "", "train[:10%]") == ("train", "train[:10%]")
+    with pytest.raises(data.DataError, match="dataset 'd' has no 'train' split .it has eval.; choose one with "
+                                             "`train_split`"):
+        splits("d", {"eval": 1}, "", "")
+
+
+def test_a_tfds_dataset_of_images_of_any_size_streams_with_split_slicing(tmp_path):
+    """cats_vs_dogs's images differ in size: read through a data source (mocked), image by image."""
+    config = Config(dataset="cats_vs_dogs", image_size="16", train_split="train[:80%]", eval_split="train[80%:]",
+                    batch_size=8, eval_batch_size=8, epochs=1)
+    with tfds.testing.mock_data(num_examples=24):
+        dataset = loop.plan(config)[1]
+        assert not dataset.in_memory and dataset.train_images.shape == (24, None, None, 3)
+        results = loop.train_and_evaluate(config, str(tmp_path))
+    assert results["classes"] == ["cat", "dog"] and results["steps"] == 3 and results["image_shape"] == [16, 16, 3]
+    assert results["data_source"].endswith(", trained on train[:80%], evaluated on train[80%:])")

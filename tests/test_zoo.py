@@ -29,8 +29,9 @@ def test_zoo_names_are_lower_case_identifiers_and_never_specs():
 @pytest.mark.parametrize("name", [name for name in models.MODELS if name not in SAME_BLOCKS])
 def test_one_training_step_at_28x28x1_reaches_every_parameter_and_lowers_the_loss(name):
     """Also the model's test-mode logits at 28×28×1 (the zoo's other files check them, from the model's own
-    initialisation, at 32×32×3). ResNet-34 and -101 repeat ResNet-18's and -50's blocks (`SAME_BLOCKS`): their
-    step would test the same code at 2× and 3× the compile time (measured 23 s and 68 s)."""
+    initialisation, at 32×32×3). ResNet-34 and -101 repeat ResNet-18's and -50's blocks, VGG-13, -16 and -19
+    VGG-11's (`SAME_BLOCKS`): their step would test the same code at up to 3× the compile time (ResNet-34 and
+    -101 measured 23 s and 68 s)."""
     model = models.lookup(name)(num_classes=10)
     images, labels = normal(1, (4, 28, 28, 1)), jnp.array([3, 1, 4, 1])
     variables = he_variables(model, images)

@@ -76,12 +76,12 @@ def test_googlenet_auxiliary_heads_match_torchvision_and_are_sown_only_in_traini
     assert count_params(variables["params"]) == GOOGLENET_WITH_AUX_PARAMS
     images = jnp.zeros((2, *IMAGENET))
     train = functools.partial(model.apply, train=True, rngs={"dropout": jax.random.key(0)},
-                              mutable=["batch_stats", "intermediates"])
+                              mutable=["batch_stats", "aux_logits"])
     logits, state = jax.eval_shape(train, variables, images)
     assert logits.shape == (2, 1000)
-    assert jax.tree.map(lambda a: a.shape, state["intermediates"]) == {
-        "aux1_logits": ((2, 1000),), "aux2_logits": ((2, 1000),)}
-    _, state = jax.eval_shape(functools.partial(model.apply, mutable=["intermediates"]), variables, images)
+    assert jax.tree.map(lambda a: a.shape, state["aux_logits"]) == {"aux1": {"logits": ((2, 1000),)},
+                                                                      "aux2": {"logits": ((2, 1000),)}}
+    _, state = jax.eval_shape(functools.partial(model.apply, mutable=["aux_logits"]), variables, images)
     assert state == {}
 
 

@@ -89,13 +89,15 @@ class ConvBN(nn.Module):
     """Convolution (no bias) -> BatchNorm -> optional ReLU, `[b, h, w, c] -> [b, h/s, w/s, features]`.
 
     Pads `kernel // 2` zeros on each side (PyTorch's padding for odd kernels),
-    so a stride-s convolution gives ceil(h / s) rows. The BatchNorm's bias
-    makes a convolution bias redundant.
+    so a stride-s convolution gives ceil(h / s) rows; with `valid`, none
+    (floor((h − kernel) / s) + 1 rows). The BatchNorm's bias makes a
+    convolution bias redundant.
     """
 
     features: int
     kernel_size: tuple[int, int] = (3, 3)
     strides: int = 1
+    valid: bool = False
     relu: bool = True
     epsilon: float = 1e-5
     kernel_init: nn.initializers.Initializer = kaiming_normal
@@ -103,7 +105,7 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        padding = [(k // 2, k // 2) for k in self.kernel_size]
+        padding = "VALID" if self.valid else [(k // 2, k // 2) for k in self.kernel_size]
         x = Conv(self.features, self.kernel_size, strides=self.strides, padding=padding, use_bias=False,
                  kernel_init=self.kernel_init)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=MOMENTUM, epsilon=self.epsilon,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from cnn_jax.errors import UserError
-from cnn_jax.models import alexnet, allconv, convnet, googlenet, lenet, resnet, spec, variants, vgg
+from cnn_jax.models import alexnet, allconv, convnet, googlenet, inception, lenet, resnet, spec, variants, vgg
 from cnn_jax.models.base import SMALL_INPUT, Entry
 from cnn_jax.models.convnet import ConvNet
 
@@ -24,6 +24,7 @@ MODELS: dict[str, Entry] = {
     **alexnet.MODELS,
     **vgg.MODELS,
     **googlenet.MODELS,
+    **inception.MODELS,
     **resnet.MODELS,
     **allconv.MODELS,
     **variants.MODELS,

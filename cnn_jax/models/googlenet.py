@@ -49,7 +49,8 @@ class Inception(nn.Module):
 
 
 class InceptionAux(nn.Module):
-    """Auxiliary classifier: 4×4 adaptive mean -> 1×1 conv 128 -> FC 1024 -> ReLU -> dropout 0.7 -> FC."""
+    """Auxiliary classifier: 4×4 adaptive mean -> 1×1 conv 128 -> FC 1024 -> ReLU -> dropout 0.7 -> FC; in training,
+    its logits are also sown as `aux_logits` `logits`."""
 
     num_classes: int
 
@@ -58,7 +59,10 @@ class InceptionAux(nn.Module):
         x = BasicConv(128, 1)(adaptive_avg_pool(x, 4), train)
         x = nn.relu(nn.Dense(1024, kernel_init=init)(x.reshape(x.shape[0], -1)))
         x = nn.Dropout(0.7, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=init)(x)
+        logits = nn.Dense(self.num_classes, kernel_init=init)(x)
+        if train:
+            self.sow("aux_logits", "logits", logits)
+        return logits
 
 
 # (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) of each Inception block, and where the max-pools go.
@@ -83,10 +87,11 @@ class GoogLeNet(nn.Module):
 
     With `aux_logits`, two auxiliary classifiers (after 4a and 4d) run in
     training only; `__call__` still returns the main logits, and the
-    auxiliary logits are sown as `intermediates` `aux1_logits` and
-    `aux2_logits`, each a one-element tuple (get them with
-    `mutable=["batch_stats", "intermediates"]`; torchvision weights them 0.3 in
-    the loss). Their parameters are created at `init` whatever `train` is.
+    auxiliary logits are sown in the `aux_logits` collection, as
+    `aux1/logits` and `aux2/logits`, each a one-element tuple (get them with
+    `mutable=["batch_stats", "aux_logits"]`; the training loss adds each with
+    weight 0.3, `cnn_jax.training.steps`). Their parameters are created at
+    `init` whatever `train` is.
     """
 
     num_classes: int = 1000
@@ -108,9 +113,7 @@ class GoogLeNet(nn.Module):
                 x = Inception(*channels, name=name)(x, train)
                 aux = {"inception4a": "aux1", "inception4d": "aux2"}.get(name)
                 if aux and self.aux_logits and (train or self.is_initializing()):
-                    aux_logits = InceptionAux(self.num_classes, name=aux)(x, train)
-                    if train:
-                        self.sow("intermediates", f"{aux}_logits", aux_logits)
+                    InceptionAux(self.num_classes, name=aux)(x, train)
         x = nn.Dropout(self.dropout, deterministic=not train)(global_avg_pool(x))
         return nn.Dense(self.num_classes, kernel_init=init, name="fc")(x)
 

@@ -291,7 +291,18 @@ def plan(config: Config) -> tuple[Any, data.Dataset, int, int]:
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    return model_cls(num_classes=dataset.num_classes), dataset, steps_per_epoch, total_steps
+    return _model(model_cls, dataset.num_classes, config), dataset, steps_per_epoch, total_steps
+
+
+def _model(model_cls, num_classes: int, config: Config):
+    """`config.model` for `num_classes`, with its auxiliary classifiers if `config.aux_classifiers`."""
+    if not config.aux_classifiers:
+        return model_cls(num_classes=num_classes)
+    try:
+        return model_cls(num_classes=num_classes, aux_logits=True)
+    except TypeError:
+        raise UserError(f"`aux_classifiers`: model '{config.model}' has no auxiliary classifiers (googlenet and "
+                        "inception_v3 have)") from None
 
 
 def epoch_record(step: int, steps_per_epoch: int, train: dict, test: dict, learning_rate: float) -> dict:

@@ -20,6 +20,8 @@ from cnn_jax.layers import losses
 from cnn_jax.training import transfer
 from cnn_jax.training.config import Config
 
+AUX_WEIGHT = 0.3  # Each auxiliary classifier's loss in the training loss (GoogLeNet's, InceptionV3's; torchvision's).
+
 
 class TrainState(train_state.TrainState):
     """Parameters, optimizer state and step, plus BatchNorm's running statistics, the run's base key and the
@@ -73,8 +75,12 @@ def train_step(state: TrainState, batch: dict, augment: str = "none",
 
     `augment` is "none" or "flip" (random left-right mirroring); `loss` gives
     per-example losses (`cnn_jax.layers.losses`). Layers with randomness (dropout,
-    stochastic pooling) draw from the "dropout" stream. Returns the new state
-    and the batch's mean 'loss' and 'accuracy' (before the update).
+    stochastic pooling) draw from the "dropout" stream. A model's auxiliary
+    classifiers (logits it sows in the `aux_logits` collection while
+    training) add their mean losses, each `AUX_WEIGHT` times, to the loss
+    that is differentiated. Returns the new state and the batch's mean 'loss'
+    (the main classifier's, as evaluation's) and 'accuracy' (before the
+    update).
     """
     grads, batch_stats, metrics = gradients(state, batch, augment, loss)
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
@@ -99,12 +105,15 @@ def gradients(state: TrainState, batch: dict, augment: str, loss: losses.Loss) -
                 {"params": transfer.join(trainable, frozen), "batch_stats": state.batch_stats},
                 images,
                 train=True,
-                mutable=["batch_stats"],
+                mutable=["batch_stats", "aux_logits"],
                 rngs={"dropout": jax.random.fold_in(step_key, 1)},
             )
-        return loss(logits, batch["label"]).mean(), (logits, updates)
+        main = loss(logits, batch["label"]).mean()
+        aux = sum(loss(aux_logits, batch["label"]).mean()
+                  for aux_logits in jax.tree.leaves(updates.get("aux_logits", {})))
+        return main + AUX_WEIGHT * aux, (main, logits, updates)
 
-    (mean_loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (_, (mean_loss, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     grads = transfer.join(grads, jax.tree.map(jnp.zeros_like, frozen))
     return grads, updates.get("batch_stats", {}), {"loss": mean_loss, "accuracy": accuracy}

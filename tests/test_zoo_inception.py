@@ -1,0 +1,103 @@
+"""InceptionV3: torchvision's parameter counts, its input sizes and small-image stem, real forward passes, and the
+auxiliary classifiers' place in the training loss (not in evaluation)."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import normal, unoptimised_jit
+
+from cnn_jax.analysis.arithmetic import count_params
+from cnn_jax.errors import UserError
+from cnn_jax.models.inception import InceptionV3
+from cnn_jax.training import steps
+from cnn_jax.training.config import Config
+
+# torchvision 0.28's inception_v3(aux_logits=..., init_weights=True): sum(p.numel() for p in model.parameters()).
+TORCHVISION_PARAMS, TORCHVISION_PARAMS_WITH_AUX = 23_834_568, 27_161_264
+
+
+def abstract(model, shape):
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape)))
+
+
+@pytest.mark.parametrize("aux, expected", [(False, TORCHVISION_PARAMS), (True, TORCHVISION_PARAMS_WITH_AUX)])
+def test_counts_at_299x299x3_equal_torchvision(aux, expected):
+    assert count_params(abstract(InceptionV3(num_classes=1000, aux_logits=aux), (299, 299, 3))["params"]) == expected
+
+
+def test_small_images_get_the_small_stem_with_the_same_weights_but_the_first_layers_channels():
+    grids = {}
+
+    def watch(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.module.name in ("Mixed_5d", "Mixed_6e", "Mixed_7c"):
+            grids[context.module.name] = out.shape[1]
+        return out
+
+    model = InceptionV3(num_classes=10)
+    with nn.intercept_methods(watch):
+        variables = abstract(model, (28, 28, 1))
+    assert grids == {"Mixed_5d": 11, "Mixed_6e": 5, "Mixed_7c": 2}
+    # The first convolution has 32·3·3 weights per input channel; the head 2049 per class.
+    assert count_params(variables["params"]) == TORCHVISION_PARAMS - 32 * 9 * 2 - 2049 * 990
+
+
+@pytest.mark.parametrize("size, minimum", [(74, "75×75"), (64, "75×75"), (18, "19×19")])
+def test_too_small_images_are_a_one_line_error_naming_the_minimum(size, minimum):
+    with pytest.raises(UserError, match=f"inception_v3 needs images of at least 75×75 .or, below 64×64, its "
+                                        f"small-image stem's 19×19.; got {size}×{size}: raise `image_size`"):
+        abstract(InceptionV3(), (size, size, 3))
+    assert minimum
+
+
+@pytest.mark.slow
+def test_real_forward_passes_at_75_and_299_give_finite_logits():
+    model = InceptionV3(num_classes=1000)
+    for size in (75, 299):
+        images = normal(size, (1, size, size, 3))
+        logits, variables = unoptimised_jit(model.init_with_output)(jax.random.key(0), images)
+        assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
+    aux = jax.eval_shape(functools.partial(InceptionV3(aux_logits=True).apply, train=True, mutable=["batch_stats",
+                                                                                                     "aux_logits"],
+                                           rngs={"dropout": jax.random.key(1)}),
+                         abstract(InceptionV3(aux_logits=True), (299, 299, 3)), jnp.zeros((2, 299, 299, 3)))[1]
+    assert jax.tree.map(lambda a: a.shape, aux["aux_logits"]) == {"AuxLogits": {"logits": ((2, 1000),)}}
+
+
+class TwoHeads(nn.Module):
+    """A main and an auxiliary classifier of 2 classes on 2 pixels, the auxiliary one sown only in training."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        if train or self.is_initializing():
+            aux = nn.Dense(2, name="aux")(x)
+            if train:
+                self.sow("aux_logits", "logits", aux)
+        return nn.Dense(2, name="main")(x)
+
+
+def test_auxiliary_losses_weigh_0_3_in_the_training_loss_and_not_in_evaluation():
+    model = TwoHeads()
+    state = steps.create_train_state(model, Config(), (1, 2, 1))
+    batch = {"image": np.array([[[[10], [200]]], [[[90], [30]]]], np.uint8), "label": np.array([0, 1], np.int32)}
+    images = batch["image"].astype(np.float32).reshape(2, 2) / 255
+
+    def expected(params):
+        ce = lambda layer: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+            images @ params[layer]["kernel"] + params[layer]["bias"], batch["label"]).mean()
+        return ce("main") + 0.3 * ce("aux"), ce("main")
+
+    grads, _, metrics = steps.gradients(state, batch, "none", steps.losses.softmax_cross_entropy)
+    (_, main), want = jax.value_and_grad(expected, has_aux=True)(state.params)
+    np.testing.assert_allclose(float(metrics["loss"]), float(main), rtol=1e-6)  # The reported loss: the main one.
+    for layer in ("main", "aux"):
+        np.testing.assert_allclose(grads[layer]["kernel"], want[layer]["kernel"], rtol=1e-5, atol=1e-7)
+    assert float(jnp.abs(grads["aux"]["kernel"]).sum()) > 0
+    sums = steps.eval_step(state, {**batch, "mask": np.ones(2, np.float32)})
+    np.testing.assert_allclose(float(sums["loss"]) / 2, float(main), rtol=1e-6)
