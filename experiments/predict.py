@@ -5,9 +5,9 @@ r"""Use a trained network on your own images: each file's most likely classes.
 
 Each image (any format Pillow reads, any size, grey or colour; a folder
 stands for its image files) is converted to the run's image shape and
-channels as `--image_files` of `experiments.inspect` converts it (the
-largest centred crop of the run's aspect ratio, resized with a Lanczos
-filter), scaled as evaluation scales the test images, and run in test mode.
+channels as evaluation converts its test images (`cnn_jax.data.files.centre`:
+the largest centred crop of the run's aspect ratio, resized), scaled as
+evaluation scales them, and run in test mode.
 A line per image:
 
     shirt.jpg: Shirt 0.912 | T-shirt/top 0.051 | Pullover 0.020
@@ -30,21 +30,19 @@ flags.DEFINE_bool("json", False, "Print one JSON object (files, their top classe
                   "files that could not be read) instead of lines.")
 FLAGS = flags.FLAGS
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
-
 def image_files(paths: list[str]) -> list[str]:
     """`paths` with each folder replaced by its image files (by suffix, sorted); UserError for a folder with
     none."""
+    from cnn_jax.data.files import SUFFIXES, is_image_name
     from cnn_jax.errors import UserError
 
     files = []
     for path in paths:
         if os.path.isdir(path):
             found = sorted(os.path.join(path, name) for name in os.listdir(path)
-                           if name.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(path, name)))
+                           if is_image_name(name) and os.path.isfile(os.path.join(path, name)))
             if not found:
-                raise UserError(f"folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+                raise UserError(f"folder {path} holds no image files ({', '.join(SUFFIXES)})")
             files.extend(found)
         else:
             files.append(path)

@@ -63,3 +63,25 @@ def test_lines_for_people_and_one_line_errors(tiny_run, tmp_path):
                           ((str(picture),), "error: give the run to predict with: --workdir=RUN")):
         result = run_predict(*args)
         assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
+
+
+@pytest.mark.slow  # A run on a folder, then the command.
+def test_files_of_other_sizes_get_the_classes_evaluation_gives_them_through_the_dataset(tmp_path):
+    from conftest import write_image_folder
+
+    from cnn_jax.data import pipeline
+    from cnn_jax.training import loop
+    from cnn_jax.training.config import Config
+
+    write_image_folder(tmp_path / "photos", per_class=10, classes=("dark", "grey", "bright"))
+    config = Config(dataset="folder", data_dir=str(tmp_path / "photos"), image_size="12,16", batch_size=8,
+                    eval_batch_size=6, epochs=1, learning_rate=3e-3)
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+    run = trained.load(str(tmp_path / "run"))
+    files = list(run.dataset.test_images.paths)  # 2 of each class, of several sizes, formats and modes.
+    result = run_predict(f"--workdir={tmp_path / 'run'}", *files, "--json", "--top_k=3")
+    assert result.returncode == 0, result.stderr
+    predicted = [[c["index"] for c in p["classes"]] for p in json.loads(result.stdout)["predictions"]]
+    batch = next(pipeline.evaluation_batches(run.dataset, len(files)))
+    logits = np.asarray(jax.jit(run.model.apply)(run.variables, data.normalize(batch["image"])))
+    assert predicted == [list(np.argsort(-row)) for row in logits]

@@ -43,10 +43,10 @@ def run(workdir, data_dir, *flags, devices=1):
     return finish(start(workdir, data_dir, *flags, devices=devices))
 
 
-def outcome(workdir):
+def outcome(workdir, image_shape=(28, 28, 1), num_classes=10):
     """(metrics.jsonl text, results.json without timing, final parameters) of a finished run."""
     results = json.loads((workdir / "results.json").read_text())
-    target = steps.create_train_state(models.ConvNet(), Config(), (28, 28, 1))
+    target = steps.create_train_state(models.ConvNet(num_classes=num_classes), Config(), image_shape)
     params = checkpoint.restore(str(workdir), target).params
     return (workdir / "metrics.jsonl").read_text(), {k: v for k, v in results.items() if k not in TIMING}, params
 
@@ -102,6 +102,37 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_end(reference, tmp_path,
     code, out, err = run(tmp_path, data_dir)
     assert code == 0, err
     metrics, results, params = outcome(tmp_path)
+    assert (metrics, results) == expected[:2]
+    assert_same_params(params, expected[2])
+
+
+FOLDER = ("--dataset=folder", "--image_size=16")  # Streamed: Grain's threads decode, crop and resize each file.
+
+
+@pytest.fixture(scope="module")
+def folder_reference(tmp_path_factory):
+    """An uninterrupted streamed run on a folder of 200 images of 3 sizes (160 for training: 4 steps an epoch)."""
+    from conftest import write_image_folder
+
+    folder = tmp_path_factory.mktemp("photos")
+    write_image_folder(folder, per_class=100)
+    workdir = tmp_path_factory.mktemp("folder_reference")
+    code, _, err = run(workdir, folder, *FOLDER)
+    assert code == 0, err
+    return folder, outcome(workdir, (16, 16, 3), 2)
+
+
+@pytest.mark.slow
+def test_a_streamed_run_killed_mid_way_resumes_to_the_same_end(folder_reference, tmp_path):
+    folder, expected = folder_reference
+    process = start(tmp_path, folder, *FOLDER)
+    _wait_for_checkpoint(tmp_path, 6, process)
+    time.sleep(0.01)
+    process.kill()
+    process.wait()
+    code, out, err = run(tmp_path, folder, *FOLDER)
+    assert code == 0 and "resuming at step" in out, err
+    metrics, results, params = outcome(tmp_path, (16, 16, 3), 2)
     assert (metrics, results) == expected[:2]
     assert_same_params(params, expected[2])
 
