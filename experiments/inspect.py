@@ -19,7 +19,7 @@ from absl import flags
 from cnn_jax.errors import UserError
 from experiments import cli
 
-flags.DEFINE_string("workdir", None, "A training run's folder (python -m experiments.fashion --workdir=...).")
+flags.DEFINE_string("workdir", None, "A training run's folder (python -m experiments.train --workdir=...).")
 flags.DEFINE_string("data_dir", None, "Where the run's dataset is, if not where the run found it.")
 flags.DEFINE_list("images", ["0", "1", "2", "3"], "Test-split indices of the images to look at.")
 flags.DEFINE_list("image_files", [], "Your own image files instead of --images (any size; converted to the run's "
@@ -43,7 +43,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     if not FLAGS.workdir:
-        raise UserError("give the run to look inside: --workdir=RUN (a folder python -m experiments.fashion wrote)")
+        raise UserError("give the run to look inside: --workdir=RUN (a folder python -m experiments.train wrote)")
     if FLAGS["images"].present and FLAGS.image_files:
         raise UserError("give --images (test indices) or --image_files (your files), not both")
     from cnn_jax.analysis.inspect import report

@@ -24,7 +24,7 @@ from absl import flags
 
 from experiments import cli
 
-flags.DEFINE_string("workdir", None, "A training run's folder (python -m experiments.fashion --workdir=...).")
+flags.DEFINE_string("workdir", None, "A training run's folder (python -m experiments.train --workdir=...).")
 flags.DEFINE_integer("top_k", 3, "Classes to show per image, most likely first.")
 flags.DEFINE_bool("json", False, "Print one JSON object (files, their top classes and probabilities, and the "
                   "files that could not be read) instead of lines.")
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
     from cnn_jax.errors import UserError
 
     if not FLAGS.workdir:
-        raise UserError("give the run to predict with: --workdir=RUN (a folder python -m experiments.fashion wrote)")
+        raise UserError("give the run to predict with: --workdir=RUN (a folder python -m experiments.train wrote)")
     if FLAGS.top_k < 1:
         raise UserError(f"--top_k={FLAGS.top_k} must be at least 1")
     files = image_files(argv[1:])

@@ -128,3 +128,21 @@ def test_a_folder_of_mixed_images_trains_end_to_end(tmp_path):
     assert results["train_examples"] == 26 and results["image_shape"] == [16, 16, 3]
     assert results["steps"] == 9 and results["test_accuracy"] == 1.0
     assert len(paths) == 32
+
+
+@pytest.mark.slow  # Two commands; the messages themselves are tested above.
+def test_the_command_says_in_one_line_what_is_wrong_with_a_folder(tmp_path):
+    import subprocess
+    import sys
+
+    root = str(__import__("pathlib").Path(__file__).parent.parent)
+    (tmp_path / "cat").mkdir()
+    for flags, message in ((["--dataset=folder"], "error: --dataset=folder needs --data_dir: the folder holding one "
+                                                  "folder of images per class\n"),
+                           ([f"--data_dir={tmp_path}", "--dataset=folder"], f"error: folder {tmp_path} holds one class "
+                                                                            "folder ('cat'); a classifier needs at "
+                                                                            "least two\n")):
+        result = subprocess.run([sys.executable, "-m", "experiments.train", f"--workdir={tmp_path / 'run'}", *flags],
+                                cwd=root, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()

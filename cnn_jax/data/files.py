@@ -35,9 +35,11 @@ def open_image(path: str, channels: int):
 
     if channels not in (1, 3):
         raise DataError(f"cannot convert {path} to {channels} channels: only grey (1) or RGB (3) images")
+    mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as image:
-            return image.convert("L" if channels == 1 else "RGB")  # Decodes (a GIF's first frame).
+            image.load()  # Decodes (a GIF's first frame).
+            return image if image.mode == mode else image.convert(mode)  # (A copy costs a third of a decode.)
     except FileNotFoundError:
         raise DataError(f"image file {path} does not exist") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow's ways to say "corrupt".

@@ -40,7 +40,7 @@ WORKERS = os.cpu_count() or 1  # Threads converting images.
 PREFETCH = 4  # Batches converted ahead of the step that needs them (at most).
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=8)  # The epochs in flight, of each run of a vectorised group.
 def _order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     return epoch_permutation(seed, epoch, num_examples)
 
@@ -128,3 +128,12 @@ def evaluation_batches(dataset: Dataset, batch_size: int, part: tuple[int, int] 
     rows = _share(batch_size, part)[1]
     count = -(-len(dataset.test_labels) // batch_size) * rows
     return _streamed(functools.partial(_evaluation_example, dataset, batch_size, part), range(count), rows)
+
+
+def test_images(dataset: Dataset, indices=slice(None)) -> np.ndarray:
+    """uint8 `[n, h, w, c]`: the test images at `indices` (default all) as evaluation sees them, in memory (for
+    the tools that look at a few: `experiments.inspect`, `--log_images`)."""
+    if dataset.in_memory:
+        return dataset.test_images[indices]
+    chosen = np.arange(len(dataset.test_labels))[indices]
+    return np.stack([convert(dataset.test_images, int(i), dataset.image_shape) for i in np.atleast_1d(chosen)])

@@ -378,7 +378,7 @@ def _snapshot(model, state: TrainState, dataset: data.Dataset) -> dict:
     from cnn_jax.analysis.inspect import snapshot  # Only for runs that log images.
 
     variables = _fetch({"params": state.params, "batch_stats": state.batch_stats})
-    return snapshot.snapshot(model, variables, dataset.test_images[0])
+    return snapshot.snapshot(model, variables, pipeline.test_images(dataset, [0])[0])
 
 
 def _restore(layout: Layout, managers: list, state) -> tuple[Any, list[dict]] | None:

@@ -43,7 +43,7 @@ def read_config(workdir: str) -> Config:
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise UserError(f"`workdir`={workdir} holds no run ({CONFIG_FILE} is missing); train one with "
-                        f"python -m experiments.fashion --workdir={workdir}")
+                        f"python -m experiments.train --workdir={workdir}")
     with open(path) as f:
         recorded = json.load(f)
     known = {field.name for field in dataclasses.fields(Config)}

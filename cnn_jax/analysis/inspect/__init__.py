@@ -8,7 +8,7 @@
     sanity.py       cascading randomisation: do the maps depend on what the network learned?
     figures.py      the pictures (matplotlib) and the page that gathers them
     report.py       what `experiments.inspect` computes, draws and writes for a run
-    snapshot.py     the pictures `experiments.fashion --log_images` logs to TensorBoard
+    snapshot.py     the pictures `experiments.train --log_images` logs to TensorBoard
 
 Everything runs the model in test mode on XLA's own operations
 (`taps.forward`), which every JAX transformation accepts.

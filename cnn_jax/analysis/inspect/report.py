@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cnn_jax import data
 from cnn_jax.analysis.inspect import activations, attribution, featvis, figures, filters, sanity, taps
+from cnn_jax.data import pipeline
 from cnn_jax.errors import UserError
 from cnn_jax.training import steps, trained
 
@@ -50,7 +51,7 @@ def choose(dataset: data.Dataset, indices: list[str], files: list[str]) -> Chose
         raise UserError(f"`images`={','.join(indices)}: the test split has {count:,} images; give indices in "
                         f"[0, {count})")
     labels = [f"#{i}: {dataset.class_names[dataset.test_labels[i]]}" for i in numbers]
-    return Chosen(dataset.test_images[numbers], labels, numbers)
+    return Chosen(pipeline.test_images(dataset, numbers), labels, numbers)
 
 
 @dataclasses.dataclass
@@ -105,10 +106,10 @@ def _activations(ctx: Context) -> dict:
                               "has one colour scale (its minimum to maximum over these images).")
         figures.activation_grid(ctx.inputs, layer_maps, ctx.chosen.labels, f"{name}: activation maps", ctx_path)
     ctx.save_arrays("activations", **{_safe(name): value for name, value in maps.items()})
-    stats = activations.layer_statistics(run.model, run.variables, run.dataset.test_images)
+    stats = activations.layer_statistics(run.model, run.variables, pipeline.test_images(run.dataset))
     names = list(stats)
     path = ctx.figure("activations_sparsity", "Sparsity by depth",
-                      f"For every layer in call order, over the run's {len(run.dataset.test_images):,} test images: "
+                      f"For every layer in call order, over the run's {len(run.dataset.test_labels):,} test images: "
                       "the share of values at or below zero (what a ReLU sets to zero, for a layer before one; "
                       "exact zeros for a layer after one). inspect.json has these and each layer's mean.")
     figures.curves(names, {"share ≤ 0": [stats[n]["off_fraction"] for n in names]}, "share of activations ≤ 0",
@@ -226,7 +227,7 @@ def _features(ctx: Context) -> dict:
     kernel's centre neuron, and each class logit, maximised by images optimised together."""
     run = ctx.run
     shape = run.dataset.image_shape
-    colours = featvis.colour_basis(run.dataset.test_images[:1000]) if shape[-1] == 3 else None
+    colours = featvis.colour_basis(pipeline.test_images(run.dataset, slice(1000))) if shape[-1] == 3 else None
     key = jax.random.key(ctx.seed)
     results, arrays = {}, {}
     jobs = [("channel", layer, _featvis_channels(ctx, layer)) for layer in ctx.featvis_layers]

@@ -1,4 +1,4 @@
-"""The pictures `experiments.fashion --log_images` writes to TensorBoard at each evaluation (no matplotlib)."""
+"""The pictures `experiments.train --log_images` writes to TensorBoard at each evaluation (no matplotlib)."""
 
 import numpy as np
 
@@ -6,7 +6,7 @@ from cnn_jax.analysis.inspect import activations, figures, filters, taps
 
 
 def snapshot(model, variables, image: np.ndarray) -> dict[str, np.ndarray]:
-    """What `experiments.fashion --log_images` writes to TensorBoard at each evaluation: the first convolution's
+    """What `experiments.train --log_images` writes to TensorBoard at each evaluation: the first convolution's
     kernels and uint8 `image`'s activation maps in the default layers, as uint8 mosaics `[H, W, c]` by tag."""
     known = taps.layers(model, variables, image.shape)
     kernels = filters.convolution_kernels(variables["params"], known)
