@@ -8,6 +8,7 @@ r"""Benchmarks: each compares variants side by side in one run, on one machine.
     python -m experiments.benchmark --what=vmap_seeds --seeds=4
     python -m experiments.benchmark --what=devices --batch_size=128
     python -m experiments.benchmark --what=inspect
+    python -m experiments.image_pipelines               # input pipelines: folders of JPEGs, vs torchvision and tf.data
 
 torch: training throughput of the seed network in cnn_jax and in the PyTorch
   reference (experiments/torch_reference.py: same architecture, initialisation,

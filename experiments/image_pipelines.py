@@ -54,22 +54,26 @@ WARM_UP = 10  # Batches before the timing starts: more than any side prefetches 
 
 
 def make_folder(directory: str, count: int, height: int = 400, width: int = 500) -> str:
-    """`directory/<count>/{a,b}/*.jpg`: `count` colour JPEGs (quality 90) of smooth colour and noise, made once."""
+    """`directory/<count>/{a,b}/*.jpg`: `count` colour JPEGs (quality 90) of smooth colour and noise, made once:
+    each one of 32 smooth patterns, shifted by a random offset, plus a random slice of a bank of noise."""
     import numpy as np
     from PIL import Image
+    from tqdm import tqdm
 
     folder = os.path.join(directory, str(count))
     done = os.path.join(folder, ".complete")
     if os.path.exists(done):
         return folder
     rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    for i in range(count):
+    y, x = np.mgrid[0 : 2 * height, 0 : 2 * width].astype(np.float32)
+    patterns = [np.stack([127 + 100 * np.sin(x / (30 + 20 * c) + y / 50 + rng.uniform(0, 6.3)) for c in range(3)],
+                         axis=-1).astype(np.int16) for _ in range(32)]
+    noise = rng.integers(-12, 13, (2 * height, 2 * width, 3)).astype(np.int16)
+    for i in tqdm(range(count), desc=f"making {count:,} JPEGs in {folder}", unit="file"):
         klass = os.path.join(folder, "ab"[i % 2])
         os.makedirs(klass, exist_ok=True)
-        phase = rng.uniform(0, 6.3, 3)
-        pixels = np.stack([127 + 100 * np.sin(x / (30 + 20 * c) + y / 50 + phase[c]) for c in range(3)], axis=-1)
-        pixels += rng.normal(0, 12, pixels.shape).astype(np.float32)
+        top, left, ny, nx = rng.integers(0, height), rng.integers(0, width), rng.integers(0, height), rng.integers(0, width)
+        pixels = patterns[i % 32][top : top + height, left : left + width] + noise[ny : ny + height, nx : nx + width]
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(os.path.join(klass, f"{i:06d}.jpg"), quality=90)
     open(done, "w").close()
     return folder

@@ -101,6 +101,7 @@ def test_streamed_batches_are_the_batches_of_the_arrays_in_memory(tmp_path):
         for a, b in zip(got, want, strict=True):
             np.testing.assert_array_equal(a["image"], b["image"])
             np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(pipeline.test_images(streamed, [0, 2]), memory.test_images[[0, 2]])
         got, want = (list(pipeline.evaluation_batches(d, 4, part)) for d in (streamed, memory))
         assert len(got) == len(want) == 2  # 7 test images (3 + 2 + 2), the last batch padded.
         for a, b in zip(got, want, strict=True):
