@@ -58,10 +58,12 @@ def test_too_small_images_are_a_one_line_error_naming_the_minimum(size, minimum)
 @pytest.mark.slow
 def test_real_forward_passes_at_75_and_299_give_finite_logits():
     model = InceptionV3(num_classes=1000)
-    for size in (75, 299):
-        images = normal(size, (1, size, size, 3))
-        logits, variables = unoptimised_jit(model.init_with_output)(jax.random.key(0), images)
-        assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
+    # The model's own initialisation at 75×75, then its forward pass at 299×299 with those variables (they do not
+    # depend on the size): 2 programs, where initialising at each size would compile 2 more.
+    logits, variables = unoptimised_jit(model.init_with_output)(jax.random.key(0), normal(75, (1, 75, 75, 3)))
+    assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
+    logits = unoptimised_jit(model.apply)(variables, normal(299, (1, 299, 299, 3)))
+    assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
     aux = jax.eval_shape(functools.partial(InceptionV3(aux_logits=True).apply, train=True, mutable=["batch_stats",
                                                                                                      "aux_logits"],
                                            rngs={"dropout": jax.random.key(1)}),
@@ -93,11 +95,13 @@ def test_auxiliary_losses_weigh_0_3_in_the_training_loss_and_not_in_evaluation()
             images @ params[layer]["kernel"] + params[layer]["bias"], batch["label"]).mean()
         return ce("main") + 0.3 * ce("aux"), ce("main")
 
-    grads, _, metrics = steps.gradients(state, batch, "none", steps.losses.softmax_cross_entropy)
+    gradients = unoptimised_jit(functools.partial(steps.gradients, augment="none",
+                                                  loss=steps.losses.softmax_cross_entropy))
+    grads, _, metrics = gradients(state, batch)
     (_, main), want = jax.value_and_grad(expected, has_aux=True)(state.params)
     np.testing.assert_allclose(float(metrics["loss"]), float(main), rtol=1e-6)  # The reported loss: the main one.
     for layer in ("main", "aux"):
         np.testing.assert_allclose(grads[layer]["kernel"], want[layer]["kernel"], rtol=1e-5, atol=1e-7)
     assert float(jnp.abs(grads["aux"]["kernel"]).sum()) > 0
-    sums = steps.eval_step(state, {**batch, "mask": np.ones(2, np.float32)})
+    sums = unoptimised_jit(steps.eval_step)(state, {**batch, "mask": np.ones(2, np.float32)})
     np.testing.assert_allclose(float(sums["loss"]) / 2, float(main), rtol=1e-6)

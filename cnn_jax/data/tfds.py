@@ -131,21 +131,23 @@ def _size_in_bytes(builder, splits: tuple[str, str]) -> int:
 class TfdsImages:
     """The images of a split of a TFDS data source, read one by one (`cnn_jax.data.dataset.Images`)."""
 
-    def __init__(self, source, indices: np.ndarray, channels: int):
-        self.source, self.indices, self.channels = source, indices, channels
-        self.shape = (len(indices), None, None, channels)
+    def __init__(self, source, indices: np.ndarray, image_shape: tuple):
+        """`image_shape`: the feature's (h, w, c), None where it varies."""
+        self.source, self.indices, self.image_shape = source, indices, image_shape
+        self.shape = (len(indices), *image_shape)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index) -> "TfdsImages":
-        return TfdsImages(self.source, self.indices[index], self.channels)
+        return TfdsImages(self.source, self.indices[index], self.image_shape)
 
     def open(self, i: int):
         from cnn_jax.data.files import from_array
 
         image = from_array(np.asarray(self.source[int(self.indices[i])]["image"], np.uint8))
-        return image.convert("L" if self.channels == 1 else "RGB")
+        mode = "L" if self.image_shape[2] == 1 else "RGB"
+        return image if image.mode == mode else image.convert(mode)
 
 
 def _tfds_source(builder, split: str) -> tuple[TfdsImages, np.ndarray]:
@@ -155,8 +157,8 @@ def _tfds_source(builder, split: str) -> tuple[TfdsImages, np.ndarray]:
     images = builder.as_data_source(split=split)
     records = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
     labels = np.fromiter((records[k]["label"] for k in range(len(records))), np.int32, len(records))
-    channels = builder.info.features["image"].shape[-1] or 3
-    return TfdsImages(images, np.arange(len(labels)), channels), labels
+    height, width, channels = builder.info.features["image"].shape
+    return TfdsImages(images, np.arange(len(labels)), (height, width, channels or 3)), labels
 
 
 def _tfds_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
