@@ -95,6 +95,7 @@ def test_streamed_batches_are_the_batches_of_the_arrays_in_memory(tmp_path):
     memory = dataclasses.replace(streamed, train_images=as_arrays(streamed.train_images),
                                  test_images=as_arrays(streamed.test_images))
     assert memory.in_memory and not streamed.in_memory
+    assert not memory.at_shape((12, 10), 0).in_memory  # Converted (even to its own size): streamed, and cropped.
     for part in ((0, 1), (1, 2)):
         got, want = (list(pipeline.training_batches(d, 3, 4, 5, False, 2, 12, part)) for d in (streamed, memory))
         assert len(got) == len(want) == 10

@@ -68,9 +68,9 @@ class Dataset:
 
     @property
     def in_memory(self) -> bool:
-        """Whether batches are slices of arrays in memory: the images are arrays, used at their own shape."""
-        return all(isinstance(images, np.ndarray) for images in (self.train_images, self.test_images)) and (
-            self.input_shape in (None, tuple(self.train_images.shape[1:])))
+        """Whether batches are slices of arrays in memory: the images are arrays, not converted (`at_shape`)."""
+        arrays = all(isinstance(images, np.ndarray) for images in (self.train_images, self.test_images))
+        return arrays and self.input_shape is None
 
     def at_shape(self, size: tuple[int, int] | None, channels: int) -> "Dataset":
         """The dataset with its images becoming `size` (h, w; None: their own) and `channels` (0: their own) as a

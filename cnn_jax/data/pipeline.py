@@ -10,8 +10,9 @@ slice of each batch (`part`). So the pipeline's position is the step, which
 every checkpoint holds, and a resumed run reads exactly what an uninterrupted
 one would, on any number of processes.
 
-A dataset of arrays used at their own shape (`Dataset.in_memory`: IDX files,
-small fixed-size tensorflow-datasets) is sliced in memory, the fastest way.
+A dataset of arrays used as they are (`Dataset.in_memory`: IDX files, small
+fixed-size tensorflow-datasets, without `image_size` or `channels`) is sliced
+in memory, the fastest way.
 Any other is streamed with Grain: a `MapDataset` over the examples of steps
 [start, end), each read (`Images.open`: a file decoded, a record read) and
 converted in `workers` threads (Pillow decodes and resizes without the GIL)
@@ -102,7 +103,7 @@ def _streamed(example, slots: range, rows: int) -> Iterator[dict]:
 def training_batches(dataset: Dataset, seed: int, batch_size: int, steps_per_epoch: int, crop: bool, start: int,
                      end: int, part: tuple[int, int] = (0, 1)) -> Iterator[dict]:
     """{'image', 'label'} batches of steps [start, end): this process's share (`part`) of each (see the module
-    docstring). `crop`: Inception's random crops (only for a dataset not `in_memory`)."""
+    docstring). `crop`: Inception's random crops (a dataset `in_memory` is used as it is: never cropped)."""
     if not dataset.in_memory:
         rows = _share(batch_size, part)[1]
         example = functools.partial(_training_example, dataset, seed, batch_size, steps_per_epoch, crop, part)
