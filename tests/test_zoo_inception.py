@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import normal, unoptimised_jit
+from conftest import he_variables, normal, unoptimised_jit
 
 from cnn_jax.analysis.arithmetic import count_params
 from cnn_jax.errors import UserError
-from cnn_jax.models.inception import InceptionV3
+from cnn_jax.models.inception import InceptionV3, init
 from cnn_jax.training import steps
 from cnn_jax.training.config import Config
 
@@ -57,18 +57,27 @@ def test_too_small_images_are_a_one_line_error_naming_the_minimum(size, minimum)
 
 @pytest.mark.slow
 def test_real_forward_passes_at_75_and_299_give_finite_logits():
+    """On `he_variables`: initialising the whole network compiles a program costlier than both forward passes
+    (25 s); its initialiser is tested on its own below."""
     model = InceptionV3(num_classes=1000)
-    # The model's own initialisation at 75×75, then its forward pass at 299×299 with those variables (they do not
-    # depend on the size): 2 programs, where initialising at each size would compile 2 more.
-    logits, variables = unoptimised_jit(model.init_with_output)(jax.random.key(0), normal(75, (1, 75, 75, 3)))
-    assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
-    logits = unoptimised_jit(model.apply)(variables, normal(299, (1, 299, 299, 3)))
-    assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
+    variables = he_variables(model, np.zeros((1, 75, 75, 3), np.float32))  # The same variables at any size.
+    for size in (75, 299):
+        logits = unoptimised_jit(model.apply)(variables, normal(size, (1, size, size, 3)))
+        assert logits.shape == (1, 1000) and np.all(np.isfinite(logits))
     aux = jax.eval_shape(functools.partial(InceptionV3(aux_logits=True).apply, train=True, mutable=["batch_stats",
                                                                                                      "aux_logits"],
                                            rngs={"dropout": jax.random.key(1)}),
                          abstract(InceptionV3(aux_logits=True), (299, 299, 3)), jnp.zeros((2, 299, 299, 3)))[1]
     assert jax.tree.map(lambda a: a.shape, aux["aux_logits"]) == {"AuxLogits": {"logits": ((2, 1000),)}}
+
+
+@pytest.mark.parametrize("stddev", [0.1, 0.01, 0.001])
+def test_the_initialiser_is_torchvisions_truncated_normal(stddev):
+    """torchvision's `trunc_normal_(std=stddev, a=-2, b=2)`: bounds of ±2 in absolute terms (20 to 2000 standard
+    deviations), so a plain normal of that deviation."""
+    draws = np.asarray(init(stddev)(jax.random.key(0), (200_000,)))
+    assert abs(draws.std() / stddev - 1) < 0.01 and abs(draws.mean()) < 0.01 * stddev
+    assert abs((np.abs(draws) > 2 * stddev).mean() - 0.0455) < 0.003  # A normal's tails, not cut at 2σ.
 
 
 class TwoHeads(nn.Module):
