@@ -120,6 +120,7 @@ def test_a_resumed_stream_reads_what_an_uninterrupted_one_would(tmp_path):
     assert not np.array_equal(whole[0]["image"], whole[3]["image"])  # Epoch 1 reads another order and other crops.
 
 
+@pytest.mark.slow  # Trains; the everyday suite streams folders in the tests above.
 def test_a_folder_of_mixed_images_trains_end_to_end(tmp_path):
     paths = write_image_folder(tmp_path / "photos", per_class=16)
     (tmp_path / "photos" / "dark" / "zz.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")

@@ -158,6 +158,7 @@ def test_splits_default_to_test_then_validation_then_a_held_out_slice_of_train()
         splits("d", {"eval": 1}, "", "")
 
 
+@pytest.mark.slow  # Trains through a mocked data source; the split defaults are tested above.
 def test_a_tfds_dataset_of_images_of_any_size_streams_with_split_slicing(tmp_path):
     """cats_vs_dogs's images differ in size: read through a data source (mocked), image by image."""
     config = Config(dataset="cats_vs_dogs", image_size="16", train_split="train[:80%]", eval_split="train[80%:]",
