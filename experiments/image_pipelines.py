@@ -121,30 +121,15 @@ def _torchvision(folder: str, size: int, batch_size: int, workers: int):
 
 
 def _fashion(stream: bool, batch_size: int, workers: int):
-    import dataclasses
-
     import numpy as np
 
     from cnn_jax import data
     from cnn_jax.data import pipeline
 
-    class Arrays:  # The arrays as `Images`: what a streamed source gives, read image by image.
-        def __init__(self, images):
-            self.images, self.shape = images, images.shape
-
-        def __len__(self):
-            return len(self.images)
-
-        def __getitem__(self, index):
-            return Arrays(self.images[index])
-
-        def open(self, i):
-            return data.files.from_array(self.images[i])
-
     pipeline.WORKERS = workers
     dataset = data.load_dataset("fashion_mnist")
-    if stream:
-        dataset = dataclasses.replace(dataset, train_images=Arrays(dataset.train_images))
+    if stream:  # Converted to their own size: streamed image by image, as any converted dataset is.
+        dataset = dataset.at_shape(dataset.image_shape[:2], 0)
     steps = len(dataset.train_labels) // batch_size
     assert dataset.in_memory != stream
     return (np.asarray(b["image"]) for b in pipeline.training_batches(dataset, 0, batch_size, steps, False, 0, steps))

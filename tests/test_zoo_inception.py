@@ -47,12 +47,16 @@ def test_small_images_get_the_small_stem_with_the_same_weights_but_the_first_lay
     assert count_params(variables["params"]) == TORCHVISION_PARAMS - 32 * 9 * 2 - 2049 * 990
 
 
-@pytest.mark.parametrize("size, minimum", [(74, "75×75"), (64, "75×75"), (18, "19×19")])
-def test_too_small_images_are_a_one_line_error_naming_the_minimum(size, minimum):
+@pytest.mark.parametrize("size", [74, 64, 18])  # Below torchvision's 75 (from 64 up), and below the small stem's 19.
+def test_too_small_images_are_a_one_line_error_naming_the_minimum(size):
     with pytest.raises(UserError, match=f"inception_v3 needs images of at least 75×75 .or, below 64×64, its "
                                         f"small-image stem's 19×19.; got {size}×{size}: raise `image_size`"):
         abstract(InceptionV3(), (size, size, 3))
-    assert minimum
+
+
+@pytest.mark.parametrize("size", [75, 19])
+def test_the_minimum_sizes_themselves_run(size):
+    assert abstract(InceptionV3(num_classes=10), (size, size, 3))["params"]["fc"]["kernel"].shape == (2048, 10)
 
 
 @pytest.mark.slow
