@@ -173,7 +173,7 @@ def main(argv: list[str]) -> None:
     dataset = data.load_dataset(variants[0][1].dataset, FLAGS.data_dir)
     for label, config in variants:
         workdirs = [workdir(label, seed) for seed in seeds]
-        model = models.lookup(config.model)(num_classes=dataset.num_classes)
+        model = models.lookup(loop.with_model(config, dataset).model)(num_classes=dataset.num_classes)
         flops = summary.summarize(model, dataset.image_shape)["total_flops"]
         row, curves[label] = summarize_variant(label, workdirs, flops, FLAGS.target_accuracy)
         rows.append(row)

@@ -7,6 +7,9 @@ r"""Train a network on a dataset; the defaults are the headline experiment, the 
     python -m experiments.train --dataset=folder --data_dir=PetImages --model=inception_v3 --image_size=299
     python -m experiments.train --dataset=cats_vs_dogs --model=resnet18 --image_size=224 --batch_size=32
     python -m experiments.train --classes=5,6,7,8,9 --init_from=runs/first5 --reinit=classifier --freeze=backbone
+    python -m experiments.train --dataset=mnist1d                      # signals: convnet1d by default
+    python -m experiments.train --dataset=text --data_dir=reviews.csv  # texts: textcnn by default
+    python -m experiments.train --dataset=imdb_reviews --max_length=400 --max_norm=3
 
 Prints one line per epoch and ends with the test accuracy; writes
 metrics.jsonl, TensorBoard events, a checkpoint and results.json to --workdir.
@@ -25,12 +28,25 @@ from experiments import cli
 _DEFAULTS = Config()
 
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<dataset>-<model>-<time>). Must not hold a run.")
-flags.DEFINE_string("model", _DEFAULTS.model, "A zoo name (see README: convnet, lenet5, vgg16, resnet18, ...) or a "
-                    "text spec of a conv stack (cnn_jax.models.spec).")
-flags.DEFINE_string("dataset", _DEFAULTS.dataset, "fashion_mnist, mnist, a tensorflow-datasets name, or folder (your "
-                    "own images in --data_dir: DIR/<class>/*, or DIR/train/<class>/* and DIR/test/<class>/*).")
-flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "Folder with IDX files, tensorflow-datasets' data_dir, or the "
-                    "folder of images of --dataset=folder.")
+flags.DEFINE_string("model", _DEFAULTS.model, "A zoo name (see README: convnet, lenet5, vgg16, resnet18, convnet1d, "
+                    "textcnn, ...) or a text spec of a conv stack (cnn_jax.models.spec). Default: convnet for images, "
+                    "convnet1d for signals (mnist1d), textcnn for texts.")
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "fashion_mnist, mnist, mnist1d, a tensorflow-datasets name (images "
+                    "or texts), folder (your own images in --data_dir: DIR/<class>/*, or DIR/train/<class>/* and "
+                    "DIR/test/<class>/*) or text (your own labelled texts: --data_dir=FILE.csv|.tsv|.jsonl, or a "
+                    "folder with train.* and test.*).")
+flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "Folder with IDX files, tensorflow-datasets' data_dir, the "
+                    "folder of images of --dataset=folder, or the file (or folder) of --dataset=text.")
+flags.DEFINE_string("text_column", _DEFAULTS.text_column, "--dataset=text: the column (JSON key) of the texts; a "
+                    "tensorflow-datasets text dataset: the feature (default: its only one, or all joined).")
+flags.DEFINE_string("label_column", _DEFAULTS.label_column, "--dataset=text: the column (JSON key) of the labels.")
+flags.DEFINE_integer("vocab_size", _DEFAULTS.vocab_size, "Texts: the vocabulary's size (the most frequent training "
+                     "words, padding and unknown included). Saved with the run and reused on resume.")
+flags.DEFINE_integer("min_count", _DEFAULTS.min_count, "Texts: words seen fewer times in training are unknown.")
+flags.DEFINE_integer("max_length", _DEFAULTS.max_length, "Texts: tokens per text, padded or truncated (0: the "
+                     "longest training text's).")
+flags.DEFINE_float("max_norm", _DEFAULTS.max_norm, "Rescale each class's weight vector in the classifier to at most "
+                   "this L2 norm after every update (Kim 2014: 3; 0: no constraint).")
 flags.DEFINE_string("image_size", "", "S or H,W: images become this size (training: Inception's random crop; "
                     "evaluation: the centred crop), e.g. 224 or 299. Default: their own size (all one size).")
 flags.DEFINE_integer("channels", 0, "1 (grey) or 3 (RGB): images become this many channels. Default: their own.")
@@ -88,7 +104,8 @@ def config_from_flags() -> Config:
 def main(argv: list[str]) -> None:
     del argv
     config = config_from_flags()
-    workdir = FLAGS.workdir or os.path.join("runs", f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = "-".join(filter(None, (config.dataset, config.model, time.strftime("%Y%m%d-%H%M%S"))))
+    workdir = FLAGS.workdir or os.path.join("runs", name)
     import jax  # After the flags, so --help stays fast.
 
     from cnn_jax.training import loop

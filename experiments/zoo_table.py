@@ -1,4 +1,5 @@
-r"""The README's model-zoo table, generated from the code: every model's parameters at three input sizes.
+r"""The README's model-zoo tables, generated from the code: every image model's parameters at three input sizes, and
+every model of sequences' parameters at its input.
 
     python -m experiments.zoo_table            # prints the table (Markdown)
     python -m experiments.zoo_table --write    # replaces the table in README.md
@@ -11,7 +12,6 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 from absl import flags
 
 from cnn_jax import models
@@ -25,23 +25,39 @@ README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 BEGIN, END = "<!-- zoo table: python -m experiments.zoo_table --write -->", "<!-- end of zoo table -->"
 SIZES = {"28×28×1, 10 classes": ((28, 28, 1), 10), "32×32×3, 10 classes": ((32, 32, 3), 10),
          "224×224×3, 1000 classes": ((224, 224, 3), 1000)}
+VOCABULARY, TEXT_LENGTH = 20000, 64  # A model of texts is counted with the default vocabulary's size.
 
 
-def parameter_count(name: str, image_shape: tuple[int, int, int], num_classes: int) -> int:
-    """Trainable parameters of model `name` built for `num_classes` and images of `image_shape`."""
+SEQUENCES = {"signals": ("a 40×1 signal (MNIST-1D), 10 classes", (40, 1), 10),
+             "tokens": (f"{TEXT_LENGTH} tokens of a {VOCABULARY:,}-word vocabulary, 2 classes", (TEXT_LENGTH,), 2)}
+
+
+def parameter_count(name: str, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Trainable parameters of model `name` built for `num_classes` and inputs of `input_shape` (a model of texts
+    with a `VOCABULARY`-word vocabulary)."""
     model = models.lookup(name)(num_classes=num_classes)
+    if models.inputs_of(model) == "tokens":
+        model = model.clone(vocab_size=VOCABULARY)
     key = jax.random.key(0)
-    variables = jax.eval_shape(model.init, {"params": key, "dropout": key}, jnp.zeros((1, *image_shape)))
+    variables = jax.eval_shape(model.init, {"params": key, "dropout": key}, models.input_spec(model, input_shape))
     return arithmetic.count_params(variables["params"])
 
 
 def table() -> str:
-    """One Markdown row per model: its name, parameters at each of SIZES, and what it teaches."""
+    """Markdown: one row per image model (its name, parameters at each of SIZES, and what it teaches), then one
+    per model of sequences (its input, as `SEQUENCES` has it, and parameters)."""
     lines = ["| model | " + " | ".join(SIZES) + " | what it teaches |", "|---" * (len(SIZES) + 2) + "|"]
+    sequences = ["", "| model of sequences | input | parameters | what it teaches |", "|---|---|---|---|"]
     for name, entry in models.MODELS.items():
-        counts = [f"{parameter_count(name, *size):,}" for size in SIZES.values()]
-        lines.append(f"| `{name}` | " + " | ".join(counts) + f" | {entry.lesson} |")
-    return "\n".join(lines)
+        inputs = models.inputs_of(models.lookup(name)(num_classes=2))
+        if inputs in SEQUENCES:
+            described, shape, num_classes = SEQUENCES[inputs]
+            sequences.append(f"| `{name}` | {described} | {parameter_count(name, shape, num_classes):,} | "
+                             f"{entry.lesson} |")
+        else:
+            counts = [f"{parameter_count(name, *size):,}" for size in SIZES.values()]
+            lines.append(f"| `{name}` | " + " | ".join(counts) + f" | {entry.lesson} |")
+    return "\n".join(lines + sequences)
 
 
 def readme_table(text: str) -> str:

@@ -31,8 +31,8 @@ def normal(seed: int, shape) -> jax.Array:
 
 
 def he_variables(model, images, seed: int = 0):
-    """`model`'s variables for `images` drawn in NumPy: kernels He-normal (std √(2 / fan-in)), biases and running
-    means 0, scales and running variances 1.
+    """`model`'s variables for `images` drawn in NumPy: kernels He-normal (std √(2 / fan-in)), word vectors
+    standard normal, biases and running means 0, scales and running variances 1.
 
     For tests about what follows initialisation (gradients, a step): a big model's own initialisers cost more
     to compile and run than its training step (ResNet-101: 17 s compiled unoptimised and 9 s run, against 3 s to
@@ -41,11 +41,29 @@ def he_variables(model, images, seed: int = 0):
 
     def draw(path, leaf):
         name = path[-1].key
+        if name == "embedding":  # Word vectors: standard normal.
+            return rng.standard_normal(leaf.shape).astype(leaf.dtype)
         if name == "kernel":
             return (rng.standard_normal(leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1]))).astype(leaf.dtype)
         return np.full(leaf.shape, 1 if name in ("scale", "var") else 0, leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init, jax.random.key(0), images))
+
+
+EXAMPLE_SHAPES = {data.IMAGES: (28, 28, 1), data.SIGNALS: (40, 1), data.TOKENS: (64,)}
+"""One example of each kind of input, as the tests build models for it: a 28×28×1 image, a 40×1 signal (MNIST-1D),
+a text of 64 tokens (of a `VOCABULARY`-word vocabulary)."""
+VOCABULARY = 1000
+
+
+def example_model(name: str, num_classes: int = 10):
+    """(zoo model or spec `name` for `num_classes`, the shape of one example it takes: `EXAMPLE_SHAPES`)."""
+    from cnn_jax import models
+
+    model = models.lookup(name)(num_classes=num_classes)
+    if models.inputs_of(model) == data.TOKENS:
+        model = model.clone(vocab_size=VOCABULARY)
+    return model, EXAMPLE_SHAPES[models.inputs_of(model)]
 
 
 SAME_BLOCKS = {"resnet34": "resnet18", "resnet101": "resnet50", **{f"vgg{n}{bn}": f"vgg11{bn}" for n in (13, 16, 19)

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import example_model
 
-from cnn_jax import models
+from cnn_jax import data, models
 from cnn_jax.training import loop, sweeps, vectorized
 from cnn_jax.training.config import Config
 
@@ -26,8 +27,9 @@ def test_every_variant_of_every_built_in_sweep_is_a_valid_runnable_config(name):
         assert label.startswith(f"{name}=")
         config.validate()
         assert config.epochs == sweeps.QUICK["epochs"] and config.max_train_examples == sweeps.QUICK["max_train_examples"]
-        model = models.lookup(config.model)(num_classes=10)
-        out = jax.eval_shape(lambda m=model: m.init_with_output(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))[0])
+        model, shape = example_model(config.model or models.DEFAULT_MODELS[data.IMAGES])
+        example = models.input_spec(model, shape)
+        out = jax.eval_shape(lambda m=model: m.init_with_output(jax.random.key(0), jnp.zeros(example.shape))[0])
         assert out.shape == (1, 10)
 
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import example_model
 
 from cnn_jax import models
 from cnn_jax.analysis import arithmetic, summary
@@ -130,15 +131,17 @@ def _positive_averaging(variables):
     return jax.tree_util.tree_map_with_path(leaf, variables)
 
 
-def _measured_fields(model, height, width):
-    """{conv path: (field, jump)} along the height, measured by raising one input row at a time.
+def _measured_fields(model, height, width=None):
+    """{conv path: (field, jump)} along the height (along a sequence without `width`), measured by raising one
+    input row (position) at a time.
 
     With positive averaging layers (ReLU, max and average pooling keep signs)
     and an all-zero image, an output unit is positive exactly when the raised
     row lies in its receptive field, padding and branches included. Fields
     cut by the image's edges are left out.
     """
-    images = jnp.eye(height)[:, :, None, None] * jnp.ones((height, height, width, 3))
+    spatial = (height,) if width is None else (height, width)
+    images = jnp.eye(height).reshape(height, height, *[1] * len(spatial)) * jnp.ones((height, *spatial, 3))
     variables = _positive_averaging(jax.eval_shape(model.init, jax.random.key(0), images[:1]))
     capture = functools.partial(model.apply, capture_intermediates=lambda module, _: isinstance(module, nn.Conv))
     _, state = jax.jit(capture)(variables, images)
@@ -146,10 +149,10 @@ def _measured_fields(model, height, width):
     for path, outputs in jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]:
         keys = [getattr(part, "key", None) for part in path]
         outputs = np.asarray(outputs)
-        if outputs.ndim != 4 or outputs.shape[1] < 2:  # ConvWithoutBias's bias; a map with no second row.
+        if outputs.ndim != len(spatial) + 2 or outputs.shape[1] < 2:  # ConvWithoutBias's bias; no second row.
             continue
-        middle = outputs.shape[1] // 2
-        rows = [np.flatnonzero(outputs[:, i, outputs.shape[2] // 2, 0] > 0) for i in (middle, middle + 1)]
+        middle, column = outputs.shape[1] // 2, [outputs.shape[2] // 2] * (len(spatial) - 1)
+        rows = [np.flatnonzero(outputs[(slice(None), i, *column, 0)] > 0) for i in (middle, middle + 1)]
         if rows[0][0] > 0 and rows[1][-1] < height - 1:
             name = "/".join(keys[: keys.index("__call__")])
             fields[name] = (rows[0][-1] - rows[0][0] + 1, rows[1][0] - rows[0][0])
@@ -171,6 +174,15 @@ def test_receptive_fields_match_the_measured_ones_through_padded_pools_and_branc
     assert len(measured) >= 2 and {path: rows[path] for path in measured} == measured
 
 
+@pytest.mark.parametrize("name", ["convnet1d", "c8k5-maxk3s2p1-c8k3s2p1-avgk3s1p1-c8k3-l2k3s2-c8k3:1d"])
+def test_receptive_fields_along_a_sequence_match_the_measured_ones(name):
+    model = models.lookup(name)(num_classes=10)
+    measured = _measured_fields(model, 96)
+    rows = {row["name"]: (row["receptive_field"], row["jump"])
+            for row in summary.summarize(model, (96, 3))["layers"] if row["type"] == "conv"}
+    assert len(measured) >= 3 and {path: rows[path] for path in measured} == measured
+
+
 def test_every_pooling_of_the_pooling_module_is_a_row():
     spec = "c4-maxk3s2p1-c4-avgk3s1p1-c4-l2-c4-gaussiank3s1p1-c4-mixed-c4-stochastic-c4-fractional-c4-spp"
     layers = summary.summarize(models.lookup(spec)(num_classes=10), (64, 64, 1))["layers"]
@@ -186,10 +198,9 @@ def test_every_pooling_of_the_pooling_module_is_a_row():
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_every_zoo_model_sums_to_count_params(name):
-    model = models.lookup(name)(num_classes=10)
-    image = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), image)
-    result = summary.summarize(model, (28, 28, 1))
+    model, shape = example_model(name)
+    variables = jax.eval_shape(model.init, jax.random.key(0), models.input_spec(model, shape))
+    result = summary.summarize(model, shape)
     assert result["total_params"] == arithmetic.count_params(variables["params"])
     assert sum(row["params"] for row in result["layers"]) == result["total_params"]
     assert result["output_shape"] == [1, 10]

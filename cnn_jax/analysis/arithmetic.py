@@ -1,7 +1,7 @@
 """CNN arithmetic: output sizes, parameter and FLOP counts, receptive fields and activation memory.
 
 Sizes are in pixels along one spatial axis; apply a function to height and
-width separately. FLOPs count a multiply-add as 2.
+width separately (or to a sequence's length: positions are its pixels). FLOPs count a multiply-add as 2.
 """
 
 import math
@@ -107,7 +107,8 @@ def dense_params(in_features: int, out_features: int, bias: bool = True) -> int:
 def conv_flops(kernel_h: int, kernel_w: int, in_ch: int, out_ch: int, out_h: int, out_w: int) -> int:
     """FLOPs of one image through a convolution: 2 · (kernel_h·kernel_w·in_ch multiply-adds) per output value.
 
-    Counts padding taps as multiplies (XLA's cost analysis skips them) and no bias additions.
+    Counts padding taps as multiplies (XLA's cost analysis skips them) and no bias additions. A 1-D convolution
+    (along a sequence) is one with kernel_w = out_w = 1.
     """
     return 2 * kernel_h * kernel_w * in_ch * out_ch * out_h * out_w
 

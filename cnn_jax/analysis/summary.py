@@ -5,13 +5,17 @@
 
 The model is traced once with `jax.eval_shape` inside `nn.intercept_methods`
 and `pooling.watch`, so nothing is allocated. Rows are the `nn.Conv`,
-`nn.Dense` and `nn.BatchNorm` calls and the `cnn_jax.layers.pooling` poolings (named
+`nn.Dense`, `nn.BatchNorm` and `nn.Embed` calls and the `cnn_jax.layers.pooling` poolings (named
 after the module that applies them, e.g. `stem/max_pool_0`), in call order.
 A pooling written outside `cnn_jax.layers.pooling` (say `nn.avg_pool`) is invisible
 to both, so a "pool (inferred)" row stands wherever the map shrinks without a
 visible layer: stride s = round(in/out), window max(s, in − (out − 1)·s),
 exact for unpadded windows, blind to padding and to poolings that keep the
 size.
+
+Models of sequences (signals `[length, channels]`, or token ids `[length]`)
+are summarised alike: kernels, strides and fields are along the length, in
+positions (time steps, or tokens).
 
 Receptive fields (along the height) follow the traced arrays by identity:
 each layer extends the field of the array it consumes; a module's output
@@ -39,22 +43,28 @@ import functools
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from cnn_jax import models
 from cnn_jax.analysis import arithmetic
 from cnn_jax.layers import pooling
 
 
-def _pair(value) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+def _per_axis(value, dims: int) -> tuple[int, ...]:
+    return (value,) * dims if isinstance(value, int) else tuple(value)
 
 
-def _explicit_padding(padding) -> tuple[int, int] | None:
-    """Per-side (height, width) zeros of a Flax conv's `padding`, or None for "SAME"-like or asymmetric padding."""
+def _is_map(array) -> bool:
+    """Whether `array` is a map `[b, h, w, c]` or a sequence `[b, l, c]` (not vectors `[b, features]`)."""
+    return array.ndim >= 3
+
+
+def _explicit_padding(padding, dims: int) -> tuple[int, ...] | None:
+    """Per-side zeros of a Flax conv's `padding` along each spatial axis, or None for "SAME"-like or asymmetric
+    padding."""
     if padding == "VALID":
-        return 0, 0
+        return (0,) * dims
     if isinstance(padding, int):
-        return padding, padding
+        return (padding,) * dims
     if isinstance(padding, str) or not all(isinstance(p, (tuple, list)) and p[0] == p[1] for p in padding):
         return None
     return tuple(p[0] for p in padding)
@@ -83,13 +93,13 @@ class _Tracer:
 
     def extend(self, name, source, field, array):
         """The field of `array` made from `source` outside any module: a pooling inferred from the height change."""
-        if array.ndim == 4 and source.ndim == 4 and array.shape[1] < source.shape[1]:
-            size, out = source.shape[1], array.shape[1]
+        if _is_map(array) and array.ndim == source.ndim and array.shape[1] < source.shape[1]:
+            size, out, dims = source.shape[1], array.shape[1], array.ndim - 2
             stride = max(1, round(size / out))
             window = max(stride, size - (out - 1) * stride)
             field = arithmetic.receptive_field([(window, stride, 1)], field)
-            self.row(name, "pool (inferred)", array, field, kernel=[window, window], stride=[stride, stride])
-        elif array.ndim == 2 and source.ndim == 4:  # Flattened or globally pooled: all of the map.
+            self.row(name, "pool (inferred)", array, field, kernel=[window] * dims, stride=[stride] * dims)
+        elif array.ndim == 2 and _is_map(source):  # Flattened or globally pooled: all of the map.
             field = arithmetic.receptive_field([(source.shape[1], 1, 1)], field)
         return field
 
@@ -99,8 +109,8 @@ class _Tracer:
             return self.fields[id(array)]
         if not self.known:  # The model's input.
             return self.remember(array, (1, 1))
-        same = [k for k in self.known if k[0].ndim in (2, 4) and k[0].shape[-1] == array.shape[-1]
-                and (array.ndim == 2 or k[0].ndim == 4 and k[0].shape[1] >= array.shape[1])]
+        same = [k for k in self.known if k[0].shape[-1] == array.shape[-1]
+                and (array.ndim == 2 or k[0].ndim == array.ndim and k[0].shape[1] >= array.shape[1])]
         source, field = (same or self.known)[-1]
         return self.remember(array, self.extend(f"{name}/input_pool", source, field, array))
 
@@ -110,14 +120,15 @@ class _Tracer:
         name = f"{scope}/{kind}_{self.pools[scope, kind]}".lstrip("/")
         self.pools[scope, kind] += 1
         field = self.field_of(name, x)
+        dims = x.ndim - 2
         if isinstance(padding, int):
-            padding = [[padding, padding]] * 2
+            padding = [[padding, padding]] * dims
         if window is None:  # The whole map.
             field = arithmetic.receptive_field([(x.shape[1], 1, 1)], field)
             self.row(name, kind, out, field)
         else:
             field = arithmetic.receptive_field([(window, stride, 1)], field)
-            self.row(name, kind, out, field, kernel=[window, window], stride=[stride, stride], padding=padding)
+            self.row(name, kind, out, field, kernel=[window] * dims, stride=[stride] * dims, padding=padding)
         self.remember(out, field)
 
     def __call__(self, next_fun, args, kwargs, context):
@@ -133,28 +144,33 @@ class _Tracer:
         x = args[0] if args and isinstance(args[0], jax.Array) else None
         field = self.field_of(name, x) if x is not None else None
         if isinstance(module, nn.Conv) and x is not None:
-            padding = _explicit_padding(module.padding)
+            dims = x.ndim - 2
+            padding = _explicit_padding(module.padding, dims)
             if padding is not None:
-                for size, k, s, p, d in zip(x.shape[1:3], module.kernel_size, _pair(module.strides), padding,
-                                            _pair(module.kernel_dilation or 1)):
+                for size, k, s, p, d in zip(x.shape[1:-1], module.kernel_size, _per_axis(module.strides, dims),
+                                            padding, _per_axis(module.kernel_dilation or 1, dims)):
                     arithmetic.conv_output_size(size, k, s, p, d, layer=name)
         start = len(self.known)
         out = next_fun(*args, **kwargs)
         if not isinstance(out, jax.Array) or context.method_name != "__call__":
             return out  # layers.ConvWithoutBias's (conv, bias): its nn.Conv call inside is counted.
         if isinstance(module, nn.Conv):
-            kh, kw = module.kernel_size
-            field = arithmetic.receptive_field(
-                [(kh, _pair(module.strides)[0], _pair(module.kernel_dilation or 1)[0])], field)
-            flops = arithmetic.conv_flops(kh, kw, x.shape[-1] // module.feature_group_count, module.features,
-                                          *out.shape[1:3]) * out.shape[0]
+            dims, kernel = out.ndim - 2, list(module.kernel_size)
+            strides = list(_per_axis(module.strides, dims))
+            field = arithmetic.receptive_field([(kernel[0], strides[0], _per_axis(module.kernel_dilation or 1, dims)[0])],
+                                               field)
+            spatial = out.shape[1:-1]  # A 1-D convolution counts as one of width 1 (`arithmetic.conv_flops`).
+            flops = arithmetic.conv_flops(kernel[0], kernel[1] if dims == 2 else 1,
+                                          x.shape[-1] // module.feature_group_count, module.features, spatial[0],
+                                          spatial[1] if dims == 2 else 1) * out.shape[0]
             padding = module.padding if isinstance(module.padding, (str, int)) else [list(p) for p in module.padding]
-            self.row(name, "conv", out, field, kernel=[kh, kw], stride=list(_pair(module.strides)), padding=padding,
-                     flops=flops)
+            self.row(name, "conv", out, field, kernel=kernel, stride=strides, padding=padding, flops=flops)
         elif isinstance(module, nn.Dense):
             self.row(name, "dense", out, field, flops=arithmetic.dense_flops(x.shape[-1], module.features) * out.shape[0])
         elif isinstance(module, nn.BatchNorm):
             self.row(name, "batch_norm", out, field)
+        elif isinstance(module, nn.Embed):
+            self.row(name, "embedding", out, field)
         elif id(out) in self.fields:  # A block ending in a known layer (a ConvBlock's pooling).
             return out
         else:  # A block: the largest field inside it (over branches), then any unseen pooling after its last layer.
@@ -171,11 +187,12 @@ class _Tracer:
 
 
 def summarize(model: nn.Module, input_shape) -> dict:
-    """Per-layer rows and totals of `model` on one image of `input_shape` (height, width, channels).
+    """Per-layer rows and totals of `model` on one input of `input_shape` (height, width, channels; or a
+    sequence's length and channels, or a text's length for a model of token ids).
 
     Returns a JSON-ready dict: `layers`, a list of rows with name (module
     path), type ("conv", "dense", "batch_norm", a pooling's name such as
-    "max_pool", or "pool (inferred)"), kernel,
+    "max_pool", "embedding", or "pool (inferred)"), kernel,
     stride, padding, output_shape `[1, ...]`, params, memory (forward bytes),
     flops, receptive_field and jump (input pixels, along the height); and
     `total_params` (every trainable scalar), `total_flops`, `activation_bytes`
@@ -184,12 +201,12 @@ def summarize(model: nn.Module, input_shape) -> dict:
     fit its input.
     """
     tracer = _Tracer()
-    image = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    image = models.input_spec(model, tuple(input_shape))
     with nn.intercept_methods(tracer), pooling.watch(tracer.pooled):
         out, variables = jax.eval_shape(functools.partial(model.init_with_output, jax.random.key(0)), image)
     params = variables.get("params", {})
     for row in tracer.rows:
-        subtree = params if row["type"] in ("conv", "dense", "batch_norm") else {}
+        subtree = params if row["type"] in ("conv", "dense", "batch_norm", "embedding") else {}
         for part in row["name"].split("/"):
             subtree = subtree.get(part, {})
         row["params"] = arithmetic.count_params(subtree)

@@ -5,9 +5,10 @@ from collections.abc import Iterator
 import numpy as np
 
 
-def normalize(images):
-    """uint8 pixels [..., H, W, C] -> float32 in [0, 1]; works on NumPy and JAX arrays."""
-    return images.astype("float32") / 255.0
+def normalize(inputs):
+    """A model's input from a batch's: uint8 pixels [..., H, W, C] -> float32 in [0, 1]; signals (float32) and
+    token ids (int32) as they are. Works on NumPy and JAX arrays."""
+    return inputs.astype("float32") / 255.0 if inputs.dtype == np.uint8 else inputs
 
 
 def random_flip(images, key):

@@ -1,4 +1,5 @@
-"""A labelled image dataset, its class subsets and balanced subsets, and the error for data that cannot be used."""
+"""A labelled dataset (images, signals or texts), its class subsets and balanced subsets, and the error for data that
+cannot be used."""
 
 import dataclasses
 from collections.abc import Sequence
@@ -7,6 +8,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from cnn_jax.errors import UserError
+
+IMAGES, SIGNALS, TOKENS = "images", "signals", "tokens"
+"""What a dataset's inputs are, and what a model takes (`cnn_jax.models.inputs_of`): uint8 images
+`[h, w, c]`; float32 signals `[length, channels]` (MNIST-1D); int32 token ids `[length]` (texts, through a
+`vocabulary`)."""
+KINDS = (IMAGES, SIGNALS, TOKENS)
 
 
 class DataError(UserError):
@@ -30,15 +37,21 @@ class Images(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A labelled image dataset.
+    """A labelled dataset of images, signals or texts (`kind`).
 
-    Images are uint8 `[examples, height, width, channels]` held in memory, or
+    `kind` IMAGES: images are uint8 `[examples, height, width, channels]` held in memory, or
     images read one by one when a batch needs them (`ImageFiles`, or a
     tensorflow-datasets data source), of one size or of any; labels are
     int32 `[examples]`, in memory. `input_shape` is the (h, w, c) the images
     become as a model's input (`cnn_jax.data.pipeline`); None: their own,
     one size for all. `skipped` names the files left out because they do not
     decode.
+
+    `kind` SIGNALS: float32 `[examples, length, channels]` in memory (the
+    image fields hold them). `kind` TOKENS: each text as int32 token ids
+    `[examples, length]`, padded with 0; `vocabulary[id]` is the word of
+    each id (0 padding, 1 unknown words), the one the run saves and reuses
+    (`cnn_jax.data.text`).
     """
 
     name: str
@@ -50,14 +63,22 @@ class Dataset:
     class_names: tuple[str, ...]
     input_shape: tuple[int, int, int] | None = None
     skipped: tuple[str, ...] = ()
+    kind: str = IMAGES
+    vocabulary: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """The (h, w, c) of the model's input; DataError if the images differ in size and no `input_shape` is set."""
+    def input_dtype(self) -> np.dtype:
+        """The dtype of a batch's inputs: uint8 images, float32 signals, int32 token ids."""
+        return np.dtype({IMAGES: np.uint8, SIGNALS: np.float32, TOKENS: np.int32}[self.kind])
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The (h, w, c) of the model's input ((length, channels) of a signal, (length,) of a text); DataError if
+        the images differ in size and no `input_shape` is set."""
         if self.input_shape:
             return self.input_shape
         shape = tuple(self.train_images.shape[1:])
@@ -77,6 +98,9 @@ class Dataset:
         model's input."""
         if size is None and not channels:
             return self
+        if self.kind != IMAGES:
+            raise DataError(f"`image_size` and `channels` apply to images, and {self.name} holds {self.kind}; leave "
+                            "them unset")
         own = self.train_images.shape[1:]
         height, width = size or own[:2]
         if None in (height, width):

@@ -70,7 +70,7 @@ def _scan(paths: list[str]) -> list[tuple[int, int, bool] | None]:
                          desc="checking image files", disable=len(paths) < 2000 or None, leave=False))
 
 
-def _held_out(labels: np.ndarray, fraction: float) -> np.ndarray:
+def held_out(labels: np.ndarray, fraction: float) -> np.ndarray:
     """A boolean mask: round(fraction · n) of each class's n files, drawn by a fixed seed."""
     rng = np.random.default_rng(HOLD_OUT_SEED)
     held = np.zeros(len(labels), bool)
@@ -99,7 +99,7 @@ def load_folder(directory: str | None, test_fraction: float = 0.2) -> Dataset:
     else:
         classes = _class_folders(directory)
         paths, labels = _files(directory, classes)
-        is_test = _held_out(labels, test_fraction)
+        is_test = held_out(labels, test_fraction)
     found = _scan(paths)
     good = np.asarray([info is not None for info in found])
     sizes = np.asarray([info[:2] for info in found if info], np.int64).reshape(-1, 2)

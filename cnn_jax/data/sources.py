@@ -1,4 +1,6 @@
-"""Where a dataset comes from: `folder` is a folder of image files (`cnn_jax.data.folder`); any other name, in order:
+"""Where a dataset comes from: `folder` is a folder of image files (`cnn_jax.data.folder`), `text` a file (or a
+folder of files) of labelled texts (`cnn_jax.data.text`), `mnist1d` MNIST-1D, generated (`cnn_jax.data.mnist1d`); any
+other name, in order:
 
   1. IDX files in `data_dir` (or `data_dir/<dataset>`), gzipped or raw, for the MNIST family;
   2. for Fashion-MNIST, the folder Debian's package `dataset-fashion-mnist` installs;
@@ -10,7 +12,7 @@ Nothing is downloaded at import time.
 
 import os
 
-from cnn_jax.data import folder, idx, tfds
+from cnn_jax.data import folder, idx, mnist1d, text, tfds
 from cnn_jax.data.dataset import DataError, Dataset
 
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -37,17 +39,24 @@ def offline_ways(name: str) -> list[str]:
 
 
 def load_dataset(name: str, data_dir: str | None = None, test_fraction: float = 0.2, train_split: str = "",
-                 eval_split: str = "") -> Dataset:
+                 eval_split: str = "", text_settings: text.TextSettings | None = None,
+                 vocabulary: tuple[str, ...] | None = None) -> Dataset:
     """Loads dataset `name` from the first source that has it (see the module docstring).
 
-    `test_fraction` is a folder's held-out share (without split folders);
-    `train_split` and `eval_split` are tensorflow-datasets split strings
-    ("train[:80%]"; "" for the defaults of `tfds.load_tfds_dataset`). When
-    tensorflow-datasets' download fails, the error lists the ways to get the
-    data offline.
+    `test_fraction` is a folder's (or a text file's) held-out share (without
+    split folders or files); `train_split` and `eval_split` are
+    tensorflow-datasets split strings ("train[:80%]"; "" for the defaults of
+    `tfds.load_tfds_dataset`). Texts are read with `text_settings` and
+    encoded with `vocabulary` if given (a trained run's), else with one built
+    from their training split. When tensorflow-datasets' download fails, the
+    error lists the ways to get the data offline.
     """
     if name == folder.NAME:
         return folder.load_folder(data_dir, test_fraction)
+    if name == text.NAME:
+        return text.load_text_files(data_dir, test_fraction, text_settings, vocabulary)
+    if name == mnist1d.NAME:
+        return mnist1d.load_mnist1d()
     if data_dir is not None and not os.path.isdir(data_dir):
         raise DataError(f"`data_dir`={data_dir} is not a directory")
     if name in idx.IDX_DATASETS and not (train_split or eval_split):
@@ -57,6 +66,6 @@ def load_dataset(name: str, data_dir: str | None = None, test_fraction: float = 
                 if dataset is not None:
                     return dataset
     try:
-        return tfds.load_tfds_dataset(name, data_dir, train_split, eval_split)
+        return tfds.load_tfds_dataset(name, data_dir, train_split, eval_split, text_settings, vocabulary)
     except tfds.DownloadFailed as e:
         raise tfds.DownloadFailed(f"{e}; to get it without a network: {'; or '.join(offline_ways(name))}") from None

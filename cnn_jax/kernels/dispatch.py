@@ -121,10 +121,10 @@ def fuses_batch_norm_relu_max_pool(batch_norm: bool, activation: str | None, poo
     `activation` is a registered name (`activations.name_of`), `pool` a
     `pooling.Description` (`pooling.describe`) or None. The kernel computes
     max-pooling over 2×2 windows at stride 2 without padding, on float32 NHWC
-    with even height and width.
+    with even height and width (images: never on sequences).
     """
     max_2x2 = pool is not None and (pool.kind, pool.window, pool.stride, pool.padding) == ("max", 2, 2, 0)
-    return (batch_norm and activation == "relu" and max_2x2 and z.dtype == jnp.float32
+    return (batch_norm and activation == "relu" and max_2x2 and z.dtype == jnp.float32 and z.ndim == 4
             and z.shape[1] % 2 == 0 and z.shape[2] % 2 == 0 and compiled_kernels())
 
 

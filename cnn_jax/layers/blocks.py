@@ -1,14 +1,18 @@
 """Reusable building blocks: the convolution, and the conv and dense blocks the models are made of.
 
-All tensors are NHWC: `[batch, height, width, channels]`. How each block is
-computed (XLA's operations or a compiled CPU kernel) is decided in
-`cnn_jax.kernels.dispatch`.
+Maps are NHWC, `[batch, height, width, channels]`, or sequences NLC,
+`[batch, length, channels]`: a `ConvBlock` convolves and pools over the axes
+between the batch and the channels, so one block serves both (a kernel size
+k is k×k on an image and k long on a sequence). `Embedding` turns token ids
+`[batch, length]` into a sequence. How each block is computed (XLA's
+operations or a compiled CPU kernel) is decided in `cnn_jax.kernels.dispatch`.
 """
 
 import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from cnn_jax.kernels import dispatch
@@ -47,7 +51,8 @@ class ConvBlock(nn.Module):
 
     BatchNorm uses PyTorch's defaults (momentum 0.1 in PyTorch's sense, eps
     1e-5) so results compare with the PyTorch code the seeds show. `padding` is
-    the number of zeros added on each side, or "SAME"/"VALID". `pool` is any
+    the number of zeros added on each side, or "SAME"/"VALID". On a sequence
+    `[b, l, c]` the kernel is `kernel_size` long. `pool` is any
     pooling (`cnn_jax.layers.pooling`) or None. While training,
     `dispatch.fuses_batch_norm_relu_max_pool` may compute BatchNorm, the
     activation and the pooling as one kernel; the variables are those of
@@ -64,8 +69,9 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        padding = self.padding if isinstance(self.padding, str) else ((self.padding, self.padding),) * 2
-        conv = ConvWithoutBias(self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
+        dims = x.ndim - 2  # 2 on an image, 1 on a sequence.
+        padding = self.padding if isinstance(self.padding, str) else ((self.padding, self.padding),) * dims
+        conv = ConvWithoutBias(self.features, (self.kernel_size,) * dims, strides=self.strides,
                                padding=padding, use_bias=False, conv_general_dilated=dispatch.conv_general_dilated,
                                name=CONV)
         z, bias = conv(x)
@@ -74,7 +80,7 @@ class ConvBlock(nn.Module):
             norm = BatchNormReluMaxPool(MOMENTUM, EPSILON, name=NORM)
             kernel = conv.variables["params"]["kernel"]
             if dispatch.fuses_conv_weight_gradient(x, kernel.shape, padding):
-                return norm(z, bias, conv=(x, kernel, (self.strides,) * 2, padding))
+                return norm(z, bias, conv=(x, kernel, (self.strides,) * dims, padding))
             return norm(z, bias)
         x = z + bias
         if self.batch_norm:
@@ -131,3 +137,31 @@ class DenseHead(nn.Module):
         for width in self.hidden:
             x = nn.Dropout(self.dropout, deterministic=not train)(self.activation(nn.Dense(width)(x)))
         return nn.Dense(self.num_classes)(x)
+
+
+def symmetric_uniform(limit: float) -> nn.initializers.Initializer:
+    """Draws uniformly from [−limit, limit] (`nn.initializers.uniform` draws from [0, scale))."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+    return init
+
+
+class Embedding(nn.Module):
+    """Token ids `[b, length]` -> vectors `[b, length, features]`: row `id` of a `[vocab_size, features]` table.
+
+    Id 0 is padding (`cnn_jax.data.text`): its vector is always zeros, so
+    padded positions add nothing to a convolution and take no gradient, as
+    Kim (2014) keeps them. `embedding_init` draws the table; Kim's random
+    vectors are uniform in [−0.25, 0.25].
+    """
+
+    vocab_size: int
+    features: int
+    embedding_init: nn.initializers.Initializer = symmetric_uniform(0.25)
+
+    @nn.compact
+    def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
+        vectors = nn.Embed(self.vocab_size, self.features, embedding_init=self.embedding_init)(tokens)
+        return jnp.where((tokens != 0)[..., None], vectors, 0.0)

@@ -1,15 +1,19 @@
-"""Pooling layers: downsampling a `[batch, height, width, channels]` map window by window.
+"""Pooling layers: downsampling a `[batch, height, width, channels]` map (or a `[batch, length, channels]`
+sequence) window by window.
 
 Every pooling the seed documents name: max, average, L2 (Lp), Gaussian
 distance-weighted average, mixed max-average, stochastic (Zeiler & Fergus
-2013), spatial pyramid (He et al. 2014), fractional max (Graham 2014) and
-global average. A pooling layer is a function of the map, or a linen module
+2013), spatial pyramid (He et al. 2014), fractional max (Graham 2014),
+global average and global max (over time: Kim 2014's sentence CNN). Each
+pools over every axis between the batch and the channels, so the same
+layers serve images and sequences (`window`×`window` on an image is a
+`window`-long window on a sequence). A pooling layer is a function of the map, or a linen module
 called as `pool(x, train=...)` when it has parameters or randomness
 (`apply_pool` calls either); `lookup(name, ...)` builds one from a name.
 
 Windowed poolings take `window`, `stride` (default `window`) and `padding`
 (added on each side) and give out = floor((in + 2·padding − window)/stride) + 1
-per spatial axis; an impossible setting raises `UserError` when the pooling
+per spatial axis (height and width, or length); an impossible setting raises `UserError` when the pooling
 first sees a shape.
 
 Poolings are functions, which `nn.intercept_methods` cannot see, so each one
@@ -21,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,7 +39,8 @@ from cnn_jax.analysis import arithmetic
 from cnn_jax.errors import UserError
 
 Pooling = Callable[[jnp.ndarray], jnp.ndarray] | nn.Module
-"""A pooling layer: a function of `[b, h, w, c]`, or a linen module called as `pool(x, train=...)`."""
+"""A pooling layer: a function of `[b, h, w, c]` (or `[b, length, c]`), or a linen module called as
+`pool(x, train=...)`."""
 
 
 _watchers: list[Callable] = []
@@ -72,23 +78,32 @@ def apply_pool(pool: Pooling | None, x: jnp.ndarray, train: bool) -> jnp.ndarray
     return pool(x, train=train) if isinstance(pool, nn.Module) else pool(x)
 
 
-def _output_shape(layer: str, x: jnp.ndarray, window: int, stride: int, padding: int) -> tuple[int, int]:
-    """The pooled (height, width) of `x` `[b, h, w, c]` (`arithmetic.pool_output_size`, which checks the settings)."""
-    return tuple(arithmetic.pool_output_size(size, window, stride, padding, layer=layer) for size in x.shape[1:3])
+def _spatial(x: jnp.ndarray) -> tuple[int, ...]:
+    """The axes pooled over: all between the batch and the channels (height and width, or length)."""
+    return tuple(range(1, x.ndim - 1))
+
+
+def _output_shape(layer: str, x: jnp.ndarray, window: int, stride: int, padding: int) -> tuple[int, ...]:
+    """The pooled spatial sizes of `x` `[b, ..., c]` (`arithmetic.pool_output_size`, which checks the settings)."""
+    return tuple(arithmetic.pool_output_size(size, window, stride, padding, layer=layer) for size in x.shape[1:-1])
 
 
 def _patches(layer: str, x: jnp.ndarray, window: int, stride: int | None, padding: int) -> jnp.ndarray:
-    """The zero-padded windows of `x`, `[b, h, w, c] -> [b, h', w', c, window²]` (row-major within a window)."""
+    """The zero-padded windows of `x`, `[b, h, w, c] -> [b, h', w', c, window²]` (row-major within a window;
+    `[b, length, c] -> [b, length', c, window]` on a sequence)."""
     stride = window if stride is None else stride
-    out_h, out_w = _output_shape(layer, x, window, stride, padding)
-    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
-    offsets = [(i, j) for i in range(window) for j in range(window)]
-    return jnp.stack([x[:, i : i + span_h : stride, j : j + span_w : stride] for i, j in offsets], axis=-1)
+    out = _output_shape(layer, x, window, stride, padding)
+    x = jnp.pad(x, ((0, 0), *((padding, padding),) * len(out), (0, 0)))
+    spans = [slice(0, stride * (n - 1) + 1, stride) for n in out]
+
+    def window_at(offset):
+        return x[(slice(None), *(slice(i + s.start, i + s.stop, stride) for i, s in zip(offset, spans)))]
+
+    return jnp.stack([window_at(offset) for offset in itertools.product(range(window), repeat=len(out))], axis=-1)
 
 
 def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding: int = 0) -> jnp.ndarray:
-    """Max-pooling over `window`×`window` patches, `[b, h, w, c] -> [b, h', w', c]`.
+    """Max-pooling over `window`×`window` patches, `[b, h, w, c] -> [b, h', w', c]` (`[b, l, c] -> [b, l', c]`).
 
     `stride` defaults to `window` (PyTorch's convention); `padding` pads each
     side with -inf. Output size is floor((h + 2·padding − window) / stride) + 1.
@@ -101,11 +116,12 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     """
     stride = window if stride is None else stride
     _output_shape("max_pool", x, window, stride, padding)
-    b, h, w, c = x.shape
-    if stride == window and padding == 0 and h % window == 0 and w % window == 0:
-        out = x.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
+    sizes, dims = x.shape[1:-1], len(_spatial(x))
+    if stride == window and padding == 0 and all(n % window == 0 for n in sizes):
+        tiled = [part for n in sizes for part in (n // window, window)]
+        out = x.reshape(x.shape[0], *tiled, x.shape[-1]).max(axis=tuple(range(2, 2 * dims + 1, 2)))
     else:
-        out = nn.max_pool(x, (window, window), strides=(stride, stride), padding=((padding, padding),) * 2)
+        out = nn.max_pool(x, (window,) * dims, strides=(stride,) * dims, padding=((padding, padding),) * dims)
     return _report("max_pool", x, out, window, stride, padding)
 
 
@@ -113,10 +129,10 @@ max_pool_2x2 = functools.partial(max_pool, window=2, stride=2)
 
 
 def avg_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding: int = 0) -> jnp.ndarray:
-    """Average over `window`×`window` patches, `[b, h, w, c] -> [b, h', w', c]`.
+    """Average over `window`×`window` patches, `[b, h, w, c] -> [b, h', w', c]` (or a sequence's windows).
 
     Padding is zeros that count in the average (PyTorch's default
-    `count_include_pad=True`), so every output divides by window².
+    `count_include_pad=True`), so every output divides by window² (window).
     """
     out = _patches("avg_pool", x, window, stride, padding).mean(axis=-1)
     return _report("avg_pool", x, out, window, stride, padding)
@@ -139,11 +155,11 @@ def lp_pool(
     return _report("lp_pool", x, out, window, stride, padding)
 
 
-def gaussian_weights(window: int, sigma: float) -> np.ndarray:
-    """Weights exp(−d²/(2σ²)) of each cell by its distance d from the window centre, summing to 1, `[window²]`."""
-    centre = (window - 1) / 2
-    rows, cols = np.meshgrid(np.arange(window) - centre, np.arange(window) - centre, indexing="ij")
-    weights = np.exp(-(rows**2 + cols**2) / (2 * sigma**2)).ravel()
+def gaussian_weights(window: int, sigma: float, dims: int = 2) -> np.ndarray:
+    """Weights exp(−d²/(2σ²)) of each cell by its distance d from the window centre, summing to 1, `[window^dims]`
+    (row-major, as `_patches` orders a window's cells)."""
+    offsets = np.indices((window,) * dims).reshape(dims, -1) - (window - 1) / 2
+    weights = np.exp(-(offsets**2).sum(axis=0) / (2 * sigma**2))
     return weights / weights.sum()
 
 
@@ -160,13 +176,20 @@ def gaussian_pool(
     if sigma <= 0:
         raise UserError(f"gaussian_pool: sigma={sigma} must be positive; use a width in pixels such as 1.0")
     patches = _patches("gaussian_pool", x, window, stride, padding)
-    out = patches @ jnp.asarray(gaussian_weights(window, sigma), patches.dtype)
+    out = patches @ jnp.asarray(gaussian_weights(window, sigma, len(_spatial(x))), patches.dtype)
     return _report("gaussian_pool", x, out, window, stride, padding)
 
 
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
-    """Mean over all positions, `[b, h, w, c] -> [b, c]`: the head of networks without FC layers."""
-    return _report("global_avg_pool", x, x.mean(axis=(1, 2)))
+    """Mean over all positions, `[b, h, w, c] -> [b, c]` (`[b, l, c] -> [b, c]`): the head of networks without FC
+    layers."""
+    return _report("global_avg_pool", x, x.mean(axis=_spatial(x)))
+
+
+def global_max_pool(x: jnp.ndarray) -> jnp.ndarray:
+    """Max over all positions, `[b, h, w, c] -> [b, c]`; on a sequence `[b, l, c]`, max-over-time pooling (Kim 2014):
+    each feature map's strongest response, wherever it is, so texts of any length give one vector."""
+    return _report("global_max_pool", x, x.max(axis=_spatial(x)))
 
 
 def _ceil_div(a, m):
@@ -187,10 +210,12 @@ def _max_over_intervals(x: jnp.ndarray, starts, ends, width: int, axis: int) -> 
     return jnp.where(inside, gathered, -jnp.inf).max(axis=axis + 1)
 
 
-def _max_over_grid(x: jnp.ndarray, row_bounds, col_bounds) -> jnp.ndarray:
-    """Max of `x` `[..., h, w, c]` over a grid of (start, end, width) row and column intervals; max is separable."""
-    x = _max_over_intervals(x, *row_bounds, axis=x.ndim - 3)
-    return _max_over_intervals(x, *col_bounds, axis=x.ndim - 2)
+def _max_over_grid(x: jnp.ndarray, bounds) -> jnp.ndarray:
+    """Max of `x` `[..., h, w, c]` over a grid of (start, end, width) intervals, one per spatial axis (the axes
+    before the channels: rows and columns, or a sequence's positions); max is separable."""
+    for k, axis_bounds in enumerate(bounds):
+        x = _max_over_intervals(x, *axis_bounds, axis=x.ndim - 1 - len(bounds) + k)
+    return x
 
 
 def _adaptive_bins(size: int, n: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -205,7 +230,7 @@ def spatial_pyramid_pool(x: jnp.ndarray, levels: Sequence[int] = (1, 2, 4)) -> j
 
     `[b, h, w, c] -> [b, c·Σ n²]`. Level n max-pools into an n×n grid of bins;
     each level's `[b, n, n, c]` is flattened row-major and the levels are
-    concatenated in order. Bins are the exact adaptive partition (as PyTorch's
+    concatenated in order (on a sequence, n bins: `[b, l, c] -> [b, c·Σ n]`). Bins are the exact adaptive partition (as PyTorch's
     `AdaptiveMaxPool2d`): bin i spans [floor(i·h/n), ceil((i+1)·h/n)), so there
     are always n bins covering the input, for any h ≥ 1. The paper's
     window ceil(h/n), stride floor(h/n) gives fewer than n bins for some sizes
@@ -213,8 +238,8 @@ def spatial_pyramid_pool(x: jnp.ndarray, levels: Sequence[int] = (1, 2, 4)) -> j
     """
     if not levels or min(levels) < 1:
         raise UserError(f"spatial_pyramid_pool: levels {tuple(levels)} must be positive grid sizes, such as (1, 2, 4)")
-    b, h, w, c = x.shape
-    pooled = [_max_over_grid(x, _adaptive_bins(h, n), _adaptive_bins(w, n)).reshape(b, -1) for n in levels]
+    pooled = [_max_over_grid(x, [_adaptive_bins(size, n) for size in x.shape[1:-1]]).reshape(x.shape[0], -1)
+              for n in levels]
     return _report("spatial_pyramid_pool", x, jnp.concatenate(pooled, axis=-1))
 
 
@@ -287,7 +312,8 @@ def fractional_boundaries(size: int, out: int, offset: int | jnp.ndarray) -> jnp
 
 
 class FractionalMaxPool(nn.Module):
-    """Fractional max-pooling (Graham 2014), `[b, h, w, c] -> [b, floor(h/ratio), floor(w/ratio), c]`.
+    """Fractional max-pooling (Graham 2014), `[b, h, w, c] -> [b, floor(h/ratio), floor(w/ratio), c]` (on a
+    sequence, `[b, l, c] -> [b, floor(l/ratio), c]`).
 
     Rows (and columns) are split at `fractional_boundaries` into disjoint
     regions of 1 or 2 cells, each max-pooled (α = h/out lies in [ratio, 2)
@@ -305,26 +331,27 @@ class FractionalMaxPool(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         if not 1 < self.ratio < 2:
             raise UserError(f"FractionalMaxPool: ratio={self.ratio} must be in (1, 2); use e.g. sqrt(2) ≈ 1.414")
-        b, h, w, c = x.shape
-        out_h, out_w = (arithmetic.fractional_pool_output_size(size, self.ratio) for size in (h, w))
-        if min(out_h, out_w) < 1:
+        sizes = x.shape[1:-1]
+        outs = [arithmetic.fractional_pool_output_size(size, self.ratio) for size in sizes]
+        if min(outs) < 1:
             raise UserError(
-                f"FractionalMaxPool: input {h}×{w} gives out = floor(in/ratio) = "
-                f"floor({min(h, w)}/{self.ratio:.4g}) = 0; "
+                f"FractionalMaxPool: input {'×'.join(map(str, sizes))} gives out = floor(in/ratio) = "
+                f"floor({min(sizes)}/{self.ratio:.4g}) = 0; "
                 f"needs inputs of at least {math.ceil(self.ratio)} pixels per side, so pool less earlier"
             )
-        outs = jnp.array([out_h, out_w])
-        offsets = jax.random.randint(self.make_rng("dropout"), (b, 2), 0, outs) if train else jnp.zeros((b, 2), int)
+        shape = (x.shape[0], len(sizes))
+        offsets = (jax.random.randint(self.make_rng("dropout"), shape, 0, jnp.array(outs)) if train
+                   else jnp.zeros(shape, int))
         grow = int(self.overlapping)
 
         def bounds(size, out, offset):
             edges = fractional_boundaries(size, out, offset)
             return edges[:-1], jnp.minimum(edges[1:] + grow, size), _ceil_div(size, out) + grow
 
-        def pool_image(image, offset):  # image [h, w, c], offset [2]
-            return _max_over_grid(image, bounds(h, out_h, offset[0]), bounds(w, out_w, offset[1]))
+        def pool_image(image, offset):  # image [h, w, c] (or [l, c]), offset [spatial axes]
+            return _max_over_grid(image, [bounds(size, out, offset[k]) for k, (size, out) in enumerate(zip(sizes, outs))])
 
-        widest = _ceil_div(h, out_h)  # Regions are floor(α) or ceil(α) rows, α = h/out.
+        widest = _ceil_div(sizes[0], outs[0])  # Regions are floor(α) or ceil(α) rows, α = h/out.
         return _report("fractional_max_pool", x, jax.vmap(pool_image)(x, offsets), widest + grow, widest)
 
 
@@ -339,6 +366,7 @@ POOLINGS: dict[str, Callable[..., Pooling]] = {
     "spp": spatial_pyramid_pool,
     "fractional": FractionalMaxPool,
     "global_avg": global_avg_pool,
+    "global_max": global_max_pool,
 }
 """Each pooling by name: a function of `x` (and its settings), or a linen module class."""
 
@@ -347,8 +375,8 @@ def lookup(name: str, window: int = 2, stride: int | None = None, padding: int =
     """The pooling registered as `name`, set to `window`, `stride`, `padding` and its own `options`.
 
     Functions come back with their settings bound (a function of `x`), modules
-    as instances. "spp", "fractional" and "global_avg" have no window, so those
-    must stay at their defaults. Options are the pooling's own keywords: `p`
+    as instances. "spp", "fractional", "global_avg" and "global_max" have no
+    window, so those must stay at their defaults. Options are the pooling's own keywords: `p`
     ("l2"), `sigma` ("gaussian"), `mix` ("mixed", "mixed_learned"), `levels`
     ("spp"), `ratio` and `overlapping` ("fractional"). "gaussian" at the
     default window 2 is plain averaging (all four cells are equally far from

@@ -18,7 +18,7 @@ class Config:
     Fashion-MNIST, Adam with learning rate 1e-3, softmax cross-entropy.
     """
 
-    model: str = "convnet"
+    model: str = ""  # A zoo name or a spec (cnn_jax.models); "": the dataset's default (models.DEFAULT_MODELS).
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     epochs: int = 10
@@ -28,6 +28,7 @@ class Config:
     lr_schedule: str = "cosine"  # "cosine": decays to 0 over the run; "constant": the seed's literal setup.
     augment: str = "flip"  # "flip": mirror each training image left-right with probability 1/2 (and with
     #   `image_size`, Inception's random crop first); "none": neither (training images are converted as test ones).
+    #   Signals and texts are never mirrored.
     loss: str = "softmax_cross_entropy"  # Or "sigmoid_cross_entropy", "l2" (cnn_jax.layers.losses).
     label_smoothing: float = 0.0  # Softmax cross-entropy's ε: targets (1 − ε)·one_hot + ε/k.
     seed: int = 0
@@ -36,6 +37,14 @@ class Config:
     test_fraction: float = 0.2  # `dataset`=folder without split folders: the share of each class held out.
     train_split: str = ""  # A tensorflow-datasets split to train on ("train[:80%]"); "": its training split.
     eval_split: str = ""  # The split to evaluate on; "": "test", else "validation", else the last 20% of "train".
+    text_column: str = "text"  # Text files (`dataset`=text): the column (or JSON key) holding each text. A
+    #   tensorflow-datasets text dataset: that feature if it has it, else its only text feature, else all joined.
+    label_column: str = "label"  # Text files: the column (or JSON key) holding each label.
+    vocab_size: int = 20000  # Texts: the most frequent training words kept, padding and unknown included.
+    min_count: int = 2  # Texts: words seen fewer times in the training split are unknown.
+    max_length: int = 0  # Texts: token ids per example, padded or truncated; 0: the longest training text's.
+    max_norm: float = 0.0  # After each update, each class's weight vector in the classifier is rescaled to at most
+    #   this L2 norm (Kim 2014's constraint, s = 3); 0: no constraint.
     aux_classifiers: bool = False  # GoogLeNet, InceptionV3: auxiliary classifiers, in the training loss (weight 0.3).
     max_steps: int = 0  # 0 = no limit; otherwise stop after this many training steps.
     max_train_examples: int = 0  # 0 = the whole training split; else its first N (for quick runs).
@@ -50,8 +59,8 @@ class Config:
 
     def validate(self) -> "Config":
         """Returns self, or raises UserError naming the first bad field."""
-        positive = ("epochs", "batch_size", "eval_batch_size")
-        non_negative = ("max_steps", "max_train_examples", "max_test_examples", "eval_every",
+        positive = ("epochs", "batch_size", "eval_batch_size", "min_count")
+        non_negative = ("max_length", "max_steps", "max_train_examples", "max_test_examples", "eval_every",
                         "train_examples_per_class")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -73,12 +82,16 @@ class Config:
                 re.compile(getattr(self, name))
             except re.error as e:
                 raise UserError(f"`{name}`={getattr(self, name)!r} is not a regular expression ({e})") from None
+        if self.vocab_size < 3:
+            raise UserError(f"`vocab_size` must be at least 3 (padding, unknown and one word), got {self.vocab_size}")
         self.image_hw  # Raises for a malformed one.
         if self.channels not in (0, 1, 3):
             raise UserError(f"`channels` must be 1 (grey) or 3 (RGB), got {self.channels}")
         if not 0 < self.test_fraction < 1:
             raise UserError(f"`test_fraction` must be between 0 and 1 (the share of each class held out for testing), "
                             f"got {self.test_fraction}")
+        if not 0 <= self.max_norm < float("inf"):
+            raise UserError(f"`max_norm` must be a norm >= 0 (0: no constraint; Kim 2014 used 3), got {self.max_norm}")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
         from cnn_jax.layers import losses  # Imports JAX: not at module level, so the command line stays fast.

@@ -6,6 +6,7 @@ what differs is only how their states are held and stepped, a `Layout`. Each
 run gets its own workdir with the same outputs, checkpoints and resumption.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from cnn_jax import data, models
 from cnn_jax.analysis import arithmetic
-from cnn_jax.data import pipeline
+from cnn_jax.data import pipeline, text
 from cnn_jax.errors import UserError
 from cnn_jax.kernels import dispatch
 from cnn_jax.layers import losses
@@ -89,11 +90,11 @@ def data_mesh(*batch_sizes: tuple[str, int]) -> Mesh:
     return Mesh(np.array(devices), ("data",))
 
 
-def abstract_batch(image_shape: tuple[int, int, int], shape: tuple[int, ...], with_mask: bool, sharding) -> dict:
-    """Shapes of a batch of `shape` (batch size, preceded by the runs when stacked): uint8 images of
-    `image_shape`, int32 labels and, `with_mask`, a float32 mask."""
+def abstract_batch(dataset: data.Dataset, shape: tuple[int, ...], with_mask: bool, sharding) -> dict:
+    """Shapes of a batch of `shape` (batch size, preceded by the runs when stacked): `dataset`'s inputs (uint8
+    images of its `image_shape`, or signals or token ids), int32 labels and, `with_mask`, a float32 mask."""
     batch = {
-        "image": jax.ShapeDtypeStruct((*shape, *image_shape), np.uint8, sharding=sharding),
+        "image": jax.ShapeDtypeStruct((*shape, *dataset.image_shape), dataset.input_dtype, sharding=sharding),
         "label": jax.ShapeDtypeStruct(shape, np.int32, sharding=sharding),
     }
     if with_mask:
@@ -175,8 +176,8 @@ class OneRun(Layout):
         (config,) = configs
         loss = losses.lookup(config.loss, config.label_smoothing)
         split = NamedSharding(mesh, PartitionSpec("data"))
-        train_batch = abstract_batch(dataset.image_shape, (config.batch_size,), False, split)
-        eval_batch = abstract_batch(dataset.image_shape, (config.eval_batch_size,), True, split)
+        train_batch = abstract_batch(dataset, (config.batch_size,), False, split)
+        eval_batch = abstract_batch(dataset, (config.eval_batch_size,), True, split)
         train_fn = compile_step(functools.partial(train_step, augment=config.augment, loss=loss), mesh, state,
                                 train_batch, donate=True)
         return train_fn, compile_step(functools.partial(eval_step, loss=loss), mesh, state, eval_batch)
@@ -269,12 +270,23 @@ def _fold_in_metrics(layout: Layout, progresses: list[dict], pending: list, mana
     pending.clear()
 
 
-def plan(config: Config) -> tuple[Any, data.Dataset, int, int]:
-    """(model, dataset, steps per epoch, total steps) of a validated `config`; UserError if it cannot run."""
+def plan(config: Config, workdir: str | None = None) -> tuple[Any, data.Dataset, int, int]:
+    """(model, dataset, steps per epoch, total steps) of a validated `config`; UserError if it cannot run.
+
+    Texts are encoded with the vocabulary saved in `workdir` if it holds one
+    (a run resuming, or read back by `trained.load`), else with one built from
+    their training split (`cnn_jax.data.text`).
+    """
     config.validate()
-    model_cls = models.lookup(config.model)
+    if config.model:
+        models.lookup(config.model)  # A name that is not a model fails before any data is read.
+    vocabulary_file = os.path.join(workdir, text.VOCABULARY_FILE) if workdir else None
+    vocabulary = text.read_vocabulary(vocabulary_file) if vocabulary_file and os.path.exists(vocabulary_file) else None
+    settings = text.TextSettings(config.text_column, config.label_column, config.vocab_size, config.min_count,
+                                 config.max_length)
     dataset = data.load_dataset(config.dataset, config.data_dir, config.test_fraction, config.train_split,
-                                config.eval_split).at_shape(config.image_hw, config.channels)
+                                config.eval_split, settings, vocabulary).at_shape(config.image_hw, config.channels)
+    config = with_model(config, dataset)
     if config.classes:
         dataset = dataset.with_classes(dataset.class_indices(config.classes.split(",")))
     if config.train_examples_per_class:
@@ -291,15 +303,34 @@ def plan(config: Config) -> tuple[Any, data.Dataset, int, int]:
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    return _model(model_cls, dataset.num_classes, config), dataset, steps_per_epoch, total_steps
+    return _model(dataset, config), dataset, steps_per_epoch, total_steps
 
 
-def _model(model_cls, num_classes: int, config: Config):
-    """`config.model` for `num_classes`, with its auxiliary classifiers if `config.aux_classifiers`."""
+def with_model(config: Config, dataset: data.Dataset) -> Config:
+    """`config`, naming the model it trains: its own, or the default for what `dataset` holds
+    (`models.DEFAULT_MODELS`: convnet for images, convnet1d for signals, textcnn for texts)."""
+    return config if config.model else dataclasses.replace(config, model=models.DEFAULT_MODELS[dataset.kind])
+
+
+_FOR_KINDS = {data.IMAGES: "any zoo model but convnet1d and textcnn, or a spec",
+              data.SIGNALS: "convnet1d, or a spec ending in :1d (c64k5-max-c64k5-max:1d)",
+              data.TOKENS: "textcnn, or a spec starting with an embedding (emb128-c100k3-global_max)"}
+
+
+def _model(dataset: data.Dataset, config: Config):
+    """`config.model` for `dataset` (its classes, and its vocabulary's size for texts), with its auxiliary
+    classifiers if `config.aux_classifiers`; UserError if the model does not take what `dataset` holds."""
+    model = models.lookup(config.model)(num_classes=dataset.num_classes)
+    takes = models.inputs_of(model)
+    if takes != dataset.kind:
+        raise UserError(f"model '{config.model}' takes {takes}, but {config.dataset} holds {dataset.kind}; use "
+                        f"{_FOR_KINDS[dataset.kind]}")
+    if dataset.kind == data.TOKENS:
+        model = model.clone(vocab_size=len(dataset.vocabulary))
     if not config.aux_classifiers:
-        return model_cls(num_classes=num_classes)
+        return model
     try:
-        return model_cls(num_classes=num_classes, aux_logits=True)
+        return model.clone(aux_logits=True)
     except TypeError:
         raise UserError(f"`aux_classifiers`: model '{config.model}' has no auxiliary classifiers (googlenet and "
                         "inception_v3 have)") from None
@@ -423,7 +454,9 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
     grouped = len(configs) > 1
     if grouped and config.init_from:
         raise UserError("runs that start from `init_from` train one at a time, not vectorised together")
-    model, dataset, steps_per_epoch, total_steps = plan(config)
+    model, dataset, steps_per_epoch, total_steps = plan(config, workdirs[0])
+    configs = [with_model(run_config, dataset) for run_config in configs]
+    config = configs[0]
     period = config.eval_every or steps_per_epoch  # Steps between evaluations.
     mesh = data_mesh(("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size))
     replicated, split = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, layout.batch_spec())
@@ -436,6 +469,11 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
     state = jax.device_put(state, replicated)
     resumes = [prepare_workdir(workdir, run_config, allow_config_change)
                for run_config, workdir in zip(configs, workdirs, strict=True)]
+    if dataset.vocabulary and jax.process_index() == 0:
+        for workdir in workdirs:  # Before the first checkpoint, so a run that has one has its vocabulary too.
+            path = os.path.join(workdir, text.VOCABULARY_FILE)
+            if not os.path.exists(path):
+                text.write_vocabulary(path, dataset.vocabulary)
     lead = jax.process_index() == 0  # Only the first process writes metrics, results and logs.
     progresses = [{**_new_progress(), "init_from": started} for _ in configs]
     managers = [checkpoint.manager(workdir) for workdir in workdirs]

@@ -15,7 +15,7 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from cnn_jax import data
+from cnn_jax import data, models
 from cnn_jax.layers import losses
 from cnn_jax.training import transfer
 from cnn_jax.training.config import Config
@@ -24,8 +24,9 @@ AUX_WEIGHT = 0.3  # Each auxiliary classifier's loss in the training loss (GoogL
 
 
 class TrainState(train_state.TrainState):
-    """Parameters, optimizer state and step, plus BatchNorm's running statistics, the run's base key and the
-    paths of the parameters that do not train (`cnn_jax.training.transfer`).
+    """Parameters, optimizer state and step, plus BatchNorm's running statistics, the run's base key, the
+    paths of the parameters that do not train (`cnn_jax.training.transfer`) and the max-norm constraint
+    (`constrained`): the classifier's path and the norm, or None.
 
     Randomness at step t uses `fold_in(rng, t)`, so it depends on nothing but the seed and the step.
     """
@@ -33,6 +34,7 @@ class TrainState(train_state.TrainState):
     batch_stats: Any
     rng: jax.Array
     frozen: frozenset[str] = struct.field(pytree_node=False, default=frozenset())
+    max_norm: tuple[str, float] | None = struct.field(pytree_node=False, default=None)
 
 
 def learning_rate_schedule(config: Config, total_steps: int) -> optax.Schedule:
@@ -42,12 +44,15 @@ def learning_rate_schedule(config: Config, total_steps: int) -> optax.Schedule:
     return optax.constant_schedule(config.learning_rate)
 
 
-def initial_state(model, config: Config, image_shape: tuple[int, int, int], total_steps: int, seed) -> TrainState:
-    """`model` initialised from `seed` (an int, or traced under `jax.vmap`) for images of `image_shape` (H, W, C),
+def initial_state(model, config: Config, image_shape: tuple[int, ...], total_steps: int, seed) -> TrainState:
+    """`model` initialised from `seed` (an int, or traced under `jax.vmap`) for inputs of `image_shape` (H, W, C;
+    or a sequence's shape),
     with Adam on a `total_steps` schedule for the parameters `config.freeze` leaves trainable."""
     init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
-    variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    example = models.input_spec(model, image_shape)
+    variables = model.init(init_key, jnp.zeros(example.shape, example.dtype), train=False)
     frozen = transfer.frozen_paths(model, config.freeze, image_shape, variables)
+    max_norm = (transfer.classifier(model, image_shape, variables), config.max_norm) if config.max_norm else None
     # Adam on all parameters as one flat vector: the same arithmetic in a few fused loops instead of a few per
     # parameter array, which XLA's CPU runtime launches one by one.
     adam = optax.flatten(optax.adam(learning_rate_schedule(config, total_steps)))
@@ -58,6 +63,7 @@ def initial_state(model, config: Config, image_shape: tuple[int, int, int], tota
         batch_stats=variables.get("batch_stats", {}),
         tx=transfer.partitioned(adam, variables["params"], frozen),
         frozen=frozen,
+        max_norm=max_norm,
     )
 
 
@@ -73,7 +79,7 @@ def train_step(state: TrainState, batch: dict, augment: str = "none",
                loss: losses.Loss = losses.softmax_cross_entropy) -> tuple[TrainState, dict]:
     """One optimizer step on `batch` ({'image': uint8 [b, h, w, c], 'label': int [b]}).
 
-    `augment` is "none" or "flip" (random left-right mirroring); `loss` gives
+    `augment` is "none" or "flip" (random left-right mirroring of images); `loss` gives
     per-example losses (`cnn_jax.layers.losses`). Layers with randomness (dropout,
     stochastic pooling) draw from the "dropout" stream. A model's auxiliary
     classifiers (logits it sows in the `aux_logits` collection while
@@ -83,7 +89,20 @@ def train_step(state: TrainState, batch: dict, augment: str = "none",
     update).
     """
     grads, batch_stats, metrics = gradients(state, batch, augment, loss)
-    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+    return constrained(state.apply_gradients(grads=grads, batch_stats=batch_stats)), metrics
+
+
+def constrained(state: TrainState) -> TrainState:
+    """`state` after Kim (2014)'s max-norm constraint, if it has one (`TrainState.max_norm`): each class's weight
+    vector in the classifier (a column of its kernel) rescaled to an L2 norm of at most s; shorter ones are kept."""
+    if state.max_norm is None:
+        return state
+    path, limit = state.max_norm
+    params = transfer.flat(state.params)
+    kernel = params[f"{path}/kernel"]
+    norms = jnp.sqrt(jnp.sum(kernel**2, axis=tuple(range(kernel.ndim - 1)), keepdims=True))
+    params[f"{path}/kernel"] = kernel * jnp.minimum(1.0, limit / jnp.maximum(norms, 1e-12))
+    return state.replace(params=transfer.unflat(params))
 
 
 def gradients(state: TrainState, batch: dict, augment: str, loss: losses.Loss) -> tuple[Any, Any, dict]:
@@ -94,7 +113,7 @@ def gradients(state: TrainState, batch: dict, augment: str, loss: losses.Loss) -
     """
     step_key = jax.random.fold_in(state.rng, state.step)
     images = data.normalize(batch["image"])
-    if augment == "flip":
+    if augment == "flip" and images.ndim == 4:  # Images are mirrored; signals and texts never.
         images = data.random_flip(images, step_key)
     trainable, frozen = transfer.split(state.params, state.frozen)
     inference = transfer.inference_modules(list(transfer.flat(state.params)), state.frozen)

@@ -60,7 +60,7 @@ def load(workdir: str, data_dir: str | None = None) -> Run:
     if step is None:
         raise UserError(f"`workdir`={workdir} has no checkpoint yet; let its training reach one (or finish it "
                         "by running the same command again)")
-    model, dataset, _, total_steps = plan(config)
+    model, dataset, _, total_steps = plan(config, workdir)
     target = create_train_state(model, config, dataset.image_shape, total_steps)
     with checkpoint.manager(workdir) as checkpoints:
         state, _ = checkpoint.latest(checkpoints, target, step)

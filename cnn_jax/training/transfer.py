@@ -40,6 +40,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from cnn_jax import models
 from cnn_jax.errors import UserError
 
 BACKBONE = "backbone"
@@ -178,8 +179,8 @@ def reinit_layers(model: nn.Module, reinit: str, image_shape: tuple[int, ...], v
 def _abstract(model: nn.Module, image_shape: tuple[int, ...], variables=None):
     """The shapes of `variables`, or of `model`'s own for images of `image_shape` (traced, nothing computed)."""
     if variables is None:
-        images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-        return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+        return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                              models.input_spec(model, image_shape))
     return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype), variables)
 
 
@@ -195,9 +196,9 @@ def classifier(model: nn.Module, image_shape: tuple[int, ...], variables=None) -
             called.append("/".join(context.module.path))
         return out
 
-    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     with nn.intercept_methods(record):
-        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), _abstract(model, image_shape, variables), images)
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), _abstract(model, image_shape, variables),
+                       models.input_spec(model, image_shape))
     return called[-1]
 
 

@@ -47,7 +47,8 @@ def scaled_step(state, batch, rate, augment, loss):
     grads, batch_stats, metrics = steps.gradients(state, batch, augment, loss)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, jax.tree.map(lambda update: rate * update, updates))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats), metrics
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=batch_stats)
+    return steps.constrained(state), metrics
 
 
 class StackedRuns(loop.Layout):
@@ -62,9 +63,9 @@ class StackedRuns(loop.Layout):
         loss = losses.lookup(unit.loss, unit.label_smoothing)
         rates = jnp.asarray([config.learning_rate for config in configs])
         step = jax.vmap(functools.partial(scaled_step, augment=unit.augment, loss=loss))
-        train_batch = loop.abstract_batch(dataset.image_shape, (len(configs), unit.batch_size), False,
+        train_batch = loop.abstract_batch(dataset, (len(configs), unit.batch_size), False,
                                           NamedSharding(mesh, self.batch_spec()))
-        eval_batch = loop.abstract_batch(dataset.image_shape, (unit.eval_batch_size,), True,
+        eval_batch = loop.abstract_batch(dataset, (unit.eval_batch_size,), True,
                                          NamedSharding(mesh, PartitionSpec("data")))
         train_fn = loop.compile_step(lambda state, batch: step(state, batch, rates), mesh, state, train_batch,
                                      donate=True)
