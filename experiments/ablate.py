@@ -27,7 +27,7 @@ from absl import flags
 from experiments import cli
 
 flags.DEFINE_string("sweep", None, "The sweep to run: activation, pooling, batchnorm, kernels, depth_width, "
-                    "learning_rate (cnn_jax/training/sweeps.py).")
+                    "conv1d (MNIST-1D), learning_rate (cnn_jax/training/sweeps.py).")
 flags.DEFINE_string("workdir", None, "Folder for the sweep's runs and summary; the same folder resumes it.")
 flags.DEFINE_bool("quick", False, "5 epochs on 6,000 training images (minutes on a CPU), 2 seeds unless --seeds.")
 flags.DEFINE_integer("seeds", None, "Seeds per variant (default 3; 2 with --quick).")

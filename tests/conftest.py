@@ -206,3 +206,23 @@ def write_image_folder(directory, per_class=12, classes=("dark", "bright"), size
             image.save(path)
             paths.append(path)
     return paths
+
+
+REVIEW_WORDS = {"good": ("good", "great", "lovely", "superb", "fine"), "bad": ("bad", "awful", "dull", "poor", "worse")}
+NEUTRAL_WORDS = ("the", "film", "was", "a", "plot", "and", "it", "acting", "story", "of")
+
+
+def write_reviews(path, per_class=60, seed=0, extra: str = ""):
+    """Writes a CSV (`text,label`) of `per_class` short reviews per class: neutral words and two of the class's
+    own (`REVIEW_WORDS`), in random order, each text ending in `extra`. Returns the path."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["text", "label"])
+        for i in range(per_class * len(REVIEW_WORDS)):
+            label = tuple(REVIEW_WORDS)[i % len(REVIEW_WORDS)]
+            words = [*rng.choice(NEUTRAL_WORDS, rng.integers(4, 9)), *rng.choice(REVIEW_WORDS[label], 2)]
+            writer.writerow([" ".join(rng.permutation(words)) + extra, label])
+    return str(path)

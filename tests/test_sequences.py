@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ffi_targets, normal
+from conftest import ffi_targets, normal, write_reviews
 
 from cnn_jax import data, layers, models
 from cnn_jax.analysis import arithmetic
+from cnn_jax.data import text
 from cnn_jax.errors import UserError
 from cnn_jax.kernels import ffi
 from cnn_jax.layers import pooling
@@ -224,3 +225,24 @@ def test_a_sequence_models_blocks_run_on_xla_not_the_image_kernels():
     # The seed network's 2×2 pool fuses with BatchNorm and ReLU on images; along a sequence nothing matches it.
     assert ffi_targets(models.lookup("convnet")(num_classes=10), (8, 28, 28, 1)) or not ffi.load()
     assert not ffi_targets(models.lookup("convnet1d")(num_classes=10), (8, 40, 1))
+
+
+def test_texts_train_textcnn_by_default_and_resume_with_their_saved_vocabulary(tmp_path, capsys):
+    reviews = write_reviews(tmp_path / "reviews.csv")
+    config = Config(dataset="text", data_dir=reviews, epochs=3, batch_size=16, min_count=1, max_norm=3.0)
+    uninterrupted = loop.train_and_evaluate(config, str(tmp_path / "whole"))
+    assert uninterrupted["model"] == "textcnn" and uninterrupted["test_accuracy"] >= 0.9
+    saved = text.read_vocabulary(str(tmp_path / "whole" / text.VOCABULARY_FILE))
+    assert saved == loop.plan(config)[1].vocabulary and {"good", "awful", "<pad>", "<unk>"} <= set(saved)
+    asked = iter(range(1, 100))
+    with pytest.raises(loop.Preempted, match="stopped at step 5"):
+        loop.train_and_evaluate(config, str(tmp_path / "resumed"), checkpoint_every=5,
+                                stop_requested=lambda: next(asked) >= 5)
+    resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert "resuming at step 5" in capsys.readouterr().out
+    metrics = [(tmp_path / name / "metrics.jsonl").read_text() for name in ("whole", "resumed")]
+    assert metrics[0] == metrics[1] and resumed["test_accuracy"] == uninterrupted["test_accuracy"]
+    # Texts that changed since: a rebuilt vocabulary would put the new word first; the run keeps its own.
+    write_reviews(tmp_path / "reviews.csv", extra=" zebra zebra")
+    assert loop.plan(config, str(tmp_path / "whole"))[1].vocabulary == saved
+    assert loop.plan(config)[1].vocabulary[2] == "zebra"

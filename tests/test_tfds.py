@@ -169,3 +169,24 @@ def test_a_tfds_dataset_of_images_of_any_size_streams_with_split_slicing(tmp_pat
         results = loop.train_and_evaluate(config, str(tmp_path))
     assert results["classes"] == ["cat", "dog"] and results["steps"] == 3 and results["image_shape"] == [16, 16, 3]
     assert results["data_source"].endswith(", trained on train[:80%], evaluated on train[80%:])")
+
+
+@pytest.mark.slow  # Trains through mocked data (imports TensorFlow: 10 s); loading texts is tested in test_text.py.
+def test_a_tfds_text_dataset_trains_textcnn_by_default(tmp_path):
+    """imdb_reviews's builder, its reviews made up by mock_data: text through the vocabulary into textcnn."""
+    config = Config(dataset="imdb_reviews", max_length=12, min_count=1, batch_size=6, eval_batch_size=6, epochs=1)
+    with tfds.testing.mock_data(num_examples=12):
+        results = loop.train_and_evaluate(config, str(tmp_path))
+    assert results["model"] == "textcnn" and results["classes"] == ["neg", "pos"] and results["steps"] == 2
+    assert results["image_shape"] == [12] and (tmp_path / "vocabulary.txt").read_text().startswith("<pad>\n<unk>\n")
+
+
+def test_offline_imdb_reviews_lists_the_ways_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 0)
+    with pytest.raises(tfds_source.DownloadFailed) as error:
+        loop.plan(Config(dataset="imdb_reviews", data_dir=str(tmp_path)))
+    message = str(error.value)
+    assert message.startswith("downloading 'imdb_reviews' through tensorflow-datasets failed (")
+    assert "copy ~/tensorflow_datasets/imdb_reviews into `data_dir`" in message and "\n" not in message

@@ -6,7 +6,8 @@ Each axis maps a label to the `Config` fields it sets, so one axis may change
 several fields at once (a model spec, or a learning rate). Add a sweep by
 adding an entry to `SWEEPS`; `python -m experiments.ablate --sweep=NAME` runs
 it over seeds. The models are text specs (`cnn_jax.models.spec`); the seed network is
-`c16k5-max-c32k5-max` (two 5×5 convolutions, BatchNorm, ReLU, 2×2 max-pooling).
+`c16k5-max-c32k5-max` (two 5×5 convolutions, BatchNorm, ReLU, 2×2 max-pooling). The
+`conv1d` sweep trains 1-D stacks on MNIST-1D.
 
 `run_all(runs)` trains a list of (config, workdir) in order, skipping finished
 runs and resuming interrupted ones: what the sweep and transfer commands run.
@@ -53,6 +54,13 @@ def _models(**specs: str) -> dict[str, dict[str, str]]:
     return {label: {"model": spec} for label, spec in specs.items()}
 
 
+def conv1d_stack(kernel: int, down: str) -> str:
+    """convnet1d's three 64-map stages along a signal, with `kernel`-long convolutions, each stage halving the
+    length by `down`: a pooling's name ("max", "avg"), or "strided" (the convolution's stride 2, no pooling)."""
+    stage = f"c64k{kernel}s2" if down == "strided" else f"c64k{kernel}-{down}"
+    return "-".join([stage] * 3) + ":1d"
+
+
 SWEEPS: dict[str, Sweep] = {
     "activation": Sweep(
         "ReLU trains several times faster than saturating units (sigmoid, tanh); without BatchNorm, which hides it.",
@@ -80,6 +88,12 @@ SWEEPS: dict[str, Sweep] = {
         "Depth and width: what more channels or one more convolution buy on a small dataset.",
         {"depth_width": _models(base=SEED_NETWORK, narrow="c8k5-max-c16k5-max", wide="c32k5-max-c64k5-max",
                                 deeper="c16k5-max-c32k5-max-c64k3-max")},
+    ),
+    "conv1d": Sweep(
+        "Along a signal (MNIST-1D): wider kernels see more of a digit's shape; pooling beats strided convolutions.",
+        {"conv1d": {f"k{kernel}_{down}": {"model": conv1d_stack(kernel, down)} for kernel in (3, 5, 9)
+                    for down in ("max", "avg", "strided")}},
+        base={"dataset": "mnist1d"},
     ),
     "learning_rate": Sweep(
         "Adam's learning rate: the seed's 1e-3 against a decade around it.",
