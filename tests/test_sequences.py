@@ -181,8 +181,10 @@ def test_mnist1d_is_4000_and_1000_standardised_signals_of_length_40_and_leaves_n
     np.random.seed(123)
     expected = np.random.random()
     np.random.seed(123)
+    data.mnist1d._generated.cache_clear()  # Generated again, not read from this process's cache.
     again = data.load_dataset("mnist1d")
     assert np.random.random() == expected  # The mnist1d package seeds NumPy's global generator: put back.
+    assert not again.train_images.flags.writeable  # Shared by every load in the process.
     assert mnist1d.kind == data.SIGNALS and mnist1d.train_images.shape == (4000, 40, 1)
     assert mnist1d.test_images.shape == (1000, 40, 1) and mnist1d.train_images.dtype == np.float32
     assert np.array_equal(again.train_images, mnist1d.train_images) and mnist1d.num_classes == 10
@@ -204,6 +206,7 @@ def test_a_model_that_takes_other_inputs_than_the_dataset_holds_is_one_line(idx_
         assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow  # Three short trainings; the loop's resumption is tested on images and texts in the everyday suite.
 def test_mnist1d_trains_convnet1d_by_default_and_resumes_to_the_uninterrupted_end(tmp_path, capsys):
     config = Config(dataset="mnist1d", max_train_examples=300, max_test_examples=200, epochs=2, batch_size=50)
     assert config.model == "" and loop.plan(config)[0].inputs == data.SIGNALS

@@ -159,6 +159,7 @@ def test_a_given_vocabulary_is_used_as_it_is(tmp_path):
 
 # tensorflow-datasets' real text builders, their examples made up by `tfds.testing.mock_data` (no download).
 
+@pytest.mark.slow  # TensorFlow's import (10 s); the next test reads TFDS texts in the everyday suite.
 def test_tfds_imdb_reviews_becomes_token_ids_of_its_text_feature():
     import tensorflow_datasets as tfds
 

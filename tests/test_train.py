@@ -80,7 +80,7 @@ def test_evaluate_gives_the_same_answer_for_any_batch_size():
         ("learning_rate", 0.0, "`learning_rate` must be > 0, got 0.0"),
         ("learning_rate", float("nan"), "`learning_rate` must be > 0, got nan"),
         ("max_steps", -5, "`max_steps` must be >= 0, got -5"),
-        ("vocab_size", 2, "`vocab_size` must be at least 3 (padding, unknown and one word), got 2"),
+        ("vocab_size", 2, r"`vocab_size` must be at least 3 \(padding, unknown and one word\), got 2"),
         ("min_count", 0, "`min_count` must be a positive integer, got 0"),
         ("max_length", -1, "`max_length` must be >= 0, got -1"),
         ("max_norm", -3.0, "`max_norm` must be a norm >= 0"),
