@@ -81,7 +81,7 @@ def test_xla_counts_only_the_taps_that_fall_on_the_input():
 
 
 @pytest.mark.parametrize("name, shape", [("convnet", (28, 28, 1)), ("lenet5", (32, 32, 1)), ("resnet18", (32, 32, 3)),
-                                         ("vgg11", (64, 64, 3)),
+                                         ("vgg11", (64, 64, 3)), ("convnet1d", (40, 1)), ("textcnn", (64,)),
                                          pytest.param("googlenet", (64, 64, 3), marks=pytest.mark.slow)])
 def test_zoo_flops_are_xla_cost_analysis_plus_padding_taps_within_15_percent(name, shape):
     """XLA's count of the compiled forward pass, on XLA's own convolutions (it cannot see into cnn_jax's kernels).
@@ -91,7 +91,9 @@ def test_zoo_flops_are_xla_cost_analysis_plus_padding_taps_within_15_percent(nam
     activations, poolings and biases. At these sizes the first outweighs the
     second: XLA's count is up to 14% lower (2-7% at 224×224).
     """
-    model, image = models.lookup(name)(num_classes=10), jnp.zeros((1, *shape))
+    model = example_model(name)[0]
+    example = models.input_spec(model, shape)
+    image = jnp.zeros(example.shape, example.dtype)
     variables = jax.eval_shape(model.init, jax.random.key(0), image)
     with dispatch.xla_only():
         xla = jax.jit(model.apply).lower(variables, image).compile().cost_analysis()["flops"]
