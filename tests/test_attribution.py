@@ -216,9 +216,9 @@ def test_unknown_methods_layers_and_settings_are_user_errors(textures):
         attribution.integrated_gradients(model, variables, images, labels, baseline="white")
     with pytest.raises(UserError, match="`patch`=30 must be from 1 to the image's shorter side"):
         attribution.occlusion(model, variables, images, labels, patch=30)
-    with pytest.raises(UserError, match="`images` must be float"):
+    with pytest.raises(UserError, match="`inputs` must be float images"):
         attribution.saliency(model, variables, (images * 255).astype(np.uint8), labels)
-    with pytest.raises(UserError, match="`classes` must be one int per image"):
+    with pytest.raises(UserError, match="`classes` must be one int per example"):
         attribution.saliency(model, variables, images, labels[:1])
     with pytest.raises(UserError, match="unknown attribution method 'lime'"):
         sanity.cascading_randomisation(model, variables, images, labels, ["saliency", "lime"])

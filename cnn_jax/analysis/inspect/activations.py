@@ -21,7 +21,8 @@ from cnn_jax.analysis.inspect import taps
 
 
 def activation_maps(model, variables, images: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
-    """{name: output `[b, h, w, c]`} of each of `layers` for uint8 `images`, from one forward pass."""
+    """{name: output `[b, h, w, c]` (`[b, length, c]` along a sequence)} of each of `layers` for `images` as a batch
+    holds them (uint8 images, float signals or token ids), from one forward pass."""
     _, outputs = _forward(model, variables, data.normalize(images))
     return {name: np.asarray(outputs[name]) for name in layers}
 
@@ -46,8 +47,8 @@ def _sums(model, variables, images, mask):
 
 
 def layer_statistics(model, variables, images: np.ndarray, batch_size: int = 200) -> dict[str, dict]:
-    """{name: {'zero_fraction', 'off_fraction', 'mean', 'rectified'}} of every layer over uint8 `images`, in call
-    order.
+    """{name: {'zero_fraction', 'off_fraction', 'mean', 'rectified'}} of every layer over `images` (as a batch holds
+    them: uint8 images, signals or token ids), in call order.
 
     `zero_fraction` is the share of exact zeros among all of the layer's
     values, `off_fraction` the share ≤ 0: those a ReLU applied to this output

@@ -1,21 +1,35 @@
-"""Which pixels decide a class: attribution maps of one logit per image, at the image's resolution.
+"""Which pixels, time steps or tokens decide a class: attribution maps of one logit per example, at the input's
+resolution.
 
     maps = attribution.grad_cam(model, variables, images, classes)            # [b, h, w] float32
     maps = attribution.lookup("integrated_gradients")(model, variables, images, classes, steps=128)
     total, change = attribution.completeness(model, variables, images, classes)  # Σ IG ≈ f(x) − f(baseline)
+    scores = attribution.saliency(model, variables, token_ids, classes)      # [b, length]: a score per token
 
-Every method is `f(model, variables, images, classes, **options) -> maps`:
-`images` float `[b, h, w, c]` (the model's input, `cnn_jax.data.normalize`),
-`classes` int `[b]` (the logit explained for each image; `predicted` gives
-the network's own choice), maps `[b, h, w]`. Each is jitted with the model
-and its options static, so new variables of the same shapes (a cascading
-randomisation) reuse the compiled program, and each can be called inside
-`jax.jit` or `jax.vmap` (over classes, say).
+Every method is `f(model, variables, inputs, classes, **options) -> maps`:
+`inputs` what the model takes (`cnn_jax.models.inputs_of`): float images
+`[b, h, w, c]` (`cnn_jax.data.normalize`), float signals `[b, length, c]` or
+int token ids `[b, length]`; `classes` int `[b]` (the logit explained for
+each example; `predicted` gives the network's own choice); maps `[b, h, w]`
+or `[b, length]`, a value per pixel, time step or token. Each is jitted with
+the model and its options static, so new variables of the same shapes (a
+cascading randomisation) reuse the compiled program, and each can be called
+inside `jax.jit` or `jax.vmap` (over classes, say).
+
+Token ids are integers, without a gradient: a text is explained through its
+word vectors as the network looks them up (`taps.embedding_layer`, `[b,
+length, features]`), which the methods below treat as a sequence's channels,
+except that a magnitude over them is their L2 norm. Integrated gradients'
+zero baseline is then the text of padding only, whose vectors are zero. A
+padding token gets 0 from every method: `cnn_jax.layers.Embedding` pins its
+vector at zero after the lookup, so no change there reaches the network.
 
 - saliency (Simonyan et al. 2014): max over channels of |∂ logit / ∂ pixel|; ≥ 0.
 - smoothgrad (Smilkov et al. 2017): the gradient averaged over `samples`
   copies of the image with Gaussian noise (std `noise` × the image's value
   range), then max |·| over channels; ≥ 0.
+- gradient_times_input (Shrikumar et al. 2016): ∂ logit / ∂ x ⊙ x summed
+  over channels; signed. The first-order share of each pixel in f(x) − f(0).
 - integrated_gradients (Sundararajan et al. 2017): (x − baseline) ⊙ the mean
   gradient along the straight path from the baseline to x, summed over
   channels; signed. It sums over the image to f(x) − f(baseline) up to the
@@ -45,10 +59,16 @@ randomisation) reuse the compiled program, and each can be called inside
   `patch` × `patch` square is set to `fill`, the square sliding by `stride`
   (the last one flush with the edge); each pixel gets the mean drop of the
   squares covering it; signed (negative where hiding a pixel helps the class).
+  Along a sequence the square is a window of `patch` steps; over token ids,
+  by default one token (its vector set to zero: the token made padding, Li
+  et al. 2016's erasure).
+
+Along a signal every method is the same with time steps for pixels; Grad-CAM
+upsamples linearly.
 
 Logits come from `taps.forward`: test mode, XLA's own operations. Test mode
-makes the images independent, so one backward pass of the chosen logits'
-sum gives every image's gradient. The sampled methods (smoothgrad,
+makes the examples independent, so one backward pass of the chosen logits'
+sum gives every example's gradient. The sampled methods (smoothgrad,
 integrated_gradients, occlusion) run `chunk` samples (noisy copies, path
 points, square positions) of the whole batch at a time, vmapped, and add
 them up as they go: memory is about `chunk` forward-and-backward passes of
@@ -56,6 +76,7 @@ the batch, whatever `samples`, `steps` or the number of squares.
 """
 
 import functools
+import itertools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -64,11 +85,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnn_jax import data, models
 from cnn_jax.analysis.inspect import taps
 from cnn_jax.errors import UserError
 
 Method = Callable[..., jnp.ndarray]
-"""`f(model, variables, images [b, h, w, c], classes [b], **options) -> maps [b, h, w]`."""
+"""`f(model, variables, inputs [b, ...], classes [b], **options) -> maps [b, h, w] or [b, length]`."""
 
 
 def default_key():
@@ -82,41 +104,74 @@ def _jit(*options: str):
     return functools.partial(jax.jit, static_argnames=("model", *options))
 
 
-def _check(images: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
-    """`classes` as int32, if `images` is a float `[b, h, w, c]` batch and `classes` one int per image."""
-    if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
-        raise UserError(f"`images` must be float [batch, height, width, channels] (cnn_jax.data.normalize of the "
-                        f"uint8 images), not {images.dtype} of shape {tuple(images.shape)}")
-    if classes.shape != images.shape[:1] or not jnp.issubdtype(classes.dtype, jnp.integer):
-        raise UserError(f"`classes` must be one int per image ({images.shape[0]}), not {classes.dtype} of shape "
+INPUTS = {data.IMAGES: (4, jnp.floating, "float images [batch, height, width, channels] (cnn_jax.data.normalize "
+                                        "of the uint8 images)"),
+          data.SIGNALS: (3, jnp.floating, "float signals [batch, length, channels]"),
+          data.TOKENS: (2, jnp.integer, "integer token ids [batch, length]")}
+"""What the methods take, by what the model takes: (rank, dtype, in words)."""
+
+
+def _check(model: nn.Module, inputs: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
+    """`classes` as int32, if `inputs` is a batch of what `model` takes (`INPUTS`) and `classes` one int per
+    example."""
+    rank, dtype, words = INPUTS[models.inputs_of(model)]
+    if inputs.ndim != rank or not jnp.issubdtype(inputs.dtype, dtype):
+        raise UserError(f"`inputs` must be {words}, not {inputs.dtype} of shape {tuple(inputs.shape)}")
+    if classes.shape != inputs.shape[:1] or not jnp.issubdtype(classes.dtype, jnp.integer):
+        raise UserError(f"`classes` must be one int per example ({inputs.shape[0]}), not {classes.dtype} of shape "
                         f"{tuple(classes.shape)}")
     return classes.astype(jnp.int32)
+
+
+def _reads_tokens(model: nn.Module) -> bool:
+    return models.inputs_of(model) == data.TOKENS
 
 
 def _chosen(logits: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
     return jnp.take_along_axis(logits, classes[:, None], axis=1)[:, 0]
 
 
-def target_logits(model: nn.Module, variables, images: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
-    """`[b]`: each image's logit of its class, in test mode."""
-    return _chosen(taps.forward(model, variables, images)[0], classes)
+def target_logits(model: nn.Module, variables, inputs: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
+    """`[b]`: each example's logit of its class, in test mode."""
+    return _chosen(taps.forward(model, variables, inputs)[0], classes)
 
 
 @_jit()
-def logits(model: nn.Module, variables, images: jnp.ndarray) -> jnp.ndarray:
+def logits(model: nn.Module, variables, inputs: jnp.ndarray) -> jnp.ndarray:
     """`[b, classes]`: the logits, in test mode."""
-    return taps.forward(model, variables, images)[0]
+    return taps.forward(model, variables, inputs)[0]
 
 
 @_jit()
-def predicted(model: nn.Module, variables, images: jnp.ndarray) -> jnp.ndarray:
-    """`[b]` int32: the class each image is given (the largest logit)."""
-    return jnp.argmax(taps.forward(model, variables, images)[0], axis=-1).astype(jnp.int32)
+def predicted(model: nn.Module, variables, inputs: jnp.ndarray) -> jnp.ndarray:
+    """`[b]` int32: the class each example is given (the largest logit)."""
+    return jnp.argmax(taps.forward(model, variables, inputs)[0], axis=-1).astype(jnp.int32)
 
 
-def _gradients(model, variables, images, classes) -> jnp.ndarray:
-    """`[b, h, w, c]`: ∂ (image i's logit of classes[i]) / ∂ image i, in one backward pass."""
-    return jax.grad(lambda x: target_logits(model, variables, x, classes).sum())(images)
+Logits = Callable[[jnp.ndarray], jnp.ndarray]
+"""x -> logits `[b, classes]`: the network as a function of what the methods differentiate."""
+
+
+def _differentiable(model: nn.Module, variables, inputs: jnp.ndarray) -> tuple[jnp.ndarray, Logits]:
+    """(x, f): what the methods differentiate and the logits as a function of it, in test mode. Float images and
+    signals: themselves and the network. Token ids: their word vectors as looked up (`taps.embedding_layer`),
+    `[b, length, features]`, and the network with x in their place."""
+    if not _reads_tokens(model):
+        return inputs, lambda x: taps.forward(model, variables, x)[0]
+    layer = taps.embedding_layer(taps.layers(model, variables, inputs.shape[1:]))
+    vectors = taps.forward(model, variables, inputs)[1][layer]
+    return vectors, lambda x: taps.forward(model, variables, inputs, edit=(layer, lambda _: x))[0]
+
+
+def _gradients(f: Logits, x: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
+    """∂ (example i's logit of classes[i]) / ∂ x_i, shaped as x, in one backward pass."""
+    return jax.grad(lambda x: _chosen(f(x), classes).sum())(x)
+
+
+def _magnitude(model: nn.Module, gradients: jnp.ndarray) -> jnp.ndarray:
+    """Each position's size of `gradients` `[b, ..., c]`: max |·| over channels; over a word vector, its L2
+    norm."""
+    return jnp.linalg.norm(gradients, axis=-1) if _reads_tokens(model) else jnp.abs(gradients).max(axis=-1)
 
 
 UNROLLED = 8
@@ -164,40 +219,59 @@ def _weighted_sum(f: Callable[[jnp.ndarray], jnp.ndarray], weights: np.ndarray, 
 
 
 @_jit()
-def saliency(model: nn.Module, variables, images: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
-    """Max over channels of |∂ logit / ∂ pixel| (Simonyan et al. 2014): `[b, h, w]`, ≥ 0."""
-    classes = _check(images, classes)
-    return jnp.abs(_gradients(model, variables, images, classes)).max(axis=-1)
+def saliency(model: nn.Module, variables, inputs: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
+    """Max over channels of |∂ logit / ∂ pixel| (Simonyan et al. 2014), or over a token's word vector the
+    gradient's L2 norm: `[b, h, w]` or `[b, length]`, ≥ 0."""
+    classes = _check(model, inputs, classes)
+    x, f = _differentiable(model, variables, inputs)
+    return _magnitude(model, _gradients(f, x, classes))
+
+
+@_jit()
+def gradient_times_input(model: nn.Module, variables, inputs: jnp.ndarray, classes: jnp.ndarray) -> jnp.ndarray:
+    """∂ logit / ∂ x ⊙ x summed over channels (Shrikumar et al. 2016), or over a token's word vector the dot
+    product of the gradient and the vector: `[b, h, w]` or `[b, length]`, signed."""
+    classes = _check(model, inputs, classes)
+    x, f = _differentiable(model, variables, inputs)
+    return (_gradients(f, x, classes) * x).sum(axis=-1)
+
+
+def _over_positions(x: jnp.ndarray) -> tuple[int, ...]:
+    """The axes of `x` `[b, ..., c]` between the examples and the channels."""
+    return tuple(range(1, x.ndim - 1))
 
 
 @_jit("samples", "noise", "chunk")
-def smoothgrad(model: nn.Module, variables, images: jnp.ndarray, classes: jnp.ndarray, key=None,
+def smoothgrad(model: nn.Module, variables, inputs: jnp.ndarray, classes: jnp.ndarray, key=None,
                samples: int = 25, noise: float = 0.15, chunk: int = 16) -> jnp.ndarray:
-    """Max over channels of |the gradient averaged over `samples` noisy copies| (Smilkov et al. 2017), ≥ 0.
+    """Max over channels of |the gradient averaged over `samples` noisy copies| (Smilkov et al. 2017), or over a
+    token's word vector its L2 norm; ≥ 0.
 
-    The noise is Gaussian with std `noise` × (max − min) of each image, the
-    paper's 10-20%; `key` draws it, the same draws for every call with the
-    same key (default `default_key()`).
+    The noise is Gaussian with std `noise` × (max − min) of each image (of
+    each text's word vectors), the paper's 10-20%; `key` draws it, the same
+    draws for every call with the same key (default `default_key()`).
     """
-    classes = _check(images, classes)
+    classes = _check(model, inputs, classes)
     if samples < 1:
         raise UserError(f"`samples`={samples} must be at least 1")
     key = default_key() if key is None else key
-    spread = noise * (images.max(axis=(1, 2, 3), keepdims=True) - images.min(axis=(1, 2, 3), keepdims=True))
+    x, f = _differentiable(model, variables, inputs)
+    every = (*_over_positions(x), x.ndim - 1)
+    spread = noise * (x.max(axis=every, keepdims=True) - x.min(axis=every, keepdims=True))
 
     def noisy_gradient(i):
-        shaken = images + spread * jax.random.normal(jax.random.fold_in(key, i), images.shape, images.dtype)
-        return _gradients(model, variables, shaken, classes)
+        shaken = x + spread * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+        return _gradients(f, shaken, classes)
 
-    mean = _weighted_sum(noisy_gradient, np.full(samples, 1 / samples), chunk)
-    return jnp.abs(mean).max(axis=-1)
+    return _magnitude(model, _weighted_sum(noisy_gradient, np.full(samples, 1 / samples), chunk))
 
 
 BASELINES = ("black", "blurred")
 
 
 def blur(images: jnp.ndarray, sigma: float) -> jnp.ndarray:
-    """`images` under a Gaussian blur of std `sigma` pixels, each axis, the weights renormalised at the edges."""
+    """`images` `[b, ..., c]` under a Gaussian blur of std `sigma` pixels (time steps), along each axis between the
+    examples and the channels, the weights renormalised at the edges."""
     if sigma <= 0:
         raise UserError(f"`blur_sigma`={sigma} must be positive")
 
@@ -206,11 +280,14 @@ def blur(images: jnp.ndarray, sigma: float) -> jnp.ndarray:
         weights = np.exp(-0.5 * (offsets / sigma) ** 2)
         return jnp.asarray(weights / weights.sum(axis=1, keepdims=True), images.dtype)
 
-    return jnp.einsum("ij,bjwc,kw->bikc", matrix(images.shape[1]), images, matrix(images.shape[2]))
+    for axis in _over_positions(images):
+        images = jnp.moveaxis(jnp.tensordot(matrix(images.shape[axis]), images, axes=(1, axis)), 0, axis)
+    return images
 
 
 def baseline_of(images: jnp.ndarray, baseline: str = "black", blur_sigma: float = 4.0) -> jnp.ndarray:
-    """Integrated gradients' starting point: zeros ("black") or `blur(images, blur_sigma)` ("blurred")."""
+    """Integrated gradients' starting point: zeros ("black"; for word vectors, a text of padding) or
+    `blur(images, blur_sigma)` ("blurred")."""
     if baseline == "black":
         return jnp.zeros_like(images)
     if baseline == "blurred":
@@ -218,43 +295,50 @@ def baseline_of(images: jnp.ndarray, baseline: str = "black", blur_sigma: float 
     raise UserError(f"unknown `baseline`='{baseline}': choose one of {', '.join(BASELINES)}")
 
 
-def _path_attributions(model, variables, images, classes, baseline, blur_sigma, steps, chunk):
-    """(`[b, h, w, c]` integrated gradients, the baseline)."""
+def _path_attributions(model, variables, inputs, classes, baseline, blur_sigma, steps, chunk):
+    """(integrated gradients shaped as x, f(x) − f(baseline)) for x and f of `_differentiable`."""
     if steps < 1:
         raise UserError(f"`steps`={steps} must be at least 1")
-    start = baseline_of(images, baseline, blur_sigma)
-    alphas = jnp.asarray((np.arange(steps) + 0.5) / steps, images.dtype)  # The midpoint rule.
+    x, f = _differentiable(model, variables, inputs)
+    start = baseline_of(x, baseline, blur_sigma)
+    alphas = jnp.asarray((np.arange(steps) + 0.5) / steps, x.dtype)  # The midpoint rule.
 
     def gradient_at(i):
-        return _gradients(model, variables, start + alphas[i] * (images - start), classes)
+        return _gradients(f, start + alphas[i] * (x - start), classes)
 
-    return (images - start) * _weighted_sum(gradient_at, np.full(steps, 1 / steps), chunk), start
+    attributions = (x - start) * _weighted_sum(gradient_at, np.full(steps, 1 / steps), chunk)
+    return attributions, _chosen(f(x), classes) - _chosen(f(start), classes)
 
 
 @_jit("baseline", "blur_sigma", "steps", "chunk")
-def integrated_gradients(model: nn.Module, variables, images: jnp.ndarray, classes: jnp.ndarray,
+def integrated_gradients(model: nn.Module, variables, inputs: jnp.ndarray, classes: jnp.ndarray,
                          baseline: str = "black", blur_sigma: float = 4.0, steps: int = 64,
                          chunk: int = 16) -> jnp.ndarray:
-    """Integrated gradients (Sundararajan et al. 2017) summed over channels: `[b, h, w]`, signed, summing to
-    about f(x) − f(baseline) per image. `baseline` "black" or "blurred" (`blur_sigma` pixels); `steps` points
-    of the midpoint rule on the path, `chunk` of them at a time."""
-    classes = _check(images, classes)
-    attributions, _ = _path_attributions(model, variables, images, classes, baseline, blur_sigma, steps, chunk)
+    """Integrated gradients (Sundararajan et al. 2017) summed over channels (over a token's word vector):
+    `[b, h, w]` or `[b, length]`, signed, summing to about f(x) − f(baseline) per example. `baseline` "black"
+    or "blurred" (`blur_sigma` pixels); `steps` points of the midpoint rule on the path, `chunk` of them at a
+    time."""
+    classes = _check(model, inputs, classes)
+    attributions, _ = _path_attributions(model, variables, inputs, classes, baseline, blur_sigma, steps, chunk)
     return attributions.sum(axis=-1)
 
 
 @_jit("baseline", "blur_sigma", "steps", "chunk")
-def completeness(model: nn.Module, variables, images: jnp.ndarray, classes: jnp.ndarray, baseline: str = "black",
+def completeness(model: nn.Module, variables, inputs: jnp.ndarray, classes: jnp.ndarray, baseline: str = "black",
                  blur_sigma: float = 4.0, steps: int = 64, chunk: int = 16) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """(Σ of `integrated_gradients` per image, f(x) − f(baseline) for its class): `[b]` each, equal but for
+    """(Σ of `integrated_gradients` per example, f(x) − f(baseline) for its class): `[b]` each, equal but for
     the quadrature error, which more `steps` shrink. A check of a run's settings, and of the method."""
-    classes = _check(images, classes)
-    attributions, start = _path_attributions(model, variables, images, classes, baseline, blur_sigma, steps, chunk)
-    change = target_logits(model, variables, images, classes) - target_logits(model, variables, start, classes)
-    return attributions.sum(axis=(1, 2, 3)), change
+    classes = _check(model, inputs, classes)
+    attributions, change = _path_attributions(model, variables, inputs, classes, baseline, blur_sigma, steps, chunk)
+    return attributions.reshape(len(attributions), -1).sum(axis=1), change
 
 
-def grad_cam_layer(model: nn.Module, variables, image_shape: tuple[int, int, int], layer: str | None = None) -> str:
+def _positions(model: nn.Module, inputs: jnp.ndarray) -> tuple[int, ...]:
+    """`(b, ...)`, the shape of a method's maps: the input's without its channels (token ids have none)."""
+    return tuple(inputs.shape) if _reads_tokens(model) else tuple(inputs.shape[:-1])
+
+
+def grad_cam_layer(model: nn.Module, variables, image_shape: tuple[int, ...], layer: str | None = None) -> str:
     """The layer `grad_cam` uses: `layer` if the model has it (UserError listing them if not), else the last
     spatial one (`taps.last_spatial_layer`)."""
     known = taps.layers(model, variables, image_shape)
@@ -269,83 +353,95 @@ def grad_cam_layer(model: nn.Module, variables, image_shape: tuple[int, int, int
 
 
 @_jit("layer", "hires")
-def grad_cam(model: nn.Module, variables, images: jnp.ndarray, classes: jnp.ndarray,
+def grad_cam(model: nn.Module, variables, inputs: jnp.ndarray, classes: jnp.ndarray,
              layer: str | None = None, hires: bool = False) -> jnp.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017) at `layer` (default the last spatial layer), upsampled bilinearly to
-    the images: `[b, h, w]`, ≥ 0. The channel weights are the spatial means of the logit's gradient (not the
-    softmax's) with respect to the layer's output; `hires` weighs each position by its own gradient instead
-    (`hires_cam`)."""
-    classes = _check(images, classes)
-    layer = grad_cam_layer(model, variables, images.shape[1:], layer)
-    _, layer_outputs = jax.eval_shape(lambda x: taps.forward(model, variables, x), images)
+    """Grad-CAM (Selvaraju et al. 2017) at `layer` (default the last spatial layer), upsampled bilinearly
+    (along a sequence, linearly) to the input: `[b, h, w]` or `[b, length]`, ≥ 0. The channel weights are the
+    spatial means of the logit's gradient (not the softmax's) with respect to the layer's output; `hires`
+    weighs each position by its own gradient instead (`hires_cam`)."""
+    classes = _check(model, inputs, classes)
+    layer = grad_cam_layer(model, variables, inputs.shape[1:], layer)
+    _, layer_outputs = jax.eval_shape(lambda x: taps.forward(model, variables, x), inputs)
     delta = jnp.zeros(layer_outputs[layer].shape, layer_outputs[layer].dtype)
 
     def chosen(delta):
-        logits, outputs = taps.forward(model, variables, images, edit=(layer, lambda a: a + delta))
+        logits, outputs = taps.forward(model, variables, inputs, edit=(layer, lambda a: a + delta))
         return _chosen(logits, classes).sum(), outputs[layer]
 
     gradient, activation = jax.grad(chosen, has_aux=True)(delta)
-    weights = gradient if hires else gradient.mean(axis=(1, 2), keepdims=True)
+    weights = gradient if hires else gradient.mean(axis=_over_positions(gradient), keepdims=True)
     cam = jax.nn.relu((activation * weights).sum(axis=-1))
-    return jax.image.resize(cam, images.shape[:3], "bilinear").astype(jnp.float32)
+    return jax.image.resize(cam, _positions(model, inputs), "bilinear").astype(jnp.float32)
 
 
-def hires_cam(model: nn.Module, variables, images: jnp.ndarray, classes: jnp.ndarray,
+def hires_cam(model: nn.Module, variables, inputs: jnp.ndarray, classes: jnp.ndarray,
               layer: str | None = None) -> jnp.ndarray:
     """HiResCAM (Draelos & Carin 2020): `grad_cam` with each position's activations weighted by their own
     gradient rather than the channel's mean. Where a dense layer reads the flattened map (the seed network's
     head) that is each position's exact share of the logit, while Grad-CAM's means, blind to where each weight
     sits, often come out negative everywhere (a map of zeros after the ReLU)."""
-    return grad_cam(model, variables, images, classes, layer=layer, hires=True)
+    return grad_cam(model, variables, inputs, classes, layer=layer, hires=True)
 
 
-def squares(height: int, width: int, patch: int | None = None, stride: int | None = None) -> np.ndarray:
-    """`[positions, height, width]` 0/1 masks of occlusion's squares, row by row, the last of each row and
-    column flush with the edge. `patch` defaults to a quarter of the shorter side, `stride` to half the patch."""
-    patch = max(1, min(height, width) // 4) if patch is None else patch
+def patches(shape: tuple[int, ...], patch: int | None = None, stride: int | None = None) -> np.ndarray:
+    """`[count, *shape]` 0/1 masks of occlusion's patches: squares of `patch` pixels a side on an image `(height,
+    width)`, row by row, or windows of `patch` steps along a sequence `(length,)`; the last along each axis flush
+    with the edge. `patch` defaults to a quarter of the shortest side, `stride` to half the patch."""
+    patch = max(1, min(shape) // 4) if patch is None else patch
     stride = max(1, patch // 2) if stride is None else stride
-    if not 1 <= patch <= min(height, width) or stride < 1:
-        raise UserError(f"`patch`={patch} must be from 1 to the image's shorter side ({min(height, width)}) and "
-                        f"`stride`={stride} at least 1")
+    if not 1 <= patch <= min(shape) or stride < 1:
+        side = "the image's shorter side" if len(shape) == 2 else "the length"
+        raise UserError(f"`patch`={patch} must be from 1 to {side} ({min(shape)}) and `stride`={stride} at least 1")
 
     def starts(size):
         found = list(range(0, size - patch + 1, stride))
         return found if found[-1] == size - patch else [*found, size - patch]
 
-    corners = [(top, left) for top in starts(height) for left in starts(width)]
-    masks = np.zeros((len(corners), height, width), np.float32)
-    for mask, (top, left) in zip(masks, corners):
-        mask[top:top + patch, left:left + patch] = 1
+    corners = list(itertools.product(*(starts(size) for size in shape)))
+    masks = np.zeros((len(corners), *shape), np.float32)
+    for mask, corner in zip(masks, corners):
+        mask[tuple(slice(start, start + patch) for start in corner)] = 1
     return masks
 
 
 @_jit("patch", "stride", "fill", "chunk")
-def occlusion(model: nn.Module, variables, images: jnp.ndarray, classes: jnp.ndarray, patch: int | None = None,
+def occlusion(model: nn.Module, variables, inputs: jnp.ndarray, classes: jnp.ndarray, patch: int | None = None,
               stride: int | None = None, fill: float = 0.0, chunk: int = 16) -> jnp.ndarray:
-    """Occlusion (Zeiler & Fergus 2014): each pixel's mean drop of the logit over the `squares` covering it when
-    they are set to `fill` (0: black): `[b, h, w]`, signed. One forward pass of the batch per square."""
-    classes = _check(images, classes)
-    masks = squares(images.shape[1], images.shape[2], patch, stride)
-    original = target_logits(model, variables, images, classes)
+    """Occlusion (Zeiler & Fergus 2014): each pixel's (time step's, token's) mean drop of the logit over the
+    `patches` covering it when they are set to `fill` (0: black; a token's vector, padding): `[b, h, w]` or
+    `[b, length]`, signed. One forward pass of the batch per patch. Over token ids `patch` defaults to 1, each
+    token in turn."""
+    classes = _check(model, inputs, classes)
+    x, f = _differentiable(model, variables, inputs)
+    patch = 1 if patch is None and _reads_tokens(model) else patch
+    masks = patches(x.shape[1:-1], patch, stride)
+    original = _chosen(f(x), classes)
     gathered = jnp.asarray(masks)
 
     def drops(i):
-        mask = gathered[i][None, :, :, None]
-        hidden = images * (1 - mask) + fill * mask
-        return (original - target_logits(model, variables, hidden, classes))[:, None, None] * gathered[i]
+        mask = gathered[i][None, ..., None]
+        hidden = x * (1 - mask) + fill * mask
+        change = original - _chosen(f(hidden), classes)
+        return change.reshape(-1, *[1] * (masks.ndim - 1)) * gathered[i]
 
-    return _weighted_sum(drops, np.ones(len(masks)), chunk) / jnp.asarray(masks.sum(axis=0))
+    maps = _weighted_sum(drops, np.ones(len(masks)), chunk) / jnp.asarray(masks.sum(axis=0))
+    # Padding made padding changes nothing: 0, not the rounding of two forward passes (about 1e-7).
+    return jnp.where(inputs != 0, maps, 0.0) if _reads_tokens(model) and patch == 1 else maps
 
 
 METHODS: dict[str, Method] = {
     "saliency": saliency,
     "smoothgrad": smoothgrad,
+    "gradient_times_input": gradient_times_input,
     "integrated_gradients": integrated_gradients,
     "grad_cam": grad_cam,
     "hires_cam": hires_cam,
     "occlusion": occlusion,
 }
-"""The attribution methods by name; each `f(model, variables, images, classes, **options) -> [b, h, w]`."""
+"""The attribution methods by name; each `f(model, variables, inputs, classes, **options) -> maps`."""
+
+SIGNED = ("gradient_times_input", "integrated_gradients", "occlusion")
+"""The methods whose maps have a sign (evidence for the class, and against it); the others' are ≥ 0."""
 
 
 def lookup(name: str) -> Method:

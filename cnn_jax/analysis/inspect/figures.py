@@ -2,7 +2,10 @@
 
 Each function takes NumPy arrays and a path, draws one figure and closes it.
 Images are `[h, w, c]` floats in [0, 1] (c = 1 is drawn grey); maps are
-`[h, w]`. `page` writes index.html: every figure with its caption.
+`[h, w]`. A sequence is a `Sequence`: a signal `[length, channels]`, drawn
+as lines, or a text's words (`length` strings, "" for padding, left blank),
+written along the axis; its maps are `[length]`. `page` writes index.html:
+every figure with its caption.
 """
 
 import html
@@ -14,6 +17,9 @@ import numpy as np
 from cnn_jax.errors import UserError
 
 COLUMNS = 16  # Channels per row of a grid.
+
+Sequence = np.ndarray | list[str]
+"""One example along a sequence: a signal `[length, channels]`, or a text's words ("" for padding)."""
 
 
 def pyplot():
@@ -211,6 +217,195 @@ def cascade(groups: list[str], signed: dict[str, list[float]], absolute: dict[st
     ax.set_ylabel("Spearman ρ with the trained maps")
     ax.set_ylim(-0.3, 1.05)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _save(plt, fig, path, title)
+
+
+def alignment(input_length: int, layer_length: int) -> tuple[int, float]:
+    """(stride, offset): where a layer's positions sit along its input, as far as their lengths tell. Position j
+    is drawn over the input's [offset + j·stride, offset + (j + 1)·stride), stride = input_length // layer_length:
+    exact after "same" convolutions and poolings that divide the length; a "valid" convolution's shorter map is
+    centred (position j over its window's middle)."""
+    stride = max(1, input_length // layer_length)
+    return stride, (input_length - stride * layer_length) / 2
+
+
+def _sequence_width(length: int) -> float:
+    return float(np.clip(0.2 * length, 7, 16))
+
+
+def _draw_sequence(ax, example: Sequence) -> None:
+    """A signal as one line per channel, or a text's words written upwards, position i over [i, i + 1)."""
+    length = len(example)
+    if isinstance(example, np.ndarray):
+        for channel in range(example.shape[1]):
+            ax.plot(np.arange(length) + 0.5, example[:, channel], linewidth=1.2)
+        ax.tick_params(labelsize=7, labelbottom=False)
+        ax.set_ylabel("signal", fontsize=7)
+    else:
+        size = float(np.clip(0.8 * 72 * _sequence_width(length) / length, 6, 9))  # Upright: a line fits a position.
+        for i, word in enumerate(example):
+            ax.text(i + 0.5, 0.03, word[:14], rotation=90, ha="center", va="bottom", fontsize=size,
+                    transform=ax.get_xaxis_transform())
+        ax.set_yticks([])
+        ax.tick_params(labelbottom=False)
+    ax.set_xlim(0, length)
+
+
+def _input_height(example: Sequence) -> float:
+    """Inches for `_draw_sequence`: a signal's plot, or a text's longest word written upwards."""
+    if isinstance(example, np.ndarray):
+        return 0.9
+    return 0.25 + 0.075 * min(14, max((len(word) for word in example), default=1))
+
+
+def sequence_activations(inputs: list[Sequence], maps: np.ndarray, labels: list[str], title: str,
+                         path: str) -> None:
+    """One layer's maps `[b, positions, channels]` of the sequences `inputs`: per example the input, and under it
+    the map as a heat map, channels (rows) along the layer's positions, placed under the input positions
+    each is computed around (`alignment`).
+
+    Each channel has one colour scale over all the examples (its own
+    minimum to maximum), so a channel's maps compare between examples.
+    """
+    plt = pyplot()
+    count, positions, channels = maps.shape
+    length = len(inputs[0])
+    stride, offset = alignment(length, positions)
+    scaled = per_channel_scaled(maps)[..., 0]  # [c, b, positions], each channel over all the examples.
+    heat = float(np.clip(0.02 * channels, 1.0, 2.2))
+    heights = [h for example in inputs for h in (_input_height(example), heat)]
+    fig, axes = plt.subplots(2 * count, 1, squeeze=False, layout="constrained", height_ratios=heights,
+                             figsize=(_sequence_width(length), sum(heights) + 0.45 * count + 0.5))
+    step = max(1, math.ceil(positions / 20))
+    for i in range(count):
+        top, bottom = axes[2 * i, 0], axes[2 * i + 1, 0]
+        _draw_sequence(top, inputs[i])
+        top.set_title(labels[i], fontsize=8, loc="left")
+        shown = bottom.imshow(scaled[:, i], aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1,
+                              extent=(offset, offset + stride * positions, channels - 0.5, -0.5))
+        bottom.set_xlim(0, length)
+        ticks = np.arange(0, positions, step)
+        bottom.set_xticks(offset + (ticks + 0.5) * stride, [str(t) for t in ticks], fontsize=7)
+        bottom.tick_params(axis="y", labelsize=7)
+        bottom.set_ylabel("channel", fontsize=7)
+        bottom.set_xlabel(f"position in the layer ({positions} of them; stride {stride} to the input)", fontsize=7)
+    fig.colorbar(shown, ax=axes[:, 0].tolist(), shrink=0.3, aspect=30, pad=0.01).set_label(
+        "each channel: its min → max", fontsize=7)
+    _save(plt, fig, path, f"{title} ({positions} positions, stride {stride} to the input)")
+
+
+def _band_colours(signed: bool) -> str:
+    return "RdBu_r" if signed else "Reds"
+
+
+def sequence_attributions(signals: np.ndarray, maps: dict[str, np.ndarray], labels: list[str], title: str,
+                          path: str, signed: bool) -> None:
+    """Per signal `[length, channels]` its plot, and under it each method's map `[b, length]` as a coloured band
+    (each band scaled to its own largest |value|, which is written beside it; `signed` maps red positive, blue
+    negative, white 0; the others white 0 to red)."""
+    plt = pyplot()
+    count, length = len(signals), signals.shape[1]
+    heights = [h for _ in range(count) for h in (0.9, *[0.22] * len(maps))]
+    fig, axes = plt.subplots(len(heights), 1, squeeze=False, layout="constrained", height_ratios=heights,
+                             figsize=(_sequence_width(length), sum(heights) + 0.55 * count + 0.4))
+    rows = 1 + len(maps)
+    for i in range(count):
+        top = axes[rows * i, 0]
+        _draw_sequence(top, signals[i])
+        top.set_title(labels[i], fontsize=8, loc="left")
+        for k, (name, method_maps) in enumerate(maps.items(), start=1):
+            ax, m = axes[rows * i + k, 0], method_maps[i]
+            limit = max(float(np.abs(m).max()), 1e-12)
+            ax.imshow(m[None], aspect="auto", interpolation="nearest", cmap=_band_colours(signed),
+                      vmin=-limit if signed else 0, vmax=limit, extent=(0, length, 0, 1))
+            ax.set_yticks([0.5], [name], fontsize=7)
+            ax.set_xlim(0, length)
+            ax.text(1.005, 0.5, f"{'max |·|' if signed else 'max'} {limit:.2g}", transform=ax.transAxes, fontsize=6,
+                    va="center")
+            ax.tick_params(labelbottom=k == len(maps), labelsize=7)
+        axes[rows * i + len(maps), 0].set_xlabel("time step", fontsize=7)
+    _save(plt, fig, path, title)
+
+
+CHARACTER = 9 * 0.6 / 72  # The width of a 9-point DejaVu Sans Mono character, in inches.
+LINE = 0.25  # Inches per line of words.
+
+
+def word_scores(texts: list[list[str]], maps: dict[str, np.ndarray], labels: list[str], title: str, path: str,
+                signed: bool, columns: int = 110) -> None:
+    """Per text its words (padding, "", left out), once for each method's map `[b, length]`, each word's
+    background coloured by its score (each row scaled to its own largest |score|; `signed` red positive, blue
+    negative, white 0; the others white 0 to red); lines wrap at `columns` characters (the figure is no wider
+    than its longest line)."""
+    plt = pyplot()
+    from matplotlib import colormaps
+
+    margin = max(len(name) for name in maps) + 2
+    longest = max(len(" ".join(word for word in words if word)) for words in texts)
+    columns = min(columns, max(margin + longest, *(len(label) for label in labels)) + 1)  # No wider than needed.
+    headings, words, line = [], [], 0  # (column, line, text, bold); (column, line, word, score / row's limit).
+    for i, label in enumerate(labels):
+        headings.append((0, line, label, True))
+        line += 1
+        for name, method_maps in maps.items():
+            limit = max(float(np.abs(method_maps[i]).max()), 1e-12)
+            headings.append((0, line, name, False))
+            column = margin
+            for word, score in zip(texts[i], method_maps[i]):
+                if not word:
+                    continue
+                if column + len(word) > columns:
+                    column, line = margin, line + 1
+                words.append((column, line, word, score / limit))
+                column += len(word) + 1
+            line += 1
+        line += 0.6
+    height = line * LINE + 0.2
+    fig = plt.figure(figsize=(columns * CHARACTER, height + 0.3))
+    ax = fig.add_axes((0, 0, 1, height / (height + 0.3)))  # The title above.
+    ax.set_xlim(0, columns)
+    ax.set_ylim(line, -0.5)
+    ax.axis("off")
+    for column, row, text, bold in headings:
+        ax.text(column, row, text, fontsize=8, va="center", family="monospace", weight="bold" if bold else "normal")
+    colours = colormaps[_band_colours(signed)]
+    for column, row, word, fraction in words:
+        colour = colours((1 + fraction) / 2 if signed else fraction)
+        dark = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] < 0.5
+        ax.text(column, row, word, fontsize=9, family="monospace", va="center", color="white" if dark else "black",
+                bbox={"boxstyle": "square,pad=0.15", "facecolor": colour, "edgecolor": "none"})
+    _save(plt, fig, path, title)
+
+
+def kernel_curves(kernel: np.ndarray, title: str, path: str, columns: int = COLUMNS) -> None:
+    """A sequence layer's kernel `[k, in, out]` as one small plot per output channel, `columns` to a row: its
+    weights along the `k` taps, a line per input channel, each filter scaled by its own largest |weight| (the
+    grey line is 0). One axes holds them all, each in its cell (64 axes of their own draw 5× slower)."""
+    plt = pyplot()
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    taps, inputs, outputs = kernel.shape
+    scale = np.abs(kernel).max(axis=(0, 1))
+    scaled = kernel / np.where(scale > 0, scale, 1)
+    columns = min(columns, outputs)
+    rows = math.ceil(outputs / columns)
+    width, height = taps + 1.0, 3.0  # A cell's size: the taps at 0.5 ... taps - 0.5, weights in [-1.1, 1.1].
+    fig, ax = plt.subplots(layout="constrained", figsize=(0.85 * columns, 0.8 * rows + 0.3))
+    left = (np.arange(outputs) % columns) * width
+    middle = -(np.arange(outputs) // columns) * height  # Each cell's zero line, top row first.
+    xs = np.concatenate([left[:, None] + 0.5 + np.arange(taps), np.full((outputs, 1), np.nan)], axis=1)
+    for channel in range(inputs):
+        ys = np.concatenate([middle[:, None] + scaled[:, channel, :].T, np.full((outputs, 1), np.nan)], axis=1)
+        ax.plot(xs.ravel(), ys.ravel(), linewidth=1.0, marker="." if taps <= 9 else None, markersize=3)
+    ax.hlines(middle, left + 0.2, left + width - 0.2, color="0.75", linewidth=0.8)
+    ax.add_collection(PatchCollection([Rectangle((x + 0.1, y - 1.25), width - 0.2, 2.5) for x, y in zip(left, middle)],
+                                      facecolor="none", edgecolor="0.3", linewidth=0.6))
+    for k in range(outputs):
+        ax.text(left[k] + width / 2, middle[k] + 1.3, str(k), ha="center", va="bottom", fontsize=6)
+    ax.set_xlim(0, columns * width)
+    ax.set_ylim(-(rows - 1) * height - 1.4, 1.75)
+    ax.axis("off")
     _save(plt, fig, path, title)
 
 

@@ -2,6 +2,7 @@
 
     kernel = convolution_kernels(params, taps.layers(model, variables, shape))["ConvBlock_0/Conv_0"]  # HWIO
     pictures = kernel_images(kernel)              # [out, kh, kw, in] in [0, 1], 0.5 = a zero weight
+    norms = kernel_norms(kernel)                  # [out, in]: which inputs each output channel listens to
     responses = apply_filters(grey_image, HAND_MADE)   # {name: [h, w]}, through cnn_jax's own convolution
     scores = edge_scores(kernel, derivative_of_gaussian_bank(5))   # [out]: best |cosine| with an oriented edge
 
@@ -36,8 +37,8 @@ a flat image gives zero."""
 
 
 def convolution_kernels(params, known: dict[str, taps.Layer]) -> dict[str, np.ndarray]:
-    """{layer name: HWIO kernel} of every convolution among the `known` layers (`taps.layers`), in call order,
-    from `params` (the variables' 'params')."""
+    """{layer name: HWIO kernel (WIO along a sequence)} of every convolution among the `known` layers
+    (`taps.layers`), in call order, from `params` (the variables' 'params')."""
     kernels = {}
     for name, layer in known.items():
         if layer.kind == "Conv":
@@ -49,20 +50,21 @@ def convolution_kernels(params, known: dict[str, taps.Layer]) -> dict[str, np.nd
 
 
 def kernel_images(kernel: np.ndarray) -> np.ndarray:
-    """HWIO `kernel` as one picture per output channel, `[out, kh, kw, in]`, each scaled to [0, 1] around 0.5.
+    """HWIO `kernel` as one picture per output channel, `[out, kh, kw, in]` (a WIO kernel along a sequence: `[out,
+    k, in]`), each scaled to [0, 1] around 0.5.
 
     Each filter is divided by its own largest |weight|, so zero is mid-grey,
     positive weights light and negative dark (in RGB, per colour).
     """
     pictures = np.moveaxis(kernel, -1, 0)
-    scale = np.abs(pictures).max(axis=(1, 2, 3), keepdims=True)
+    scale = np.abs(pictures).max(axis=tuple(range(1, pictures.ndim)), keepdims=True)
     return 0.5 + 0.5 * pictures / np.where(scale > 0, scale, 1)
 
 
 def kernel_norms(kernel: np.ndarray) -> np.ndarray:
-    """The L2 norm of each (output, input) channel pair's spatial filter, `[out, in]`: for a deep layer, which input
-    channels each output channel listens to."""
-    return np.sqrt((kernel.astype(np.float64) ** 2).sum(axis=(0, 1))).T
+    """The L2 norm of each (output, input) channel pair's spatial filter (HWIO or WIO `kernel`), `[out, in]`: for a
+    deep layer, which input channels each output channel listens to."""
+    return np.sqrt((kernel.astype(np.float64) ** 2).sum(axis=tuple(range(kernel.ndim - 2)))).T
 
 
 def apply_filters(image: np.ndarray, bank: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -6,6 +6,11 @@ Each method below draws its pictures, saves its arrays (`<method>.npz`) and
 returns its numbers for inspect.json and its figures for index.html. The
 output folder is written whole or not at all: everything goes into a
 temporary folder next to `out`, which replaces `out` at the end.
+
+A run of signals or texts gets the methods that apply to sequences
+(`methods_for`): activation maps along the sequence, attribution over time
+steps or tokens (through the word vectors, `attribution`) and its sanity
+check; a signal model's filters too, and its 1-D Grad-CAM.
 """
 
 import dataclasses
@@ -21,15 +26,16 @@ from tqdm import tqdm
 
 from cnn_jax import data
 from cnn_jax.analysis.inspect import activations, attribution, featvis, figures, filters, sanity, taps
-from cnn_jax.data import pipeline
+from cnn_jax.data import pipeline, text
 from cnn_jax.errors import UserError
 from cnn_jax.training import steps, trained
 
 
 @dataclasses.dataclass(frozen=True)
 class Chosen:
-    """The images to look at: uint8 `[b, h, w, c]` at the run's size, a label each, and their test indices (None
-    for the user's own files)."""
+    """The examples to look at, as a batch holds them (uint8 images `[b, h, w, c]` at the run's size, float
+    signals `[b, length, channels]` or token ids `[b, length]`), a label each, and their test indices (None for
+    the user's own image files)."""
 
     images: np.ndarray
     labels: list[str]
@@ -37,8 +43,12 @@ class Chosen:
 
 
 def choose(dataset: data.Dataset, indices: list[str], files: list[str]) -> Chosen:
-    """The images to look at: the test images at `indices` (strings, as typed), or else the image `files`,
-    converted to the dataset's image shape; UserError if an index is not one."""
+    """The examples to look at: the test examples at `indices` (strings, as typed), or else the image `files`,
+    converted to the dataset's image shape; UserError if an index is not one, or files are given for a dataset of
+    signals or texts."""
+    if files and dataset.kind != data.IMAGES:
+        raise UserError(f"`image_files` are for runs of images, and {dataset.name} holds {dataset.kind}: give test "
+                        "indices (`images`) instead")
     if files:
         images = np.stack([data.read_image(path, dataset.image_shape) for path in files])
         return Chosen(images, [os.path.basename(path) for path in files], None)
@@ -82,11 +92,27 @@ class Context:
 
     @property
     def inputs(self) -> np.ndarray:
-        """The chosen images as the model sees them: float32 in [0, 1]."""
+        """The chosen examples as the model sees them: images float32 in [0, 1]; signals and token ids as they
+        are."""
         return data.normalize(self.chosen.images)
+
+    @property
+    def kind(self) -> str:
+        """What the run's examples are: `data.IMAGES`, `data.SIGNALS` or `data.TOKENS`."""
+        return self.run.dataset.kind
+
+    @property
+    def sequences(self) -> list[np.ndarray | list[str]]:
+        """The chosen signals or texts as `figures` draws them: each signal `[length, channels]`, or each text's
+        words ("" for padding)."""
+        if self.kind != data.TOKENS:
+            return list(self.inputs)
+        vocabulary = self.run.dataset.vocabulary
+        return [["" if vocabulary[i] == text.PAD else vocabulary[i] for i in ids] for ids in self.chosen.images]
 
 
 COLUMNS_SMALL = 16  # Neurons of the first convolution visualised.
+EXAMPLES = {data.IMAGES: "images", data.SIGNALS: "signals", data.TOKENS: "texts"}  # What the examples are called.
 
 
 def _safe(name: str) -> str:
@@ -100,11 +126,21 @@ def _activations(ctx: Context) -> dict:
     maps = activations.activation_maps(run.model, run.variables, ctx.chosen.images, ctx.shown_layers)
     for depth, (name, layer_maps) in enumerate(maps.items()):
         kind = ctx.layers[name].kind
-        ctx_path = ctx.figure(f"activations_{depth:02d}_{_safe(name)}", f"Activation maps: {name} ({kind})",
-                              f"The output of layer {name} ({kind}, {layer_maps.shape[1]}×{layer_maps.shape[2]}×"
-                              f"{layer_maps.shape[3]}) for each chosen image, one map per channel; each channel "
-                              "has one colour scale (its minimum to maximum over these images).")
-        figures.activation_grid(ctx.inputs, layer_maps, ctx.chosen.labels, f"{name}: activation maps", ctx_path)
+        if ctx.kind == data.IMAGES:
+            drawn = "image, one map per channel"
+        else:
+            stride, _ = figures.alignment(ctx.inputs.shape[1], layer_maps.shape[1])
+            drawn = (f"example, under it: a row per channel, a column per position of the layer, each drawn under "
+                     f"the input positions it is computed around (stride {stride})")
+        shape = "×".join(str(size) for size in layer_maps.shape[1:])
+        path = ctx.figure(f"activations_{depth:02d}_{_safe(name)}", f"Activation maps: {name} ({kind})",
+                          f"The output of layer {name} ({kind}, {shape}) for each chosen {drawn}; each channel has "
+                          "one colour scale (its minimum to maximum over these examples).")
+        if ctx.kind == data.IMAGES:
+            figures.activation_grid(ctx.inputs, layer_maps, ctx.chosen.labels, f"{name}: activation maps", path)
+        else:
+            figures.sequence_activations(ctx.sequences, layer_maps, ctx.chosen.labels, f"{name}: activation maps",
+                                         path)
     ctx.save_arrays("activations", **{_safe(name): value for name, value in maps.items()})
     stats = activations.layer_statistics(run.model, run.variables, pipeline.test_images(run.dataset))
     names = list(stats)
@@ -130,19 +166,25 @@ def _filters(ctx: Context) -> dict:
     """The first convolution's kernels as pictures; each later convolution's kernel norms over its inputs."""
     kernels = filters.convolution_kernels(ctx.run.variables["params"], ctx.layers)
     first, kernel = next(iter(kernels.items()))
-    pictures = filters.kernel_images(kernel)
-    path = ctx.figure("filters_first_layer", f"First-layer filters: {first}",
-                      f"The {kernel.shape[3]} trained {kernel.shape[0]}×{kernel.shape[1]} kernels of {first}, each "
-                      "scaled by its largest |weight|: mid-grey is 0, light positive, dark negative"
-                      + (" (per colour)." if kernel.shape[2] == 3 else "."))
-    figures.picture_grid(pictures, [str(k) for k in range(len(pictures))], f"{first}: kernels", path)
+    if kernel.ndim == 4:
+        drawn = "mid-grey is 0, light positive, dark negative" + (" (per colour)." if kernel.shape[2] == 3 else ".")
+    else:
+        drawn = f"its weights along the taps, a line per input channel ({kernel.shape[1]}), the grey line 0."
+    path = ctx.figure("filters_first_layer", f"First-layer filters: {first}", f"The {kernel.shape[-1]} trained "
+                      f"{'×'.join(str(k) for k in kernel.shape[:-2])} kernels of {first}, each scaled by its "
+                      f"largest |weight|: {drawn}")
+    if kernel.ndim == 4:
+        pictures = filters.kernel_images(kernel)
+        figures.picture_grid(pictures, [str(k) for k in range(len(pictures))], f"{first}: kernels", path)
+    else:
+        figures.kernel_curves(kernel, f"{first}: kernels", path)
     norms = {}
     for depth, (name, deeper) in enumerate(list(kernels.items())[1:], start=1):
         norms[name] = filters.kernel_norms(deeper)
         path = ctx.figure(f"filters_norms_{depth:02d}_{_safe(name)}", f"Kernel norms: {name}",
-                          f"For each of the {deeper.shape[3]} output channels of {name} (rows), the L2 norm of its "
-                          f"{deeper.shape[0]}×{deeper.shape[1]} kernel on each of its {deeper.shape[2]} input "
-                          "channels (columns): which inputs each channel listens to.")
+                          f"For each of the {deeper.shape[-1]} output channels of {name} (rows), the L2 norm of its "
+                          f"{'×'.join(str(k) for k in deeper.shape[:-2])} kernel on each of its {deeper.shape[-2]} "
+                          "input channels (columns): which inputs each channel listens to.")
         figures.heatmap(norms[name], "input channel", "output channel", f"{name}: kernel norms", path)
     ctx.save_arrays("filters", first_layer=kernel, **{f"norms_{_safe(n)}": v for n, v in norms.items()})
     return {"first_layer": first, "kernel_shape": list(kernel.shape), "norm_layers": list(norms)}
@@ -201,7 +243,7 @@ def featvis_layers_of(known: dict[str, taps.Layer], most: int = 4) -> list[str]:
     ResNet's stem and residual blocks), at most `most` of them evenly spread, the last included. (A lone
     convolution is linear in the image: a flat image maximises its channels' means.)"""
     outer = [name for name, layer in known.items() if "/" not in name and layer.editable
-             and layer.shape[0] * layer.shape[1] > 1]
+             and taps.positions(layer) > 1]
     if len(outer) <= most:
         return outer
     return [outer[round(i * (len(outer) - 1) / (most - 1))] for i in range(most)]
@@ -260,19 +302,39 @@ def _features(ctx: Context) -> dict:
 
 
 ATTRIBUTION_CAPTIONS = {
-    "saliency": "gradient saliency: max over channels of |∂ logit / ∂ pixel|",
-    "smoothgrad": "SmoothGrad: the gradient averaged over 25 noisy copies of the image (noise 15% of its range), "
-                  "max |·| over channels",
-    "integrated_gradients": "integrated gradients from a black baseline, 64 steps: signed, summing to the logit's "
-                            "change from the baseline",
+    "saliency": "gradient saliency: {magnitude}",
+    "smoothgrad": "SmoothGrad: the gradient averaged over 25 noisy copies of {noised} (noise 15% of its range), "
+                  "{reduced}",
+    "gradient_times_input": "gradient × input: the gradient times the input, {summed}: signed, each {unit}'s "
+                            "first-order share of the logit's change from {zero}",
+    "integrated_gradients": "integrated gradients from {zero}, 64 steps: signed, summing to the logit's change from "
+                            "that baseline",
     "grad_cam": "Grad-CAM at the last spatial layer: its channels weighted by the spatial mean of the logit's "
-                "gradient, ReLU, upsampled (often blank where a dense layer reads the flattened map, as in the seed "
+                "gradient, ReLU, {resized} (often blank where a dense layer reads the flattened map, as in the seed "
                 "network: use hires_cam there)",
-    "hires_cam": "HiResCAM at the last spatial layer: each position weighted by its own gradient, ReLU, upsampled",
-    "occlusion": "occlusion: the logit's mean drop when a square of a quarter of the image's side, sliding by half "
-                 "of it, is set to black",
+    "hires_cam": "HiResCAM at the last spatial layer: each position weighted by its own gradient, ReLU, {resized}",
+    "occlusion": "occlusion: the logit's mean drop when {occluded}",
 }
-"""What each attribution method's maps are, for the captions (with `attribution`'s default options)."""
+"""What each attribution method's maps are, for the captions (with `attribution`'s default options), in the words
+of `INPUT_WORDS`."""
+
+INPUT_WORDS = {
+    data.IMAGES: {"unit": "pixel", "magnitude": "max over channels of |∂ logit / ∂ pixel|", "noised": "the image",
+                  "reduced": "max |·| over channels", "summed": "summed over channels", "zero": "a black image",
+                  "resized": "upsampled", "occluded": "a square of a quarter of the image's side, sliding by half "
+                  "of it, is set to black"},
+    data.SIGNALS: {"unit": "time step", "magnitude": "max over channels of |∂ logit / ∂ signal| at each time step",
+                   "noised": "the signal", "reduced": "max |·| over channels", "summed": "summed over channels",
+                   "zero": "a signal of zeros (a standardised signal's mean)", "resized": "stretched linearly to "
+                   "the signal's length", "occluded": "a window of a quarter of the signal's length, sliding by half "
+                   "of it, is set to 0"},
+    data.TOKENS: {"unit": "token", "magnitude": "the L2 norm of ∂ logit / ∂ (the token's word vector)",
+                  "noised": "the text's word vectors", "reduced": "the L2 norm over each word vector",
+                  "summed": "summed over the word vector (gradient · word vector)",
+                  "zero": "a text of padding only (every word vector zero)", "resized": "resized to the text",
+                  "occluded": "the token is made padding (its word vector zero), one token at a time"},
+}
+"""How `ATTRIBUTION_CAPTIONS` speak of each kind of input."""
 
 
 def _classes(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -292,17 +354,38 @@ def _attribution(name: str) -> Callable[[Context], dict]:
         maps = {cls: np.asarray(method(run.model, run.variables, ctx.inputs, classes)) for cls, classes
                 in (("predicted", predicted), ("chosen", chosen))}
         names = run.dataset.class_names
-        labels = [f"{label}\n→ {names[p]} / {names[c]}" for label, p, c in zip(ctx.chosen.labels, predicted, chosen)]
         which = "the class given as --target_class" if ctx.target_class is not None else "the runner-up class"
-        path = ctx.figure(f"attribution_{name}", f"Attribution: {name}",
-                          f"{ATTRIBUTION_CAPTIONS[name]}; over each image, for the predicted class and for {which} "
-                          "(under each image: predicted / chosen). Each map is scaled to its own maximum.")
-        figures.overlays(ctx.inputs, {"predicted": maps["predicted"], "chosen": maps["chosen"]}, labels,
-                         f"{name}", path)
+        caption = ATTRIBUTION_CAPTIONS[name].format(**INPUT_WORDS[ctx.kind])
+        signed = name in attribution.SIGNED
+        if ctx.kind == data.IMAGES:
+            path = ctx.figure(f"attribution_{name}", f"Attribution: {name}",
+                              f"{caption}; over each image, for the predicted class and for {which} (under each "
+                              "image: predicted / chosen). Each map is scaled to its own maximum.")
+            labels = [f"{label}\n→ {names[p]} / {names[c]}" for label, p, c in zip(ctx.chosen.labels, predicted,
+                                                                                    chosen)]
+            figures.overlays(ctx.inputs, maps, labels, name, path)
+        else:
+            colours = "red positive, blue negative, white 0" if signed else "white 0 to red"
+            path = ctx.figure(f"attribution_{name}", f"Attribution: {name}",
+                              f"{caption}; for the predicted class and for {which}, "
+                              + ("in a band under each signal" if ctx.kind == data.SIGNALS else
+                                 "as the background of each word (padding left out)")
+                              + f" ({colours}), each scaled to its own largest |value|.")
+            labels = [f"{label}  → predicted {names[p]}, chosen {names[c]}" for label, p, c
+                      in zip(ctx.chosen.labels, predicted, chosen)]
+            if ctx.kind == data.SIGNALS:
+                figures.sequence_attributions(ctx.inputs, maps, labels, name, path, signed)
+            else:
+                figures.word_scores(ctx.sequences, maps, labels, name, path, signed)
+        tokens = {"tokens": ctx.chosen.images} if ctx.kind == data.TOKENS else {}
         ctx.save_arrays(name, maps=maps["predicted"], chosen_maps=maps["chosen"], classes=predicted,
-                        chosen_classes=chosen, **_indices(ctx))
+                        chosen_classes=chosen, **_indices(ctx), **tokens)
         blank = [int(i) for i in np.flatnonzero(np.ptp(maps["predicted"].reshape(len(predicted), -1), axis=1) == 0)]
-        return {"classes": predicted.tolist(), "chosen_classes": chosen.tolist(), "constant_maps": blank}
+        numbers = {"classes": predicted.tolist(), "chosen_classes": chosen.tolist(), "constant_maps": blank}
+        if ctx.kind == data.TOKENS:  # Each text's words and their scores for the predicted class, padding left out.
+            numbers["words"] = [[[word, float(score)] for word, score in zip(words, scores) if word]
+                                for words, scores in zip(ctx.sequences, maps["predicted"])]
+        return numbers
 
     return method
 
@@ -316,7 +399,7 @@ def _sanity(ctx: Context) -> dict:
     run = ctx.run
     predicted, _ = _classes(ctx)
     cascades = sanity.cascading_randomisation(run.model, run.variables, ctx.inputs, predicted,
-                                              list(attribution.METHODS))
+                                              [name for name in attribution.METHODS if applies(name, ctx.kind)])
     groups = [group for group, _ in next(iter(cascades.values())).correlations]
     flagged = [name for name, cascade in cascades.items() if cascade.flagged]
     path = ctx.figure("sanity_cascading_randomisation", "Sanity check: cascading randomisation",
@@ -352,28 +435,53 @@ METHODS: dict[str, Callable[[Context], dict]] = {
 """Every method, by name, in the order they run and appear on the page."""
 
 
-def check_methods(names) -> list[str]:
+ONLY_FOR = {"filters": (data.IMAGES, data.SIGNALS), "hand_made": (data.IMAGES,), "edges": (data.IMAGES,),
+            "features": (data.IMAGES,), "grad_cam": (data.IMAGES, data.SIGNALS),
+            "hires_cam": (data.IMAGES, data.SIGNALS)}
+"""The methods that apply to some kinds of input only, and those kinds; every other method applies to all.
+Hand-made edge filters, edge scores and feature visualisation are about pictures. A text model's kernels span
+its word vectors (no picture), and its convolutions of several widths side by side have no one last map for
+Grad-CAM (nor one that keeps the text's positions)."""
+
+
+def applies(method: str, kind: str) -> bool:
+    """Whether `method` applies to a run of `kind` (`data.IMAGES`, `data.SIGNALS` or `data.TOKENS`)."""
+    return kind in ONLY_FOR.get(method, (kind,))
+
+
+def methods_for(kind: str) -> list[str]:
+    """The methods that apply to a run of `kind`, in `METHODS`' order: the default."""
+    return [name for name in METHODS if applies(name, kind)]
+
+
+def check_methods(names, kind: str | None = None) -> list[str]:
+    """`names` if each is a method (and applies to a run of `kind`, if given); UserError naming the others."""
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise UserError(f"unknown method '{unknown[0]}': choose from {', '.join(METHODS)}")
+    beside = [name for name in names if kind is not None and not applies(name, kind)]
+    if beside:
+        raise UserError(f"`methods` {', '.join(beside)} do not apply to a run of {EXAMPLES[kind]}: choose from "
+                        f"{', '.join(methods_for(kind))}")
     return list(names)
 
 
 def write(run: trained.Run, chosen: Chosen, methods: list[str], out: str, layers: list[str] | None = None,
           featvis_layers: list[str] | None = None, channels: list[int] | None = None, featvis_steps: int = 256,
           target_class: int | None = None, seed: int = 0) -> dict:
-    """Runs `methods` on `run` for the `chosen` images, writing every file into `out` (replacing what was there);
-    returns inspect.json's contents.
+    """Runs `methods` on `run` for the `chosen` examples, writing every file into `out` (replacing what was
+    there); returns inspect.json's contents.
 
     `layers` are the activation maps' (default `taps.default_layers`),
     `featvis_layers` feature visualisation's (default `featvis_layers`), of
     whose `channels` (default: the first 64 of each) it optimises an image
     for `featvis_steps` steps from noise drawn from `seed`. Attribution
-    explains each image's predicted class and `target_class` (default: its
-    runner-up). Bad input raises UserError before anything is written; the
-    folder appears whole, at the end.
+    explains each example's predicted class and `target_class` (default: its
+    runner-up). Bad input (a method that does not apply to the run's kind of
+    input among them, `check_methods`) raises UserError before anything is
+    written; the folder appears whole, at the end.
     """
-    check_methods(methods)
+    check_methods(methods, run.dataset.kind)
     known = taps.layers(run.model, run.variables, run.dataset.image_shape)
     shown = taps.check_layers(layers, known) if layers else taps.default_layers(known)
     visualised = taps.check_layers(featvis_layers, known) if featvis_layers else featvis_layers_of(known)
@@ -405,8 +513,9 @@ def write(run: trained.Run, chosen: Chosen, methods: list[str], out: str, layers
         with open(os.path.join(temporary, "inspect.json"), "w") as f:
             json.dump(results, f, indent=1)
         figures.page(os.path.join(temporary, "index.html"), f"Inside {run.config.model} ({run.workdir}, step "
-                     f"{run.step:,})", f"{run.config.model} trained on {run.config.dataset}; images: "
-                     f"{', '.join(chosen.labels)}. Made by python -m experiments.inspect.", ctx.figures)
+                     f"{run.step:,})", f"{run.config.model} trained on {run.config.dataset}; "
+                     f"{EXAMPLES[run.dataset.kind]}: {', '.join(chosen.labels)}. Made by python -m "
+                     "experiments.inspect.", ctx.figures)
         if os.path.isdir(out):
             shutil.rmtree(out)
         os.replace(temporary, out)

@@ -12,7 +12,8 @@ Step k re-initialises the top k groups, params and batch_stats alike, to
 their values from `model.init(key)`, and keeps the rest trained; each
 method's maps of the same images and classes are compared with its maps
 from the trained network by Spearman's rank correlation over the pixels,
-image by image, averaged. A method that explains the network decorrelates
+image by image (a text's tokens but its padding, which every method gives
+0), averaged. A method that explains the network decorrelates
 as its layers go; one still above `threshold` with every group random is
 flagged: its maps show the image (edges, brightness) more than what the
 network learned, as the paper found of Guided Backprop (and, by their
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from cnn_jax import data, models
 from cnn_jax.analysis.inspect import attribution
 from cnn_jax.errors import UserError
 from cnn_jax.kernels import dispatch
@@ -49,16 +51,18 @@ class Cascade(NamedTuple):
     flagged: bool
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """`[n]`: Spearman's rank correlation of `a[i]` and `b[i]` over their other axes (ties ranked by their mean);
-    0 where either is constant."""
+def spearman(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """`[n]`: Spearman's rank correlation of `a[i]` and `b[i]` over their other axes (ties ranked by their mean),
+    or only where `mask[i]` (of their shape) is true; 0 where either is constant."""
+    if mask is not None:
+        return np.array([spearman(x[m][None], y[m][None])[0] for x, y, m in zip(a, b, np.asarray(mask, bool))])
     a, b = (scipy.stats.rankdata(np.asarray(x, np.float64).reshape(len(x), -1), axis=1) for x in (a, b))
     a, b = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
     norms = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
     return np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 0.0)
 
 
-def layer_groups(model: nn.Module, variables, image_shape: tuple[int, int, int]) -> list[str]:
+def layer_groups(model: nn.Module, variables, image_shape: tuple[int, ...]) -> list[str]:
     """The top-level keys of `variables["params"]`, the last called first (traced, nothing computed).
 
     The call order comes from the modules' calls, not the params tree, whose
@@ -73,8 +77,7 @@ def layer_groups(model: nn.Module, variables, image_shape: tuple[int, int, int])
         return next_fun(*args, **kwargs)
 
     with dispatch.xla_only(), nn.intercept_methods(record):
-        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
-                       jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, models.input_spec(model, image_shape))
     params = list(variables["params"])
     called = [name for name in order if name in params]
     return [*reversed(called), *(name for name in params if name not in called)]
@@ -91,7 +94,8 @@ def cascading_randomisation(model: nn.Module, variables, images: jnp.ndarray, cl
                             methods: Sequence[str] = tuple(attribution.METHODS), key=None,
                             options: dict[str, dict] | None = None, threshold: float = THRESHOLD
                             ) -> dict[str, Cascade]:
-    """{method: Cascade} for `methods` (names in `attribution.METHODS`) on `images` and `classes`.
+    """{method: Cascade} for `methods` (names in `attribution.METHODS`) on `images` (the model's inputs) and
+    `classes`.
 
     `key` (default `attribution.default_key()`) initialises the random layers;
     `options` gives a method its keyword arguments ({"occlusion": {"patch":
@@ -115,6 +119,7 @@ def cascading_randomisation(model: nn.Module, variables, images: jnp.ndarray, cl
     # would compile each method again.
     variables, fresh = jax.device_put((variables, fresh), jax.devices()[0])
     groups = layer_groups(model, variables, images.shape[1:])
+    words = np.asarray(images) != 0 if models.inputs_of(model) == data.TOKENS else None  # Padding is id 0.
 
     def maps(method, name, current):
         return np.asarray(method(model, current, images, classes, **options.get(name, {})))
@@ -125,7 +130,7 @@ def cascading_randomisation(model: nn.Module, variables, images: jnp.ndarray, cl
         current = randomised(variables, fresh, groups[:depth])
         for method, name, original in zip(found, methods, originals):
             now = maps(method, name, current)
-            signed[name].append((group, float(spearman(original, now).mean())))
-            absolute[name].append((group, float(spearman(np.abs(original), np.abs(now)).mean())))
+            signed[name].append((group, float(spearman(original, now, words).mean())))
+            absolute[name].append((group, float(spearman(np.abs(original), np.abs(now), words).mean())))
     return {name: Cascade(signed[name], absolute[name], max(signed[name][-1][1], absolute[name][-1][1]) > threshold)
             for name in methods}
