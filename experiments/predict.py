@@ -53,10 +53,9 @@ def texts(given: list[str], dataset) -> tuple[list, list[str], list[tuple[str, s
     """(each text as the run's token ids, the texts, (text, error) of those with no word)."""
     from cnn_jax.data import text
 
-    words = [text.tokenize(t) for t in given]
-    ids = text.encode(words, dataset.vocabulary, dataset.image_shape[0])
-    kept = [k for k, tokens in enumerate(words) if tokens]
-    failures = [(given[k], f"text {k + 1} ({given[k]!r}) has no words") for k in range(len(given)) if not words[k]]
+    ids = text.encode_texts(given, dataset)
+    kept = [k for k, t in enumerate(given) if text.tokenize(t)]
+    failures = [(t, f"text {k + 1} ({t!r}) has no words") for k, t in enumerate(given) if k not in kept]
     return [ids[k] for k in kept], [given[k] for k in kept], failures
 
 

@@ -85,3 +85,21 @@ def test_files_of_other_sizes_get_the_classes_evaluation_gives_them_through_the_
     batch = next(pipeline.evaluation_batches(run.dataset, len(files)))
     logits = np.asarray(jax.jit(run.model.apply)(run.variables, data.normalize(batch["image"])))
     assert predicted == [list(np.argsort(-row)) for row in logits]
+
+
+@pytest.mark.slow  # Trains a small run of texts, then starts the command.
+def test_texts_are_predicted_through_the_runs_vocabulary_and_an_empty_one_is_named(tmp_path):
+    from conftest import write_reviews
+
+    from cnn_jax.training import loop
+    from cnn_jax.training.config import Config
+
+    config = Config(dataset="text", data_dir=write_reviews(tmp_path / "reviews.csv"), epochs=3, batch_size=16,
+                    min_count=1)
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+    result = run_predict(f"--workdir={tmp_path / 'run'}", "A superb and lovely film", "  ", "awful, dull acting",
+                         "--top_k=1")
+    assert result.returncode == 2
+    assert result.stderr == "error: text 2 ('  ') has no words; the other 2 text(s) were predicted\n"
+    assert [line.rsplit(" ", 1)[0] for line in result.stdout.splitlines()] == ["A superb and lovely film: good",
+                                                                             "awful, dull acting: bad"]

@@ -19,7 +19,6 @@ from cnn_jax.layers import pooling
 from cnn_jax.models import spec
 from cnn_jax.training import loop, steps, trained, transfer
 from cnn_jax.training.config import Config
-from experiments import predict
 
 KEY = jax.random.key(0)
 
@@ -246,12 +245,12 @@ def test_texts_train_textcnn_by_default_and_resume_with_their_saved_vocabulary(t
     assert "resuming at step 5" in capsys.readouterr().out
     metrics = [(tmp_path / name / "metrics.jsonl").read_text() for name in ("whole", "resumed")]
     assert metrics[0] == metrics[1] and resumed["test_accuracy"] == uninterrupted["test_accuracy"]
-    # `experiments.predict` on texts: token ids as the training texts were made, through the run read back.
+    # New texts (`experiments.predict`): token ids as the training texts were made, through the run read back.
     run = trained.load(str(tmp_path / "whole"))
-    inputs, kept, failures = predict.texts(["A superb and lovely film", "awful, dull acting", " "], run.dataset)
-    assert kept == ["A superb and lovely film", "awful, dull acting"] and failures[0][1] == "text 3 (' ') has no words"
-    assert list(trained.probabilities(run, np.stack(inputs)).argmax(-1)) == [run.dataset.class_names.index("good"),
-                                                                             run.dataset.class_names.index("bad")]
+    ids = text.encode_texts(["A superb and lovely film", "awful, dull acting"], run.dataset)
+    assert text.decode(ids[1], run.dataset.vocabulary) == "awful <unk> dull acting"  # No training text has ",".
+    assert list(trained.probabilities(run, ids).argmax(-1)) == [run.dataset.class_names.index("good"),
+                                                                run.dataset.class_names.index("bad")]
     # Texts that changed since: a rebuilt vocabulary would put the new word first; the run keeps its own.
     write_reviews(tmp_path / "reviews.csv", extra=" zebra zebra")
     assert loop.plan(config, str(tmp_path / "whole"))[1].vocabulary == saved

@@ -93,6 +93,12 @@ def decode(ids: Sequence[int], vocabulary: Sequence[str]) -> str:
     return " ".join(vocabulary[k] for k in np.asarray(ids).tolist() if k != 0)
 
 
+def encode_texts(texts: Sequence[str], dataset: Dataset) -> np.ndarray:
+    """int32 `[texts, length]`: `texts` as token ids of `dataset` (a dataset of texts), through its vocabulary and at
+    its length, as its own texts were made."""
+    return encode([tokenize(t) for t in texts], dataset.vocabulary, dataset.image_shape[0])
+
+
 def write_vocabulary(path: str, vocabulary: Sequence[str]) -> None:
     """Writes `vocabulary` to the file `path`, word k on line k + 1, atomically (a reader sees the old file or the
     new one, never part of it)."""
