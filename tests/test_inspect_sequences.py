@@ -54,6 +54,7 @@ def logit(model, variables, inputs, k):
     return model.apply(variables, inputs, train=False)[:, k]
 
 
+@pytest.mark.slow  # Compiles every method; the everyday suite draws two of each kind (below).
 def test_a_run_of_signals_gets_its_methods_figures_arrays_and_numbers(signals, tmp_path):
     methods = report.methods_for(data.SIGNALS)
     assert methods == ["activations", "filters", "saliency", "smoothgrad", "gradient_times_input",
@@ -99,6 +100,7 @@ def test_saliency_over_time_steps_is_the_logits_finite_difference(signals):
     np.testing.assert_allclose(times_input, slopes * x[0, :, 0], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # Compiles every method; the everyday suite draws two of each kind (below).
 def test_a_run_of_texts_scores_each_word_and_gives_padding_zero(texts, tmp_path):
     methods = report.methods_for(data.TOKENS)
     assert methods == ["activations", "saliency", "smoothgrad", "gradient_times_input", "integrated_gradients",
@@ -124,6 +126,19 @@ def test_a_run_of_texts_scores_each_word_and_gives_padding_zero(texts, tmp_path)
         assert arrays["Conv_2"].shape == (3, 6, 100)  # A 5-word window's positions along 10 tokens.
     assert {"attribution_saliency.png", "activations_03_Conv_2.png", "sanity_cascading_randomisation.png"} <= set(
         os.listdir(out))
+
+
+@pytest.mark.parametrize("kind, methods, layer", [("signals", ["activations", "saliency"], "ConvBlock_1"),
+                                                  ("texts", ["activations", "gradient_times_input"], "Conv_0")])
+def test_activation_maps_and_an_attribution_of_sequences_are_drawn_and_saved(kind, methods, layer, request,
+                                                                             tmp_path):
+    run = request.getfixturevalue(kind)
+    out, results = inspect(run, tmp_path, methods, [0, 1], layers=[layer])  # One layer: each figure takes 1 s.
+    written = set(os.listdir(out))
+    assert list(results["methods"]) == methods and f"attribution_{methods[1]}.png" in written
+    assert f"activations_00_{layer}.png" in written and "index.html" in written
+    with np.load(out / f"{methods[1]}.npz") as arrays:
+        assert arrays["maps"].shape == run.dataset.test_images[:2].shape[:2]
 
 
 def with_word(run, tokens, position, scale):
