@@ -2,6 +2,7 @@ r"""Benchmarks: each compares variants side by side in one run, on one machine.
 
     python -m experiments.benchmark                      # --what=torch: cnn_jax vs PyTorch
     python -m experiments.benchmark --what=conv_ops
+    python -m experiments.benchmark --what=im2col                 # convolution as one matrix product, vs XLA, oneDNN
     python -m experiments.benchmark --what=input_pipeline
     python -m experiments.benchmark --what=max_pool
     python -m experiments.benchmark --what=fusion
@@ -69,20 +70,23 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cnn_jax import data, models
-from cnn_jax.analysis import summary
-from cnn_jax.kernels import dispatch
+from cnn_jax.analysis import arithmetic, summary
+from cnn_jax.kernels import dispatch, im2col
 from cnn_jax.layers import pooling
 from cnn_jax.training import loop, vectorized
 from cnn_jax.training.config import Config
 from cnn_jax.training.steps import create_train_state, train_step
 from experiments import cli
 
-flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "input_pipeline", "max_pool", "fusion", "vmap_seeds",
-                                    "devices", "train_step", "inspect", "transfer"], "Which comparison to run.")
+flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "im2col", "input_pipeline", "max_pool", "fusion",
+                                    "vmap_seeds", "devices", "train_step", "inspect", "transfer"],
+                  "Which comparison to run.")
 flags.DEFINE_string("workdir", None, "--what=inspect: a seed-network run to look inside (default: one trained here).")
 flags.DEFINE_list("device_counts", ["1", "2", "4"], "--what=devices: the numbers of CPU devices to compare.")
 flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs (0 skips them).")
@@ -280,6 +284,68 @@ def conv_ops(batch_size: int, repeats: int) -> None:
             print(f"  {name + ' ' + op:34s} {cells}")
 
 
+IM2COL_LAYERS = {  # name: (input size, input channels, filters, kernel, stride, padding)
+    "seed conv1 5x5 1->16": (28, 1, 16, 5, 1, 2),
+    "seed conv2 5x5 16->32": (14, 16, 32, 5, 1, 2),
+    "resnet18 3x3 64->64": (32, 64, 64, 3, 1, 1),
+}
+"""The layers `im2col_versus_convolutions` times: the seed network's two, and a ResNet-18 stage-1 convolution at
+32×32×3's resolution."""
+
+
+def lax_patches_conv(x, kernel, strides, padding):
+    """im2col with the patch matrix from `lax.conv_general_dilated_patches` (channels outermost in a patch): the
+    alternative `cnn_jax.kernels.im2col` was measured against."""
+    *window, _, filters = kernel.shape
+    patches = jax.lax.conv_general_dilated_patches(x, tuple(window), strides, padding,
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return patches @ jnp.moveaxis(kernel, 2, 0).reshape(-1, filters)
+
+
+def im2col_versus_convolutions(batch_size: int, repeats: int) -> None:
+    """Times each of `IM2COL_LAYERS` computed as im2col (one matrix product), by XLA's convolution and by cnn_jax's
+    (oneDNN's, on CPU), forward and forward + both gradients, taking turns; and each program's memory."""
+    print(f"im2col against convolutions on {jax.devices()[0].device_kind} ({jax.default_backend()}), batch "
+          f"{batch_size}, float32, median of {repeats}: ms per batch (GFLOP/s); memory: XLA's temporary buffers "
+          "of the forward + backward program")
+    ways = {"im2col": im2col.conv, "im2col, lax patches": lax_patches_conv, "XLA conv": None,
+            "cnn_jax conv": dispatch.conv_general_dilated}
+    print(f"  {'':34s} " + " ".join(f"{name:>19s}" for name in ways))
+    for name, (size, cin, cout, k, stride, pad) in IM2COL_LAYERS.items():
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((batch_size, size, size, cin), np.float32))
+        w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32) / k)
+        padding = ((pad, pad), (pad, pad))
+        out = arithmetic.conv_output_size(size, k, stride, pad)
+        flops = arithmetic.conv_flops(k, k, cin, cout, out, out) * batch_size
+        matrices = arithmetic.im2col_shapes((k, k), cin, cout, (out, out))
+        dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+        def conv_with(impl):
+            if impl in (im2col.conv, lax_patches_conv):
+                return lambda x, w: impl(x, w, (stride, stride), padding)
+            impl = impl or jax.lax.conv_general_dilated
+            return lambda x, w: impl(x, w, (stride, stride), padding, dimension_numbers=dn)
+
+        programs = {}
+        for way, impl in ways.items():
+            conv = conv_with(impl)
+            forward = jax.jit(conv)
+            both = jax.jit(jax.grad(lambda x, w: (conv(x, w) ** 2).sum(), argnums=(0, 1)))
+            programs[way] = (forward, both, both.lower(x, w).compile().memory_analysis())
+        timed = {f"{way} {part}": (lambda f=fn: jax.block_until_ready(f(x, w)))
+                 for way, (forward, both, _) in programs.items() for part, fn in (("forward", forward),
+                                                                                  ("training", both))}
+        ms = {key: 1e3 * t for key, t in interleaved_median_seconds(timed, repeats).items()}
+        for part, work in (("forward", flops), ("training", 3 * flops)):
+            cells = " ".join(f"{ms[f'{way} {part}']:10.2f} ({work / ms[f'{way} {part}'] / 1e6:5.1f})" for way in ways)
+            print(f"  {name + ' ' + part:34s} {cells}")
+        memory = " ".join(f"{programs[way][2].temp_size_in_bytes / 2**20:15.1f} MiB" for way in ways)
+        patch_mib = batch_size * np.prod(matrices["patch_matrix"]) * 4 / 2**20
+        print(f"  {name + ' memory':34s} {memory}   (patch matrix {matrices['patch_matrix'][0]}×"
+              f"{matrices['patch_matrix'][1]} per image: {patch_mib:.1f} MiB for the batch)")
+
+
 def variants(what: str, batch_size: int, steps: int) -> dict:
     """{variant name: function running `steps` training steps} for comparison `what`."""
     dataset = data.load_dataset("fashion_mnist")
@@ -385,6 +451,8 @@ def main(argv):
         return versus_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.epochs)
     if FLAGS.what == "conv_ops":
         return conv_ops(FLAGS.batch_size, FLAGS.repeats * 10)
+    if FLAGS.what == "im2col":
+        return im2col_versus_convolutions(FLAGS.batch_size, FLAGS.repeats * 4)
     if FLAGS.what == "devices":
         return versus_devices(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, [int(n) for n in FLAGS.device_counts])
     if FLAGS.what == "inspect":

@@ -227,6 +227,15 @@ def first_layer_strides() -> Row:
                verdict({"zfnet": {"kernel": 7, "stride": 2}, "alexnet": {"kernel": 11, "stride": 4}}, computed, "first layer differs"))
 
 
+def im2col_227x227x3() -> Row:
+    row = summarize(Conv(96, (11, 11), strides=4, padding="VALID"), (227, 227, 3))["layers"][0]
+    computed = {"patch_matrix": row["patch_matrix"], "kernel_matrix": row["kernel_matrix"]}
+    assert computed == arithmetic.im2col_shapes((11, 11), 3, 96, row["output_shape"][1:3])
+    return Row("im2col: 227×227×3 with 96 filters 11×11×3 at stride 4 -> X_col [363 × 3025], W_row [96 × 363]",
+               "004", computed, verdict({"patch_matrix": [363, 3025], "kernel_matrix": [96, 363]}, computed,
+                                        "matrix shapes differ"))
+
+
 def first_layer_memory() -> Row:
     small = summarize(conv_block(64, 3, padding=1), (256, 256, 3))["activation_bytes"]
     large = summarize(conv_block(64, 7, padding=3, stride=2), (256, 256, 3))["activation_bytes"]
@@ -284,7 +293,8 @@ ROWS: tuple[Callable[[], Row], ...] = (
     conv_32x32x3_5x5, filter_5x5x3_weights, params_760, memory_10240, padding_4x4, padding_5x5_valid,
     padding_5x5_same, padding_7x7, pool_4x4, fc_1000x1000, local_10x10, conv_10x10, two_3x3_see_5x5,
     three_3x3_see_7x7, weights_conv3x3x3, weights_conv7x7, weights_plain3x3, weights_bottleneck, weights_factorised,
-    receptive_field_14x14, alexnet_7x7x512, vgg16_7x7x512, fc_as_conv_7x7, first_layer_strides, first_layer_memory,
+    receptive_field_14x14, alexnet_7x7x512, vgg16_7x7x512, fc_as_conv_7x7, first_layer_strides, im2col_227x227x3,
+    first_layer_memory,
     pooling_discards_75, volume_224x224x64, three_layers_224x224x64, three_layers_72mb, mlp_600x377x3,
     fashion_fc_32x7x7,
 )

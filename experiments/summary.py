@@ -3,6 +3,7 @@ r"""The per-layer summary of any model (zoo name or text spec), as a table or JS
     python -m experiments.summary convnet
     python -m experiments.summary resnet18 --input_shape=32,32,3 --num_classes=100 --json
     python -m experiments.summary convnet1d                          # signals: length,channels (40,1)
+    python -m experiments.summary alexnet --input_shape=227,227,3 --num_classes=1000 --im2col
     python -m experiments.summary textcnn --input_shape=56 --vocab_size=18000 --num_classes=2
 
 Shapes, kernel, stride, padding, parameters, activation memory, FLOPs and
@@ -22,6 +23,8 @@ flags.DEFINE_string("input_shape", "", "The input's shape: height,width,channels
 flags.DEFINE_integer("num_classes", 10, "Number of classes the model predicts.")
 flags.DEFINE_integer("vocab_size", 20000, "A model of texts: its vocabulary's size (the embedding's rows).")
 flags.DEFINE_bool("json", False, "Print the summary as one JSON document instead of a table.")
+flags.DEFINE_bool("im2col", False, "Add each convolution's im2col matrices (patches [k·k·C_in × positions] and "
+                  "kernel [C_out × k·k·C_in]) and their bytes to the table (the JSON always has them).")
 FLAGS = flags.FLAGS
 
 
@@ -48,7 +51,7 @@ def main(argv: list[str]) -> None:
     if models.inputs_of(model) == "tokens":
         model = model.clone(vocab_size=FLAGS.vocab_size)
     result = summary.summarize(model, parse_shape(FLAGS.input_shape, models.inputs_of(model)))
-    print(json.dumps(result) if FLAGS.json else summary.format_table(result))
+    print(json.dumps(result) if FLAGS.json else summary.format_table(result, FLAGS.im2col))
 
 
 if __name__ == "__main__":

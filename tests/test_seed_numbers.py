@@ -35,6 +35,7 @@ EXPECTED = {
     "vgg16_7x7x512": ((7, 7, 512), AGREES),
     "fc_as_conv_7x7": ({"params": 102_764_544, "output": (1, 1, 4096)}, AGREES),
     "first_layer_strides": ({"zfnet": {"kernel": 7, "stride": 2}, "alexnet": {"kernel": 11, "stride": 4}}, AGREES),
+    "im2col_227x227x3": ({"patch_matrix": [363, 3025], "kernel_matrix": [96, 363]}, AGREES),
     "first_layer_memory": (4.0, AGREES),
     "pooling_discards_75": (0.75, AGREES),
     "volume_224x224x64": (224 * 224 * 64, DIFFERS),  # 3.2 M, not 10 M: cs231n counts three layers.

@@ -218,8 +218,18 @@ def test_json_output_parses_with_every_field():
     result = json.loads(process.stdout)
     assert result["total_params"] == 29_034 and result["output_shape"] == [1, 10]
     fields = {"name", "type", "kernel", "stride", "padding", "output_shape", "params", "memory", "flops",
-              "receptive_field", "jump"}
+              "receptive_field", "jump", "patch_matrix", "kernel_matrix", "im2col_bytes"}
     assert all(set(row) == fields for row in result["layers"])
+    second = result["layers"][3]  # 5×5 over 16 channels at 14×14, 32 filters; float32.
+    assert (second["patch_matrix"], second["kernel_matrix"]) == ([400, 196], [32, 400])
+    assert second["im2col_bytes"] == 4 * (400 * 196 + 32 * 400) and result["layers"][1]["patch_matrix"] is None
+
+
+def test_the_im2col_table_adds_each_convolutions_matrices():
+    lines = summary.format_table(summary.summarize(models.lookup("convnet")(num_classes=10), (28, 28, 1)),
+                                 im2col=True).splitlines()
+    assert lines[0].split()[-3:] == ["patch_matrix", "kernel_matrix", "im2col_bytes"]
+    assert lines[1].split()[-3:] == ["25×784", "16×25", "80,000"] and lines[2].split()[-1] == "1"
 
 
 @pytest.mark.parametrize("args", [("nope",), ("convnet", "--num_classes=x"),

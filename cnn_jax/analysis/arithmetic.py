@@ -113,6 +113,21 @@ def conv_flops(kernel_h: int, kernel_w: int, in_ch: int, out_ch: int, out_h: int
     return 2 * kernel_h * kernel_w * in_ch * out_ch * out_h * out_w
 
 
+def im2col_shapes(kernel: Sequence[int], in_ch: int, out_ch: int, out_positions: Sequence[int]) -> dict:
+    """The two matrices of one image's convolution computed as one product (im2col, cs231n; `cnn_jax.kernels.im2col`).
+
+    `kernel` is the window's sizes (k_h, k_w; or k along a sequence),
+    `out_positions` the output's (out_h, out_w; or out). The patch matrix
+    holds a column per output position, each the k_h·k_w·in_ch values its
+    filter sees: [k_h·k_w·in_ch × out_h·out_w]; the kernel matrix a row per
+    filter: [out_ch × k_h·k_w·in_ch]. Their product is the output,
+    [out_ch × out_h·out_w]. Returns {"patch_matrix": [rows, columns],
+    "kernel_matrix": [rows, columns]}.
+    """
+    patch = int(np.prod(kernel)) * in_ch
+    return {"patch_matrix": [patch, int(np.prod(out_positions))], "kernel_matrix": [out_ch, patch]}
+
+
 def dense_flops(in_features: int, out_features: int) -> int:
     """FLOPs of one example through a fully connected layer: 2·in·out (no bias additions)."""
     return conv_flops(1, 1, in_features, out_features, 1, 1)

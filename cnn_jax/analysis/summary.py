@@ -27,6 +27,11 @@ channel count (else the latest known array); a dense layer on a flattened map
 and a global pooling see the whole map. Adaptive and fractional poolings,
 whose windows vary, count their widest window and largest step.
 
+A convolution's row also gives the two matrices of its im2col form
+(`arithmetic.im2col_shapes`: the patch matrix [k·k·C_in × positions] and the
+kernel matrix [C_out × k·k·C_in], one image) and their bytes; `format_table`
+shows them with `im2col=True` (`experiments.summary --im2col`).
+
 Memory is the forward activation of each row's output in bytes (float32,
 one image); training keeps it and its gradient, twice that
 (`arithmetic.activation_bytes`). FLOPs are 2 × the multiply-adds of
@@ -43,6 +48,7 @@ import functools
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from cnn_jax import models
 from cnn_jax.analysis import arithmetic
@@ -89,7 +95,8 @@ class _Tracer:
         self.rows.append(dict(name=name, type=kind, kernel=kernel, stride=stride, padding=padding,
                               output_shape=list(output.shape), params=0,
                               memory=arithmetic.activation_bytes(output.shape, output.dtype), flops=flops,
-                              receptive_field=field[0], jump=field[1]))
+                              receptive_field=field[0], jump=field[1], patch_matrix=None, kernel_matrix=None,
+                              im2col_bytes=None))
 
     def extend(self, name, source, field, array):
         """The field of `array` made from `source` outside any module: a pooling inferred from the height change."""
@@ -165,6 +172,10 @@ class _Tracer:
                                           spatial[1] if dims == 2 else 1) * out.shape[0]
             padding = module.padding if isinstance(module.padding, (str, int)) else [list(p) for p in module.padding]
             self.row(name, "conv", out, field, kernel=kernel, stride=strides, padding=padding, flops=flops)
+            matrices = arithmetic.im2col_shapes(kernel, x.shape[-1] // module.feature_group_count, module.features,
+                                                spatial)
+            itemsize = out.dtype.itemsize
+            self.rows[-1].update(matrices, im2col_bytes=itemsize * sum(int(np.prod(m)) for m in matrices.values()))
         elif isinstance(module, nn.Dense):
             self.row(name, "dense", out, field, flops=arithmetic.dense_flops(x.shape[-1], module.features) * out.shape[0])
         elif isinstance(module, nn.BatchNorm):
@@ -194,7 +205,9 @@ def summarize(model: nn.Module, input_shape) -> dict:
     path), type ("conv", "dense", "batch_norm", a pooling's name such as
     "max_pool", "embedding", or "pool (inferred)"), kernel,
     stride, padding, output_shape `[1, ...]`, params, memory (forward bytes),
-    flops, receptive_field and jump (input pixels, along the height); and
+    flops, receptive_field and jump (input pixels, along the height),
+    patch_matrix, kernel_matrix and im2col_bytes (convolutions; None for other
+    rows); and
     `total_params` (every trainable scalar), `total_flops`, `activation_bytes`
     (forward, the rows' outputs summed), `training_activation_bytes` (× 2) and
     `output_shape`. Raises `UserError` when a convolution or pooling cannot
@@ -216,10 +229,11 @@ def summarize(model: nn.Module, input_shape) -> dict:
                 training_activation_bytes=2 * forward, output_shape=list(out.shape))
 
 
-def format_table(summary: dict) -> str:
-    """The summary as an aligned text table with a totals line."""
+def format_table(summary: dict, im2col: bool = False) -> str:
+    """The summary as an aligned text table with a totals line; `im2col` adds each convolution's im2col matrices
+    and their bytes."""
     columns = ("name", "type", "kernel", "stride", "padding", "output_shape", "params", "memory", "flops",
-               "receptive_field", "jump")
+               "receptive_field", "jump") + (("patch_matrix", "kernel_matrix", "im2col_bytes") if im2col else ())
 
     def cell(value):
         if isinstance(value, list):  # A shape, or per-dimension settings; (before, after) padding pairs as "b/a".
@@ -228,7 +242,8 @@ def format_table(summary: dict) -> str:
 
     rows = [columns] + [tuple(cell(row[c]) for c in columns) for row in summary["layers"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = ["  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
     lines.append(f"total: {summary['total_params']:,} params, {summary['total_flops']:,} FLOPs per image, "
                  f"{summary['activation_bytes']:,} activation bytes forward "
                  f"({summary['training_activation_bytes']:,} training), output {cell(summary['output_shape'])}")
