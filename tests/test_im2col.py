@@ -15,7 +15,7 @@ GEOMETRIES = [  # (strides, padding, dilation, input channels, filters, kernel)
     ((2, 2), ((1, 2), (0, 1)), (1, 1), 1, 8, (3, 2)),
     ((1, 2), "VALID", (2, 1), 5, 3, (3, 2)),
     ((3, 3), ((2, 2), (2, 2)), (2, 2), 2, 6, (3, 3)),
-    ((4, 4), "VALID", (1, 1), 3, 16, (11, 11)),
+    pytest.param((4, 4), "VALID", (1, 1), 3, 16, (11, 11), marks=pytest.mark.slow),  # AlexNet's: 121 slices, 8 s.
     ((1, 1), ((2, 2), (2, 2)), (1, 1), 16, 32, (5, 5)),  # The seed network's second layer.
 ]
 
