@@ -12,8 +12,8 @@ from cnn_jax.kernels import im2col
 
 GEOMETRIES = [  # (strides, padding, dilation, input channels, filters, kernel)
     ((1, 1), "SAME", (1, 1), 3, 4, (3, 3)),
-    ((2, 2), ((1, 2), (0, 1)), (1, 1), 1, 8, (3, 2)),
-    ((1, 2), "VALID", (2, 1), 5, 3, (3, 2)),
+    pytest.param((2, 2), ((1, 2), (0, 1)), (1, 1), 1, 8, (3, 2), marks=pytest.mark.slow),
+    pytest.param((1, 2), "VALID", (2, 1), 5, 3, (3, 2), marks=pytest.mark.slow),
     ((3, 3), ((2, 2), (2, 2)), (2, 2), 2, 6, (3, 3)),
     pytest.param((4, 4), "VALID", (1, 1), 3, 16, (11, 11), marks=pytest.mark.slow),  # AlexNet's: 121 slices, 8 s.
     ((1, 1), ((2, 2), (2, 2)), (1, 1), 16, 32, (5, 5)),  # The seed network's second layer.

@@ -128,8 +128,9 @@ def test_a_run_of_texts_scores_each_word_and_gives_padding_zero(texts, tmp_path)
         os.listdir(out))
 
 
-@pytest.mark.parametrize("kind, methods, layer", [("signals", ["activations", "saliency"], "ConvBlock_1"),
-                                                  ("texts", ["activations", "gradient_times_input"], "Conv_0")])
+@pytest.mark.parametrize("kind, methods, layer", [
+    ("signals", ["activations", "saliency"], "ConvBlock_1"),
+    pytest.param("texts", ["activations", "gradient_times_input"], "Conv_0", marks=pytest.mark.slow)])  # 7 s.
 def test_activation_maps_and_an_attribution_of_sequences_are_drawn_and_saved(kind, methods, layer, request,
                                                                              tmp_path):
     run = request.getfixturevalue(kind)

@@ -124,13 +124,13 @@ def test_a_1d_spec_round_trips_and_says_what_it_takes(text, inputs):
     assert spec.to_spec(model) == text and models.inputs_of(model) == inputs
 
 
-def test_a_1d_spec_trains_on_signals_and_refuses_images():
+def test_a_1d_spec_takes_signals_and_refuses_images():
     model = models.lookup("c8k5-max-c8k3-global_max:1d")(num_classes=3)
-    signals = normal(4, (2, 40, 1))
-    variables = model.init(KEY, signals)
-    assert model.apply(variables, signals).shape == (2, 3)
+    signals = jax.ShapeDtypeStruct((2, 40, 1), jnp.float32)
+    logits, variables = jax.eval_shape(lambda x: model.init_with_output(KEY, x), signals)
+    assert logits.shape == (2, 3)
     with pytest.raises(UserError, match=r"takes \[batch, length, channels\] signals, not an input of shape"):
-        model.apply(variables, normal(4, (2, 28, 28, 1)))
+        jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((2, 28, 28, 1), jnp.float32))
 
 
 @pytest.mark.parametrize("text, message", [
