@@ -143,9 +143,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"--sweep={FLAGS.sweep!r} is not a sweep; choose one of {', '.join(SWEEPS)}")
     if not FLAGS.workdir:
         raise UserError("--workdir is required: the folder for the sweep's runs (the same folder resumes it)")
-    seeds = list(range(FLAGS.seeds if FLAGS.seeds is not None else 2 if FLAGS.quick else 3))
-    if len(seeds) < 1:
-        raise UserError(f"--seeds={FLAGS.seeds} must be at least 1")
+    seeds = cli.seeds(FLAGS.seeds, FLAGS.quick)
     if not 0 < FLAGS.target_accuracy <= 1:
         raise UserError(f"--target_accuracy={FLAGS.target_accuracy} must be in (0, 1]")
     sweep = SWEEPS[FLAGS.sweep]

@@ -59,6 +59,16 @@ def run(main: Callable[[list[str]], None], usage: str, positional: int | range =
 
 
 @contextlib.contextmanager
+def seeds(given: int | None, quick: bool) -> list[int]:
+    """The seeds 0 .. N − 1 of a study's `--seeds` (default 3; 2 with `--quick`); UserError below 1."""
+    from cnn_jax.errors import UserError
+
+    count = given if given is not None else 2 if quick else 3
+    if count < 1:
+        raise UserError(f"--seeds={given} must be at least 1")
+    return list(range(count))
+
+
 def preemption_notice() -> Iterator[Callable[[], bool]]:
     """Notes SIGTERM (a preemption notice) while the block runs; yields a function saying whether it came.
 

@@ -121,9 +121,7 @@ def main(argv: list[str]) -> None:
 
     if not FLAGS.workdir:
         raise UserError("--workdir is required: the folder for the runs (the same folder resumes them)")
-    seeds = list(range(FLAGS.seeds if FLAGS.seeds is not None else 2 if FLAGS.quick else 3))
-    if not seeds:
-        raise UserError(f"--seeds={FLAGS.seeds} must be at least 1")
+    seeds = cli.seeds(FLAGS.seeds, FLAGS.quick)
     if not 0 <= FLAGS.max_shift < 28:
         raise UserError(f"--max_shift={FLAGS.max_shift} must be from 0 to 27 pixels")
     plan = runs(FLAGS.workdir, FLAGS.quick, seeds, FLAGS.data_dir)

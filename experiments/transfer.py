@@ -198,9 +198,7 @@ def main(argv: list[str]) -> None:
 
     if not FLAGS.workdir:
         raise UserError("--workdir is required: the folder for the study's runs (the same folder resumes it)")
-    seeds = list(range(FLAGS.seeds if FLAGS.seeds is not None else 2 if FLAGS.quick else 3))
-    if not seeds:
-        raise UserError(f"--seeds={FLAGS.seeds} must be at least 1")
+    seeds = cli.seeds(FLAGS.seeds, FLAGS.quick)
     if not FLAGS.labels or not all(labels == "all" or (labels.isdigit() and int(labels) > 0) for labels in FLAGS.labels):
         raise UserError(f"--labels={','.join(FLAGS.labels)} must be numbers of labels per class or 'all'")
     labels_per_class = [0 if labels == "all" else int(labels) for labels in FLAGS.labels]  # 0: every example.
