@@ -58,7 +58,6 @@ def run(main: Callable[[list[str]], None], usage: str, positional: int | range =
     app.run(wrapped, flags_parser=_parse_flags)
 
 
-@contextlib.contextmanager
 def seeds(given: int | None, quick: bool) -> list[int]:
     """The seeds 0 .. N − 1 of a study's `--seeds` (default 3; 2 with `--quick`); UserError below 1."""
     from cnn_jax.errors import UserError
@@ -69,6 +68,7 @@ def seeds(given: int | None, quick: bool) -> list[int]:
     return list(range(count))
 
 
+@contextlib.contextmanager
 def preemption_notice() -> Iterator[Callable[[], bool]]:
     """Notes SIGTERM (a preemption notice) while the block runs; yields a function saying whether it came.
 
