@@ -207,21 +207,29 @@ def test_a_model_that_takes_other_inputs_than_the_dataset_holds_is_one_line(idx_
 
 
 @pytest.mark.slow  # Three short trainings; the loop's resumption is tested on images and texts in the everyday suite.
-def test_mnist1d_trains_convnet1d_by_default_and_resumes_to_the_uninterrupted_end(tmp_path, capsys):
-    config = Config(dataset="mnist1d", max_train_examples=300, max_test_examples=200, epochs=2, batch_size=50)
-    assert config.model == "" and loop.plan(config)[0].inputs == data.SIGNALS
+def trained_whole_and_resumed(config, tmp_path, capsys, stop_at: int) -> dict:
+    """results.json of `config` trained uninterrupted in tmp_path/whole, after checking that a run stopped at step
+    `stop_at` in tmp_path/resumed resumes to the same metrics.jsonl and results."""
     uninterrupted = loop.train_and_evaluate(config, str(tmp_path / "whole"))
-    assert uninterrupted["model"] == "convnet1d" and uninterrupted["image_shape"] == [40, 1]
-    assert uninterrupted["test_accuracy"] > 0.2  # Twice chance after 12 steps.
-    assert json.loads((tmp_path / "whole" / "config.json").read_text())["model"] == "convnet1d"
-    asked = iter(range(1, 100))
-    with pytest.raises(loop.Preempted, match="stopped at step 4"):
+    asked = iter(range(1, 10**6))
+    with pytest.raises(loop.Preempted, match=f"stopped at step {stop_at}"):
         loop.train_and_evaluate(config, str(tmp_path / "resumed"), checkpoint_every=2,
-                                stop_requested=lambda: next(asked) >= 4)
+                                stop_requested=lambda: next(asked) >= stop_at)
+    capsys.readouterr()
     resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
-    assert "resuming at step 4" in capsys.readouterr().out
+    assert f"resuming at step {stop_at}" in capsys.readouterr().out
     metrics = [(tmp_path / name / "metrics.jsonl").read_text() for name in ("whole", "resumed")]
     assert metrics[0] == metrics[1] and resumed["test_accuracy"] == uninterrupted["test_accuracy"]
+    return uninterrupted
+
+
+def test_mnist1d_trains_convnet1d_by_default_and_resumes_to_the_uninterrupted_end(tmp_path, capsys):
+    config = Config(dataset="mnist1d", max_train_examples=600, max_test_examples=200, epochs=3, batch_size=50)
+    assert config.model == "" and loop.plan(config)[0].inputs == data.SIGNALS
+    results = trained_whole_and_resumed(config, tmp_path, capsys, stop_at=4)
+    assert results["model"] == "convnet1d" and results["image_shape"] == [40, 1]
+    assert results["test_accuracy"] > 0.35  # After 36 steps (43% when written); chance is 10%.
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["model"] == "convnet1d"
 
 
 def test_a_sequence_models_blocks_run_on_xla_not_the_image_kernels():
@@ -233,18 +241,11 @@ def test_a_sequence_models_blocks_run_on_xla_not_the_image_kernels():
 def test_texts_train_textcnn_by_default_and_resume_with_their_saved_vocabulary(tmp_path, capsys):
     reviews = write_reviews(tmp_path / "reviews.csv")
     config = Config(dataset="text", data_dir=reviews, epochs=3, batch_size=16, min_count=1, max_norm=3.0)
-    uninterrupted = loop.train_and_evaluate(config, str(tmp_path / "whole"))
-    assert uninterrupted["model"] == "textcnn" and uninterrupted["test_accuracy"] >= 0.9
+    results = trained_whole_and_resumed(config, tmp_path, capsys, stop_at=5)
+    assert results["model"] == "textcnn" and results["test_accuracy"] >= 0.9
     saved = text.read_vocabulary(str(tmp_path / "whole" / text.VOCABULARY_FILE))
     assert saved == loop.plan(config)[1].vocabulary and {"good", "awful", "<pad>", "<unk>"} <= set(saved)
-    asked = iter(range(1, 100))
-    with pytest.raises(loop.Preempted, match="stopped at step 5"):
-        loop.train_and_evaluate(config, str(tmp_path / "resumed"), checkpoint_every=5,
-                                stop_requested=lambda: next(asked) >= 5)
-    resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
-    assert "resuming at step 5" in capsys.readouterr().out
-    metrics = [(tmp_path / name / "metrics.jsonl").read_text() for name in ("whole", "resumed")]
-    assert metrics[0] == metrics[1] and resumed["test_accuracy"] == uninterrupted["test_accuracy"]
+    assert text.read_vocabulary(str(tmp_path / "resumed" / text.VOCABULARY_FILE)) == saved
     # New texts (`experiments.predict`): token ids as the training texts were made, through the run read back.
     run = trained.load(str(tmp_path / "whole"))
     ids = text.encode_texts(["A superb and lovely film", "awful, dull acting"], run.dataset)

@@ -13,7 +13,6 @@ IMAGES, SIGNALS, TOKENS = "images", "signals", "tokens"
 """What a dataset's inputs are, and what a model takes (`cnn_jax.models.inputs_of`): uint8 images
 `[h, w, c]`; float32 signals `[length, channels]` (MNIST-1D); int32 token ids `[length]` (texts, through a
 `vocabulary`)."""
-KINDS = (IMAGES, SIGNALS, TOKENS)
 
 
 class DataError(UserError):
