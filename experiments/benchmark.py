@@ -1,6 +1,7 @@
 r"""Benchmarks: each compares variants side by side in one run, on one machine.
 
     python -m experiments.benchmark                      # --what=torch: cnn_jax vs PyTorch
+    python -m experiments.benchmark --what=zoo [--models=resnet18,googlenet]  # every zoo model vs PyTorch
     python -m experiments.benchmark --what=conv_ops
     python -m experiments.benchmark --what=im2col                 # convolution as one matrix product, vs XLA, oneDNN
     python -m experiments.benchmark --what=input_pipeline
@@ -17,6 +18,12 @@ torch: training throughput of the seed network in cnn_jax and in the PyTorch
   the fraction of this machine's measured float32 matmul rate each reaches,
   and the wall time and test accuracy of a whole `--epochs` run of each
   (start-up included), run one after the other as subprocesses.
+
+zoo: training throughput of each of `--models` (batch 128 in BENCHMARKS.md)
+  in cnn_jax and in its PyTorch mirror (experiments/torch_models.py: the same
+  layers, started from the same initial values copied from Flax, Adam with
+  the same schedule, the same flips and data), taking turns repeat by repeat;
+  the ratio, and the share of the measured matmul peak each reaches.
 
 conv_ops: each convolution of the seed network's training step on its own
   (forward, gradient to the weights, gradient to the input), in JAX (XLA's
@@ -58,6 +65,7 @@ steps at `--batch_size`, the variants taking turns run by run; the median of
 each is reported.
 """
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -77,6 +85,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from cnn_jax import data, models
 from cnn_jax.analysis import arithmetic, summary
+from cnn_jax.errors import UserError
 from cnn_jax.kernels import dispatch, im2col
 from cnn_jax.layers import pooling
 from cnn_jax.training import loop, vectorized
@@ -84,7 +93,11 @@ from cnn_jax.training.config import Config
 from cnn_jax.training.steps import create_train_state, train_step
 from experiments import cli
 
-flags.DEFINE_enum("what", "torch", ["torch", "conv_ops", "im2col", "input_pipeline", "max_pool", "fusion",
+ZOO = ("convnet", "lenet5", "2xc32-max-2xc64-max-fc128", "allconv", "resnet18", "googlenet", "resnet18@32x32x3")
+"""The models `--what=zoo` compares by default: a name or spec, at 28×28×1 or at the image shape after `@`."""
+
+
+flags.DEFINE_enum("what", "torch", ["torch", "zoo", "conv_ops", "im2col", "input_pipeline", "max_pool", "fusion",
                                     "vmap_seeds", "devices", "train_step", "inspect", "transfer"],
                   "Which comparison to run.")
 flags.DEFINE_string("workdir", None, "--what=inspect: a seed-network run to look inside (default: one trained here).")
@@ -93,6 +106,9 @@ flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs 
 flags.DEFINE_integer("batch_size", 100, "Training examples per step.")
 flags.DEFINE_integer("steps", 200, "Timed steps per repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
+flags.DEFINE_list("models", list(ZOO), "--what=zoo: the models to compare, each a zoo name or spec, at 28x28x1 "
+                  "or at the image shape after @ (resnet18@32x32x3).")
+flags.DEFINE_float("repeat_seconds", 2.0, "--what=zoo: about how long each timed repeat runs (it sets the steps).")
 flags.DEFINE_integer("seeds", 4, "--what=vmap_seeds: seeds trained together.")
 FLAGS = flags.FLAGS
 
@@ -181,11 +197,11 @@ def device_loop(model, dataset, batch_size: int, num_steps: int):
     return run
 
 
-def torch_loop(dataset, batch_size: int, steps: int):
-    """A function running `steps` training steps of the PyTorch reference."""
+def torch_loop(dataset, batch_size: int, steps: int, net=None):
+    """A function running `steps` training steps of the PyTorch reference: the seed network, or `net`."""
     from experiments import torch_reference
 
-    trainer = torch_reference.Trainer(dataset, batch_size, Config().learning_rate, 0, total_steps=10**9)
+    trainer = torch_reference.Trainer(dataset, batch_size, Config().learning_rate, 0, total_steps=10**9, net=net)
     order = data.epoch_permutation(0, 0, len(dataset.train_labels))
     return lambda: trainer.epoch(order, steps)
 
@@ -244,6 +260,69 @@ def versus_torch(batch_size: int, steps: int, repeats: int, epochs: int) -> None
         if runs:
             line += f" {runs[name][0]:18.1f} {runs[name][1]:8.4f}"
         print(line)
+
+
+def zoo_entry(entry: str) -> tuple[str, tuple[int, int, int]]:
+    """(model name, image shape) of a `--models` entry: `name` (28×28×1) or `name@HxWxC`."""
+    name, _, shape = entry.partition("@")
+    try:
+        height, width, channels = (int(n) for n in shape.split("x")) if shape else (28, 28, 1)
+    except ValueError:
+        raise UserError(f"--models entry '{entry}': write a model, or a model@HxWxC such as resnet18@32x32x3") from None
+    return name, (height, width, channels)
+
+
+def fashion_mnist_as(shape: tuple[int, int, int]) -> data.Dataset:
+    """Fashion-MNIST with images of `shape` (28×28 zero-padded to larger, grey repeated to 3 channels): real images
+    and labels, for a model's timing at another input size."""
+    dataset = data.load_dataset("fashion_mnist")
+    height, width, channels = shape
+    if (height, width) < (28, 28) or channels not in (1, 3):
+        raise UserError(f"--models: {height}x{width}x{channels} cannot hold Fashion-MNIST; use at least 28x28, with 1 "
+                        "or 3 channels")
+
+    def reshaped(images):
+        top, left = (height - 28) // 2, (width - 28) // 2
+        padded = np.pad(images, ((0, 0), (top, height - 28 - top), (left, width - 28 - left), (0, 0)))
+        return np.repeat(padded, channels, axis=-1)
+
+    return dataclasses.replace(dataset, train_images=reshaped(dataset.train_images),
+                               test_images=reshaped(dataset.test_images))
+
+
+def versus_torch_zoo(entries: list[str], batch_size: int, repeats: int, repeat_seconds: float) -> None:
+    """Training throughput of each zoo model in cnn_jax and in its PyTorch mirror (`experiments.torch_models`),
+    started from the same initial values, taking turns; the ratio, and each side's share of the matmul peak."""
+    import torch
+
+    from experiments import torch_models
+
+    peak = max(matmul_flops_per_second().values())
+    print(f"zoo models, batch {batch_size}, float32, Adam (cosine schedule), random flips, "
+          f"{jax.devices()[0].device_kind}; JAX {jax.__version__}, PyTorch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); measured matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"median of {repeats} repeats of about {repeat_seconds:g} s each after a warm-up, the two taking turns; "
+          "% of peak counts 3× the forward FLOPs")
+    print(f"  {'model':34s} {'input':>8s} {'MFLOP/img':>9s} {'steps':>5s} {'cnn_jax ex/s':>12s} "
+          f"{'PyTorch ex/s':>12s} {'ratio':>6s} {'cnn_jax %':>9s} {'PyTorch %':>9s}")
+    for entry in entries:
+        name, shape = zoo_entry(entry)
+        dataset = fashion_mnist_as(shape)
+        model = models.lookup(name)(num_classes=dataset.num_classes)
+        training = 3 * summary.summarize(model, shape)["total_flops"]
+        probe = host_loop(model, dataset, batch_size, 1)
+        probe()  # Compiles.
+        steps = max(1, round(repeat_seconds / median_seconds(probe, 1)))
+        initial = create_train_state(model, Config(batch_size=batch_size), shape, steps)
+        net = torch_models.load_flax(torch_models.build(name, shape, dataset.num_classes),
+                                     {"params": initial.params, "batch_stats": initial.batch_stats})
+        loops = {"cnn_jax": host_loop(model, dataset, batch_size, steps),
+                 "PyTorch": torch_loop(dataset, batch_size, steps, net)}
+        rates = {side: steps * batch_size / t for side, t in interleaved_median_seconds(loops, repeats).items()}
+        shares = [f"{100 * rates[side] * training / peak:8.1f}%" for side in loops]
+        print(f"  {name:34s} {'x'.join(map(str, shape)):>8s} {training / 3e6:9.1f} {steps:5d} "
+              f"{rates['cnn_jax']:12,.0f} {rates['PyTorch']:12,.0f} {rates['cnn_jax'] / rates['PyTorch']:6.2f} "
+              f"{' '.join(shares)}", flush=True)
 
 
 def conv_ops(batch_size: int, repeats: int) -> None:
@@ -449,6 +528,8 @@ def main(argv):
     del argv
     if FLAGS.what == "torch":
         return versus_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.epochs)
+    if FLAGS.what == "zoo":
+        return versus_torch_zoo(FLAGS.models, FLAGS.batch_size, FLAGS.repeats, FLAGS.repeat_seconds)
     if FLAGS.what == "conv_ops":
         return conv_ops(FLAGS.batch_size, FLAGS.repeats * 10)
     if FLAGS.what == "im2col":

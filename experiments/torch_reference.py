@@ -3,7 +3,8 @@ r"""The seed network in PyTorch, trained exactly as cnn_jax trains it: the refer
     python -m experiments.torch_reference --epochs=1 --batch_size=100
 
 Same architecture (seed 000: conv 5×5/16 → BN → ReLU → pool → conv 5×5/32 → BN →
-ReLU → pool → dense), same initialisation scheme as Flax's defaults (kernels
+ReLU → pool → dense; `experiments.torch_models` mirrors it and the other zoo
+models, whose `Trainer` the zoo benchmark uses), same initialisation scheme as Flax's defaults (kernels
 truncated-normal LeCun, biases zero), same BatchNorm momentum and epsilon, Adam
 with the same cosine schedule, the same left-right flips and the same data
 (cnn_jax.data). It needs PyTorch: pip install -e '.[bench]'.
@@ -20,7 +21,7 @@ from torch import nn
 
 from cnn_jax import data
 from cnn_jax.training.config import Config
-from experiments import cli
+from experiments import cli, torch_models
 
 FLAGS = flags.FLAGS
 
@@ -40,14 +41,11 @@ def lecun_normal_(tensor: torch.Tensor, fan_in: int) -> None:
     nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
 
 
-def seed_network(num_classes: int = 10, image_size: int = 28, channels: int = 1) -> nn.Sequential:
-    """The seed-000 network, initialised like cnn_jax.models.ConvNet."""
-    net = nn.Sequential(
-        nn.Conv2d(channels, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * (image_size // 4) ** 2, num_classes),
-    )
-    for layer in net:
+def seed_network(num_classes: int = 10, image_size: int = 28, channels: int = 1) -> nn.Module:
+    """The seed-000 network (`torch_models.ConvNet`), initialised as cnn_jax.models.ConvNet is (by its scheme: this
+    program does not import JAX)."""
+    net = torch_models.ConvNet((image_size, image_size, channels), num_classes)
+    for layer in net.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             lecun_normal_(layer.weight, layer.weight[0].numel())
             nn.init.zeros_(layer.bias)
@@ -65,13 +63,14 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 class Trainer:
-    """The seed network, its optimizer and schedule, for `total_steps` steps of `batch_size`."""
+    """A network (default: the seed network), Adam and its schedule, for `total_steps` steps of `batch_size`."""
 
-    def __init__(self, dataset: data.Dataset, batch_size: int, learning_rate: float, seed: int, total_steps: int):
+    def __init__(self, dataset: data.Dataset, batch_size: int, learning_rate: float, seed: int, total_steps: int,
+                 net: nn.Module | None = None):
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         h, _, c = dataset.image_shape
-        self.net = seed_network(dataset.num_classes, h, c)
+        self.net = net or seed_network(dataset.num_classes, h, c)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_factor(total_steps))
         self.loss = nn.CrossEntropyLoss()

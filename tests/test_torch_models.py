@@ -1,0 +1,77 @@
+"""The PyTorch mirrors of the zoo (experiments/torch_models.py), which the zoo benchmark times cnn_jax against: the
+same tensors, and, given the same values, the same logits and BatchNorm statistics."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")  # The `test` extra installs it; without it the benchmark cannot run either.
+
+from cnn_jax import models  # noqa: E402
+from experiments import torch_models  # noqa: E402
+from tests.conftest import he_variables, unoptimised_jit  # noqa: E402
+
+FAST = ["convnet", "lenet5", "2xc32-max-2xc64-max-fc128", "allconv"]
+SLOW = ["resnet18", "googlenet"]
+WITHOUT_DROPOUT = {"convnet", "lenet5", "2xc32-max-2xc64-max-fc128", "resnet18"}
+
+
+def mirrored(name: str, shape):
+    """(Flax model, its He-normal variables, the PyTorch mirror holding them, a batch of 3 images)."""
+    model = models.lookup(name)(num_classes=10)
+    images = np.random.default_rng(1).standard_normal((3, *shape)).astype(np.float32)
+    variables = he_variables(model, images)
+    return model, variables, torch_models.load_flax(torch_models.build(name, shape, 10), variables), images
+
+
+def assert_logits_equal(flax_logits, torch_logits):
+    flax_logits = np.asarray(flax_logits)
+    np.testing.assert_allclose(torch_logits.detach().numpy(), flax_logits, atol=2e-5 * np.abs(flax_logits).max())
+
+
+def check(name: str, shape):
+    model, variables, net, images = mirrored(name, shape)
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    apply = unoptimised_jit(functools.partial(model.apply, train=False))
+    assert_logits_equal(apply(variables, images), net.eval()(nchw))
+    if name in WITHOUT_DROPOUT:  # In training: batch statistics, and the running averages they update.
+        train = unoptimised_jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
+        logits, updated = train(variables, images)
+        assert_logits_equal(logits, net.train()(nchw))
+        state = net.state_dict()
+        for path, value in torch_models._leaves(updated.get("batch_stats", {})):
+            key = ".".join((*path[:-1], {"mean": "running_mean", "var": "running_var"}[path[-1]]))
+            # PyTorch's running variance averages in the unbiased variance, Flax's the biased: n / (n − 1) apart, at
+            # least 3·4·4 values a channel here.
+            np.testing.assert_allclose(state[key].numpy(), np.asarray(value), rtol=1e-2 if path[-1] == "var" else 1e-4,
+                                       atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_mirror_computes_the_flax_model(name):
+    check(name, (28, 28, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, shape", [(name, (28, 28, 1)) for name in SLOW] + [("resnet18", (32, 32, 3))])
+def test_mirror_computes_the_big_flax_model(name, shape):
+    check(name, shape)
+
+
+def test_mirror_has_as_many_parameters():
+    for name in FAST:
+        model = models.lookup(name)(num_classes=10)
+        images = np.zeros((1, 28, 28, 1), np.float32)
+        flax_count = sum(np.prod(v.shape) for v in jax.tree.leaves(he_variables(model, images)["params"]))
+        assert torch_models.parameter_count(torch_models.build(name, (28, 28, 1), 10)) == flax_count
+
+
+def test_load_flax_refuses_another_model_s_variables():
+    model = models.lookup("convnet")(num_classes=10)
+    variables = he_variables(model, np.zeros((1, 28, 28, 1), np.float32))
+    with pytest.raises(ValueError, match="has no PyTorch tensor"):
+        torch_models.load_flax(torch_models.build("lenet5", (28, 28, 1), 10), variables)
+    with pytest.raises(ValueError, match="without a Flax value"):
+        torch_models.load_flax(torch_models.build("convnet", (28, 28, 1), 10), {"params": {}})
