@@ -327,3 +327,28 @@ def test_max_pool_ceil_keeps_the_partial_last_window_like_pytorch_ceil_mode(size
         for j in range(got.shape[2]):
             window_values = x[:, i * stride : i * stride + window, j * stride : j * stride + window]
             np.testing.assert_array_equal(got[:, i, j], window_values.max(axis=(1, 2)))
+
+
+@pytest.mark.parametrize("shape, window, stride, padding", [((2, 9, 9, 3), 3, 1, 1), ((2, 10, 11, 3), 3, 2, 1),
+                                                            ((2, 8, 8, 2), 3, 2, 0), ((3, 12, 4), 3, 2, 1)])
+def test_overlapping_max_pool_equals_xla_s_windowed_reduction_and_its_gradient(shape, window, stride, padding):
+    """Values, and gradients with many tied maxima (integers in 0..3): the first maximum of a window, row-major,
+    takes the gradient, as XLA's select-and-scatter gives it."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 4, shape).astype(np.float32))
+    dims = len(shape) - 2
+    xla = functools.partial(nn.max_pool, window_shape=(window,) * dims, strides=(stride,) * dims,
+                            padding=((padding, padding),) * dims)
+    (expected, expected_vjp), (got, got_vjp) = jax.vjp(xla, x), jax.vjp(lambda x: pooling.max_pool(x, window, stride,
+                                                                                                  padding), x)
+    np.testing.assert_array_equal(got, expected)
+    dy = jnp.asarray(rng.standard_normal(expected.shape).astype(np.float32))
+    np.testing.assert_allclose(got_vjp(dy)[0], expected_vjp(dy)[0], atol=1e-6)
+
+
+def test_max_pool_ceil_s_gradient_goes_to_the_first_maximum_of_each_window():
+    x = jnp.asarray(np.random.default_rng(1).integers(0, 3, (2, 7, 8, 2)).astype(np.float32))
+    xla = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding=((0, 0), (0, 1)))
+    dy = jnp.asarray(np.random.default_rng(2).standard_normal((2, 3, 4, 2)).astype(np.float32))
+    expected = jax.vjp(xla, x)[1](dy)[0]
+    np.testing.assert_allclose(jax.vjp(lambda x: pooling.max_pool_ceil(x, 3, 2), x)[1](dy)[0], expected, atol=1e-6)
