@@ -99,9 +99,20 @@ def _conv_program(cin: int, padding, dilation: int = 1):
 
 def test_plain_convolutions_run_on_onednn_and_others_on_xla_with_onednn_and_gxx():
     assert ffi.load(), NEEDS_KERNELS
-    onednn, xla = custom_calls(_conv_program(1, PADS)), custom_calls(_conv_program(16, "SAME"))
-    assert onednn == custom_calls(_conv_program(16, PADS)) == {"OnednnConvForward": 1}
-    assert not xla and not custom_calls(_conv_program(16, ((-1, 1), (1, 1)))) and not custom_calls(_conv_program(16, PADS, 2))
+    onednn = [custom_calls(_conv_program(cin, padding)) for cin, padding in ((1, PADS), (16, PADS), (16, "SAME"),
+                                                                              (16, "VALID"))]
+    assert all(calls == {"OnednnConvForward": 1} for calls in onednn)
+    assert not custom_calls(_conv_program(16, ((-1, 1), (1, 1)))) and not custom_calls(_conv_program(16, PADS, 2))
+    assert not custom_calls(_conv_program(16, "SAME", 2))
+
+
+@pytest.mark.parametrize("padding, strides", [("SAME", (2, 2)), ("SAME", (1, 1)), ("VALID", (2, 1))])
+def test_same_and_valid_padding_are_the_zeros_xla_adds(padding, strides):
+    """A string padding becomes explicit zeros (asymmetric for "SAME" at stride 2 on an even map), on any backend."""
+    x, w = normal(0, (2, 8, 8, 3)), normal(1, (3, 3, 3, 8))
+    got = dispatch.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
+    expected = jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_first_layers_get_their_own_weight_gradient_kernel():

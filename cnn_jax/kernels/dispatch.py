@@ -4,8 +4,8 @@ Layers say what they compute; the functions here match on that when a layer
 is traced and pick the implementation. Every fast path is here:
 
 - A convolution (`conv_general_dilated`, which every `cnn_jax.layers.Conv`
-  and `ConvBlock` calls) that is plain, float32 NHWC × HWIO with explicit
-  padding ≥ 0, no dilation and no groups, runs on oneDNN (`ffi.conv`); its
+  and `ConvBlock` calls) that is plain, float32 NHWC × HWIO with padding ≥ 0
+  ("SAME" and "VALID" become the zeros they add), no dilation and no groups, runs on oneDNN (`ffi.conv`); its
   weight gradient is cnn_jax's own kernel when it has at most `FEW_CHANNELS`
   input channels and a multiple of 8 output channels (a first layer:
   `few_channel_weight_gradient`). Without the compiled kernels, a plain
@@ -98,12 +98,23 @@ def few_channel_weight_gradient(kernel_shape) -> bool:
     return kernel_shape[2] <= FEW_CHANNELS and kernel_shape[3] % 8 == 0
 
 
+def explicit_padding(lhs, rhs, window_strides, padding: str, dimension_numbers) -> tuple:
+    """"SAME" or "VALID" as the zeros it adds, ((low, high), ...) per spatial axis: the same convolution, in the form
+    the fast paths take."""
+    in_shape = [lhs.shape[d] for d in dimension_numbers.lhs_spec[2:]]
+    window = [rhs.shape[d] for d in dimension_numbers.rhs_spec[2:]]
+    return tuple(lax.padtype_to_pads(in_shape, window, window_strides, padding))
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, **kwargs):
     """`jax.lax.conv_general_dilated`, computed the fastest way cnn_jax knows (see the module docstring).
 
     A drop-in for `flax.linen.Conv(conv_general_dilated=...)`.
     """
+    undilated = all(d == 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+    if isinstance(padding, str) and dimension_numbers is not None and undilated:
+        padding = explicit_padding(lhs, rhs, window_strides, padding, dimension_numbers)
     if _cpu_fast_paths() and _plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                     feature_group_count):
         strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
