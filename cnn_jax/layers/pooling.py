@@ -120,15 +120,17 @@ def _windowed_max(x: jnp.ndarray, window: int, stride: int, pads: tuple) -> jnp.
     (select-and-scatter) is slow: 0.27 s for a 3×3 stride-1 pooling of
     128×14×14×192 against 0.02 s forward (BENCHMARKS.md). Here the forward pass
     keeps each window's winner (the first maximum, row-major, as
-    select-and-scatter picks) as an int8, and the backward pass adds the output
-    gradient back at the winners, offset by offset: both are elementwise
-    loops XLA fuses.
+    select-and-scatter picks) as an int8, and the backward pass gathers the
+    output gradient at the winners, offset by offset: each is one elementwise
+    loop XLA fuses.
     """
     return _windowed_max_fwd(x, window, stride, pads)[0]
 
 
 def _windowed_max_fwd(x, window, stride, pads):
-    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    # The barrier keeps XLA from fusing x's producer (a normalisation, a concatenation) into each window's slice,
+    # which computed it once per window position (a 3×3 pooling in GoogLeNet: 9 times, 0.3 s a step).
+    padded = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf))
     out = [(n - window) // stride + 1 for n in padded.shape[1:-1]]
     best, winner = None, None
     for code, offset in enumerate(_offsets(window, len(out))):
@@ -142,15 +144,21 @@ def _windowed_max_fwd(x, window, stride, pads):
 
 
 def _windowed_max_bwd(window, stride, pads, residuals, dy):
+    """Each padded input position p gathers dy from the windows it won: window o took offset i where o·stride + i = p.
+    dy and the winners are spread to input resolution (stride − 1 zeros between outputs) and padded by window − 1,
+    so each offset is one slice of them and the whole gradient one fused loop."""
     winner, padded_shape = residuals
-    out = dy.shape[1:-1]
-    dx = jnp.zeros(padded_shape, dy.dtype)
+    out, sizes = dy.shape[1:-1], padded_shape[1:-1]
+    # After the spread, output o sits at window − 1 + o·stride; past the end, up to the padded map's size + window − 1.
+    spread = [(0, 0, 0), *((window - 1, n - (o - 1) * stride - 1, stride - 1) for o, n in zip(out, sizes)), (0, 0, 0)]
+    dy_spread, winner_spread = jax.lax.optimization_barrier(
+        (jax.lax.pad(dy, jnp.zeros((), dy.dtype), spread), jax.lax.pad(winner, jnp.int8(-1), spread)))
+    dx = None
     for code, offset in enumerate(_offsets(window, len(out))):
-        # dy at the windows this offset won, spread to their inputs: a strided interior padding, which XLA fuses.
-        taken = jnp.where(winner == code, dy, 0)
-        dx = dx + jax.lax.pad(taken, jnp.zeros((), dy.dtype), [(0, 0, 0), *(
-            (i, n_padded - i - stride * (n - 1) - 1, stride - 1) for i, n, n_padded in zip(offset, out, padded_shape[1:-1])), (0, 0, 0)])
-    return (dx[(slice(None), *(slice(lo, n - hi) for (lo, hi), n in zip(pads, padded_shape[1:-1])), slice(None))],)
+        at = (slice(None), *(slice(window - 1 - i, window - 1 - i + n) for i, n in zip(offset, sizes)), slice(None))
+        taken = jnp.where(winner_spread[at] == code, dy_spread[at], 0)
+        dx = taken if dx is None else dx + taken
+    return (dx[(slice(None), *(slice(lo, n - hi) for (lo, hi), n in zip(pads, sizes)), slice(None))],)
 
 
 _windowed_max.defvjp(_windowed_max_fwd, _windowed_max_bwd)
