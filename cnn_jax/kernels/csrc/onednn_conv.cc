@@ -1,9 +1,14 @@
 // 2-D convolution and its two gradients on the CPU through oneDNN, as XLA FFI handlers.
 //
 // Tensors arrive in JAX's layouts: activations NHWC, kernels HWIO, float32.
-// oneDNN picks its own (blocked) layouts for speed; the handlers reorder into
-// them and back, unless the two layouts place every value alike (a blocked
-// layout whose one block spans all channels is NHWC). Primitives are built
+// Each direction of each geometry runs on oneDNN's own (blocked) activation
+// layouts where they place every value as NHWC does (a blocked layout whose one
+// block spans all channels, as with 16 channels), and otherwise on NHWC
+// itself: reordering the activations into a blocked layout and back cost more
+// than it saved in almost every layer of the zoo, in every direction (timed
+// layer by layer, BENCHMARKS.md). The weights always take oneDNN's layout. The
+// rule is fixed, not timed at run time, so a run computes the same bits every
+// time (resuming a run must give the same result as not stopping it). Primitives are built
 // once per shape and thread and cached, each with its own scratchpad, so the
 // threads XLA runs several devices' programs on never wait for each other.
 // (oneDNN's default scratchpad belongs to the thread that created a
@@ -71,12 +76,10 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g) {
+// The plan of `direction` for `g` with activations in `activations`: tag::any (oneDNN's choice) or tag::nhwc.
+std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g, tag activations) {
   auto& engine = Engine();
   const auto f32 = memory::data_type::f32;
-  // Activations: the forward pass runs fastest on oneDNN's blocked layout (reorders included), the two gradients
-  // on JAX's NHWC itself, which saves their four reorders (BENCHMARKS.md). Weights: oneDNN's choice.
-  const tag activations = direction == Direction::kForward ? tag::any : tag::nhwc;
   memory::desc src_any(g.src, f32, activations), w_any(g.weights, f32, tag::any), dst_any(g.dst, f32, activations);
   auto algo = dnnl::algorithm::convolution_direct;
   dnnl::primitive_attr attr;
@@ -118,6 +121,23 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g) {
   return plan;
 }
 
+// Runs `plan` on plain-layout buffers; `output` is the index (0, 1 or 2) of the operand it writes.
+void Execute(Plan& plan, float* buffers[3], int output) {
+  auto& engine = Engine();
+  dnnl::stream stream(engine);
+  std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, plan.scratchpad}};
+  memory plain[3], chosen[3];
+  for (int i = 0; i < 3; ++i) {
+    plain[i] = memory(plan.plain[i], engine, buffers[i]);
+    chosen[i] = plan.reorder[i] ? memory(plan.chosen[i], engine) : memory(plan.chosen[i], engine, buffers[i]);
+    if (i != output && plan.reorder[i]) dnnl::reorder(plain[i], chosen[i]).execute(stream, plain[i], chosen[i]);
+    args[plan.args[i]] = chosen[i];
+  }
+  plan.conv.execute(stream, args);
+  if (plan.reorder[output]) dnnl::reorder(chosen[output], plain[output]).execute(stream, chosen[output], plain[output]);
+  stream.wait();
+}
+
 // Runs `direction` on plain-layout buffers; `output` is the index (0, 1 or 2) of the operand it writes.
 void Run(Direction direction, const Geometry& g, float* buffers[3], int output) {
   thread_local std::map<std::string, std::unique_ptr<Plan>> plans;  // Per thread: a plan's scratchpad is its own.
@@ -125,20 +145,11 @@ void Run(Direction direction, const Geometry& g, float* buffers[3], int output) 
   for (const auto* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r})
     for (auto d : *dims) key += "," + std::to_string(d);
   auto& plan = plans[key];
-  if (!plan) plan = MakePlan(direction, g);
-  auto& engine = Engine();
-  dnnl::stream stream(engine);
-  std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, plan->scratchpad}};
-  memory plain[3], chosen[3];
-  for (int i = 0; i < 3; ++i) {
-    plain[i] = memory(plan->plain[i], engine, buffers[i]);
-    chosen[i] = plan->reorder[i] ? memory(plan->chosen[i], engine) : memory(plan->chosen[i], engine, buffers[i]);
-    if (i != output && plan->reorder[i]) dnnl::reorder(plain[i], chosen[i]).execute(stream, plain[i], chosen[i]);
-    args[plan->args[i]] = chosen[i];
+  if (!plan) {
+    plan = MakePlan(direction, g, tag::any);
+    if (plan->reorder[0] || plan->reorder[2]) plan = MakePlan(direction, g, tag::nhwc);
   }
-  plan->conv.execute(stream, args);
-  if (plan->reorder[output]) dnnl::reorder(chosen[output], plain[output]).execute(stream, chosen[output], plain[output]);
-  stream.wait();
+  Execute(*plan, buffers, output);
 }
 
 Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
