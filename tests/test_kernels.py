@@ -198,35 +198,69 @@ def test_blocks_that_compute_something_else_are_not_fused(block, shape):
 def test_fused_batch_norm_relu_max_pool_equals_xla_layers_with_onednn_and_gxx(shape, features, kernel, strides,
                                                                              padding):
     """The fused kernels against XLA's convolution -> BatchNorm -> relu -> max-pool: outputs, statistics, gradients."""
-    assert ffi.load(), NEEDS_KERNELS
-    x = 3 * normal(0, shape) + 1
     block = layers.ConvBlock(features, kernel, strides=strides, padding=padding, pool=pooling.max_pool_2x2)
-    variables = jax.jit(block.init)(jax.random.key(1), x)
-    rng = np.random.default_rng(2)  # In NumPy: eager JAX would compile a program per leaf's shape.
-    variables = jax.tree.map(lambda v: v + 0.3 * rng.standard_normal(v.shape, np.float32), variables)
-    weights = normal(3, jax.eval_shape(block.apply, variables, x).shape)
-
-    def loss(params, x):
-        y, updates = block.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                                 mutable=["batch_stats"])
-        return jnp.sum(y * weights), (y, updates)
-
-    step = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
-    fused_program = jax.jit(step).lower(variables["params"], x).as_text()
-    fused = jax.jit(step)(variables["params"], x)
-    with dispatch.xla_only():
-        plain = jax.jit(step)(variables["params"], x)
+    fused_program = assert_fused_block_equals_xla_layers(block, 3 * normal(0, shape) + 1)
     few_channels = dispatch.few_channel_weight_gradient((kernel, kernel, shape[-1], features))
     assert "BatchNormReluMaxPoolForward" in fused_program
     assert ("BatchNormReluMaxPoolBackwardToConvWeights" in fused_program) == few_channels
+
+
+def assert_fused_block_equals_xla_layers(block, x) -> str:
+    """`block`'s training step with the compiled kernels against XLA's layers: outputs, BatchNorm's statistics and
+    the gradients of its parameters and input, for perturbed initial values. Returns the fused step's program."""
+    assert ffi.load(), NEEDS_KERNELS
+    variables = jax.jit(block.init)(jax.random.key(1), x)
+    rng = np.random.default_rng(2)  # In NumPy: eager JAX would compile a program per leaf's shape.
+    variables = jax.tree.map(lambda v: v + 0.3 * rng.standard_normal(v.shape, np.float32), variables)
+    weights = normal(3, jax.eval_shape(functools.partial(block.apply, train=True, mutable=["batch_stats"]),
+                                       variables, x)[0].shape)
+
+    def step():
+        """A new function each call: `jax.jit` would reuse the program it traced for the same function, whatever
+        `dispatch.xla_only()` says now."""
+        def loss(params, x):
+            y, updates = block.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                                     mutable=["batch_stats"])
+            return jnp.sum(y * weights), (y, updates)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+    fused_program = step().lower(variables["params"], x).as_text()
+    fused = step()(variables["params"], x)
+    with dispatch.xla_only():
+        plain_step = step()
+        assert not custom_calls(plain_step.lower(variables["params"], x))  # XLA's own operations, no kernel.
+        plain = plain_step(variables["params"], x)
     for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain), strict=True):  # The input's gradient too.
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    return fused_program
 
 
-def test_fused_kernels_under_vmap_equal_them_one_by_one_with_onednn_and_gxx():
+@pytest.mark.parametrize("block, shape", [
+    (layers.ConvBlock(8, 3, padding=1), (3, 6, 10, 4)),  # No pooling.
+    (layers.ConvBlock(8, 3, padding=1, pool=pooling.lookup("avg", 2)), (3, 6, 10, 4)),  # Another pooling, after.
+    pytest.param(layers.ConvBlock(24, 3, padding=1, pool=pooling.lookup("max", 3, 2, 1)), (2, 9, 7, 5),
+                 marks=pytest.mark.slow),
+    (layers.ConvBN(8, (3, 3)), (3, 6, 10, 4)),  # ResNet's and GoogLeNet's layer.
+    (layers.ConvBN(12, (1, 1), strides=2, relu=False), (3, 6, 10, 4)),  # A shortcut, and a block before its sum.
+])
+def test_fused_batch_norm_and_relu_equals_xla_layers_with_onednn_and_gxx(block, shape):
+    program = assert_fused_block_equals_xla_layers(block, 3 * normal(0, shape) + 1)
+    assert "BatchNormActForward" in program and "BatchNormActBackward" in program
+    assert "BatchNormReluMaxPool" not in program
+
+
+def test_a_resnet_block_trains_through_the_batch_norm_kernels_with_onednn_and_gxx():
+    targets = ffi_targets(models.resnet.BasicBlock(16, strides=2), (2, 8, 8, 8))
+    assert targets["BatchNormActForward"] == 3  # Two in the residual branch, one in the shortcut.
+    assert targets["BatchNormActBackward"] == 3
+
+
+@pytest.mark.parametrize("block", [layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2),
+                                   layers.ConvBlock(8, 3, padding=1)])
+def test_fused_kernels_under_vmap_equal_them_one_by_one_with_onednn_and_gxx(block):
     """As `cnn_jax.training.vectorized` runs them (several models' parameters, one batch of images): bit for bit."""
     assert ffi.load(), NEEDS_KERNELS
-    block = layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2)
     x = normal(0, (4, 28, 28, 1))
     variables = jax.vmap(lambda key: block.init(key, x))(jax.random.split(jax.random.key(1), 2))
 

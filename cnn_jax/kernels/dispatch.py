@@ -18,6 +18,11 @@ is traced and pick the implementation. Every fast path is here:
   weight gradient too (`fuses_conv_weight_gradient`). The activation and the
   pooling are matched by what they are (`activations.name_of`,
   `pooling.describe`), however they were built.
+- Any other training BatchNorm of an image map followed by a ReLU (a
+  `ConvBlock` without that pooling, where a pooling after the ReLU is then
+  applied as usual) or by nothing (a `ConvBN` with `relu=False`, as before
+  a ResNet block's addition) runs as one kernel each way
+  (`fuses_batch_norm_act`, `fused.BatchNormAct`).
 - Everything else, and everything on a GPU or TPU, is XLA's.
 
 The compiled kernels run on the CPU backend where they could be built
@@ -137,6 +142,12 @@ def fuses_batch_norm_relu_max_pool(batch_norm: bool, activation: str | None, poo
     max_2x2 = pool is not None and (pool.kind, pool.window, pool.stride, pool.padding) == ("max", 2, 2, 0)
     return (batch_norm and activation == "relu" and max_2x2 and z.dtype == jnp.float32 and z.ndim == 4
             and z.shape[1] % 2 == 0 and z.shape[2] % 2 == 0 and compiled_kernels())
+
+
+def fuses_batch_norm_act(z: jnp.ndarray) -> bool:
+    """Whether a training BatchNorm on the convolution's output `z`, with a ReLU after it or nothing, is one kernel
+    (`fused.BatchNormAct`): float32 NHWC images (never sequences)."""
+    return z.dtype == jnp.float32 and z.ndim == 4 and compiled_kernels()
 
 
 def fuses_conv_weight_gradient(x: jnp.ndarray, kernel_shape, padding) -> bool:

@@ -1,5 +1,6 @@
 """Compiled kernels for XLA's CPU backend, called through XLA's FFI: oneDNN convolutions, a
-few-input-channel weight gradient, and BatchNorm -> ReLU -> 2×2 max-pooling fused.
+few-input-channel weight gradient, and training-mode BatchNorm fused with what follows it: ReLU and 2×2
+max-pooling, or ReLU alone, or nothing.
 
 Which layer uses which kernel is decided in `cnn_jax.kernels.dispatch`, not here.
 
@@ -11,7 +12,8 @@ forward, input-gradient and weight-gradient convolutions;
 `csrc/few_channel_weight_gradient.cc` computes the weight gradient of a
 first layer (one to a few input channels) with its accumulators in vector
 registers; `csrc/batch_norm_relu_max_pool.cc` computes the other three layers
-in two passes forward and two backward, on every core. `load()` compiles them
+in two passes forward and two backward, on every core, and
+`csrc/batch_norm_act.cc` a BatchNorm followed by a ReLU or by nothing. `load()` compiles them
 on first use (g++, Debian's libdnnl-dev, JAX's FFI headers) into a cache
 folder and registers them. Where that cannot be done, `load()` returns False
 and cnn_jax uses XLA's operations.
@@ -42,12 +44,14 @@ from jax.sharding import PartitionSpec
 from cnn_jax.analysis import arithmetic
 
 _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
-            for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc")]
+            for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc",
+                         "batch_norm_act.cc")]
 _HEADERS = [os.path.join(os.path.dirname(__file__), "csrc", name)
-            for name in ("few_channel_weight_gradient.h", "threads.h")]
+            for name in ("channels.h", "few_channel_weight_gradient.h", "threads.h")]
 _TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
             "FewChannelConvWeightGradient", "BatchNormMoments", "BatchNormReluMaxPoolForward",
-            "BatchNormReluMaxPoolBackwardSums", "BatchNormReluMaxPoolBackward", "BatchNormReluMaxPoolBackwardToConvWeights")
+            "BatchNormReluMaxPoolBackwardSums", "BatchNormReluMaxPoolBackward", "BatchNormReluMaxPoolBackwardToConvWeights",
+            "BatchNormActForward", "BatchNormActBackwardSums", "BatchNormActBackward")
 
 
 def _cpu_features() -> bytes:
@@ -319,3 +323,51 @@ def _after_conv_bwd(strides, padding, epsilon, residuals, cotangents):
 
 
 batch_norm_relu_max_pool_after_conv.defvjp(_after_conv_fwd, _after_conv_bwd)
+
+
+# BatchNorm -> ReLU (or nothing), in training mode.
+
+def _act_attributes(epsilon, relu) -> dict:
+    return {"epsilon": np.float32(epsilon), "relu": bool(relu), **_devices()}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def batch_norm_act(x, offset, scale, bias, epsilon, relu: bool):
+    """relu(BatchNorm(x + offset)) (without the ReLU where `relu` is False) in training mode, and the batch's
+    per-channel mean and (biased) variance.
+
+    `x` is float32 NHWC; `offset` (a convolution's bias, or zeros), `scale`
+    and `bias` are [C]. Returns (y, mean, var). Call `load()` first (and
+    only use it where it returned True).
+    """
+    return _batch_norm_act_fwd(x, offset, scale, bias, epsilon, relu)[0]
+
+
+def _batch_norm_act_fwd(x, offset, scale, bias, epsilon, relu):
+    def local(axes, x, offset, scale, bias):
+        mean, var = _moments(axes, x)
+        y = _call("BatchNormActForward", jax.ShapeDtypeStruct(x.shape, x.dtype))(
+            x, mean, var, scale, bias, **_act_attributes(epsilon, relu))
+        return (y, mean + offset, var), (x, mean, var, scale, bias)
+
+    batched = ((True, False, False), (True, False, False, False, False))
+    return _per_device(local, (True, False, False, False), batched)(x, offset, scale, bias)
+
+
+def _batch_norm_act_bwd(epsilon, relu, residuals, cotangents):
+    def local(axes, x, mean, var, scale, bias, dy):
+        attributes = _act_attributes(epsilon, relu)
+        dscale, dbias, mean_du, mean_du_xhat = _call("BatchNormActBackwardSums", _vectors(4, mean))(
+            x, mean, var, scale, bias, dy, **attributes)
+        dscale, dbias = _sum(dscale, axes), _sum(dbias, axes)
+        mean_du, mean_du_xhat = _mean(mean_du, axes), _mean(mean_du_xhat, axes)
+        dx, doffset = _call("BatchNormActBackward", (jax.ShapeDtypeStruct(x.shape, x.dtype), _vectors(1, mean)[0]))(
+            x, mean, var, scale, bias, dy, mean_du, mean_du_xhat, **attributes)
+        return dx, _sum(doffset, axes), dscale, dbias
+
+    dy = cotangents[0]  # The statistics' cotangents are zero: they only feed BatchNorm's running averages.
+    batched = (True, False, False, False, False, True)
+    return _per_device(local, batched, (True, False, False, False))(*residuals, dy)
+
+
+batch_norm_act.defvjp(_batch_norm_act_fwd, _batch_norm_act_bwd)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax.kernels import dispatch
-from cnn_jax.kernels.fused import BatchNormReluMaxPool
+from cnn_jax.kernels.fused import BatchNormAct, BatchNormReluMaxPool
 from cnn_jax.layers import activations, pooling
 from cnn_jax.layers.pooling import Pooling, apply_pool
 
@@ -75,13 +75,16 @@ class ConvBlock(nn.Module):
                                padding=padding, use_bias=False, conv_general_dilated=dispatch.conv_general_dilated,
                                name=CONV)
         z, bias = conv(x)
-        if train and dispatch.fuses_batch_norm_relu_max_pool(self.batch_norm, activations.name_of(self.activation),
-                                                             pooling.describe(self.pool), z):
+        activation = activations.name_of(self.activation)
+        if train and dispatch.fuses_batch_norm_relu_max_pool(self.batch_norm, activation, pooling.describe(self.pool),
+                                                             z):
             norm = BatchNormReluMaxPool(MOMENTUM, EPSILON, name=NORM)
             kernel = conv.variables["params"]["kernel"]
             if dispatch.fuses_conv_weight_gradient(x, kernel.shape, padding):
                 return norm(z, bias, conv=(x, kernel, (self.strides,) * dims, padding))
             return norm(z, bias)
+        if train and self.batch_norm and activation == "relu" and dispatch.fuses_batch_norm_act(z):
+            return apply_pool(self.pool, BatchNormAct(MOMENTUM, EPSILON, name=NORM)(z, bias), train)
         x = z + bias
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=MOMENTUM, epsilon=EPSILON, name=NORM)(x)
@@ -114,6 +117,8 @@ class ConvBN(nn.Module):
         padding = "VALID" if self.valid else [(k // 2, k // 2) for k in self.kernel_size]
         x = Conv(self.features, self.kernel_size, strides=self.strides, padding=padding, use_bias=False,
                  kernel_init=self.kernel_init)(x)
+        if train and dispatch.fuses_batch_norm_act(x):  # BatchNorm's own name: the variables are the same.
+            return BatchNormAct(MOMENTUM, self.epsilon, self.scale_init, self.relu, name="BatchNorm_0")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=MOMENTUM, epsilon=self.epsilon,
                          scale_init=self.scale_init)(x)
         return nn.relu(x) if self.relu else x
