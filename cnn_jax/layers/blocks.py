@@ -55,8 +55,9 @@ class ConvBlock(nn.Module):
     `[b, l, c]` the kernel is `kernel_size` long. `pool` is any
     pooling (`cnn_jax.layers.pooling`) or None. While training,
     `dispatch.fuses_batch_norm_relu_max_pool` may compute BatchNorm, the
-    activation and the pooling as one kernel; the variables are those of
-    `nn.Conv` and `nn.BatchNorm` either way.
+    activation and the pooling as one kernel, or `dispatch.fuses_batch_norm_act`
+    BatchNorm and a ReLU; the variables are those of `nn.Conv` and
+    `nn.BatchNorm` either way.
     """
 
     features: int
@@ -100,7 +101,9 @@ class ConvBN(nn.Module):
     Pads `kernel // 2` zeros on each side (PyTorch's padding for odd kernels),
     so a stride-s convolution gives ceil(h / s) rows; with `valid`, none
     (floor((h − kernel) / s) + 1 rows). The BatchNorm's bias makes a
-    convolution bias redundant.
+    convolution bias redundant. While training, BatchNorm and the ReLU may run
+    as one kernel (`dispatch.fuses_batch_norm_act`), with `nn.BatchNorm`'s
+    variables.
     """
 
     features: int
