@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up cnn_jax on a Debian/Ubuntu machine: the Fashion-MNIST package, oneDNN and a C++
-# compiler (for cnn_jax's compiled CPU kernels), and a virtual environment in .venv with
+# compiler (for cnn_jax's compiled CPU kernels), jemalloc, and a virtual environment in .venv with
 # cnn_jax installed (editable).
 #   bash setup.sh        # what the experiments need
 #   bash setup.sh test   # plus what the tests need (TensorFlow for tensorflow-datasets, pytest)
@@ -17,6 +17,8 @@ need=()
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 [ -f /usr/include/oneapi/dnnl/dnnl.hpp ] || need+=(libdnnl-dev)
 command -v g++ >/dev/null || need+=(g++)
+# The commands run under jemalloc, which keeps the memory XLA frees between steps (experiments/__init__.py).
+/sbin/ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so\.2' || need+=(libjemalloc2)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     $sudo apt-get update -qq

@@ -91,6 +91,7 @@ from cnn_jax.layers import pooling
 from cnn_jax.training import loop, vectorized
 from cnn_jax.training.config import Config
 from cnn_jax.training.steps import create_train_state, train_step
+import experiments
 from experiments import cli
 
 ZOO = ("convnet", "lenet5", "2xc32-max-2xc64-max-fc128", "allconv", "resnet18", "googlenet", "resnet18@32x32x3")
@@ -297,16 +298,17 @@ def versus_torch_zoo(entries: list[str], batch_size: int, repeats: int, repeat_s
 
     from experiments import torch_models
 
+    entries = [zoo_entry(entry) for entry in entries]  # Every entry checked before anything is timed.
     peak = max(matmul_flops_per_second().values())
     print(f"zoo models, batch {batch_size}, float32, Adam (cosine schedule), random flips, "
           f"{jax.devices()[0].device_kind}; JAX {jax.__version__}, PyTorch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); measured matmul peak {peak / 1e9:.1f} GFLOP/s")
+          f"({torch.get_num_threads()} threads); {experiments.allocator()} allocator; measured matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s")
     print(f"median of {repeats} repeats of about {repeat_seconds:g} s each after a warm-up, the two taking turns; "
           "% of peak counts 3× the forward FLOPs")
     print(f"  {'model':34s} {'input':>8s} {'MFLOP/img':>9s} {'steps':>5s} {'cnn_jax ex/s':>12s} "
           f"{'PyTorch ex/s':>12s} {'ratio':>6s} {'cnn_jax %':>9s} {'PyTorch %':>9s}")
-    for entry in entries:
-        name, shape = zoo_entry(entry)
+    for name, shape in entries:
         dataset = fashion_mnist_as(shape)
         model = models.lookup(name)(num_classes=dataset.num_classes)
         training = 3 * summary.summarize(model, shape)["total_flops"]

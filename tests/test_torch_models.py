@@ -2,6 +2,9 @@
 same tensors, and, given the same values, the same logits and BatchNorm statistics."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,7 +14,9 @@ torch = pytest.importorskip("torch")  # The `test` extra installs it; without it
 
 from cnn_jax import models  # noqa: E402
 from experiments import torch_models  # noqa: E402
-from tests.conftest import he_variables, unoptimised_jit  # noqa: E402
+from conftest import he_variables, unoptimised_jit  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAST = ["convnet", "lenet5", "2xc32-max-2xc64-max-fc128", "allconv"]
 SLOW = ["resnet18", "googlenet"]
@@ -75,3 +80,39 @@ def test_load_flax_refuses_another_model_s_variables():
         torch_models.load_flax(torch_models.build("lenet5", (28, 28, 1), 10), variables)
     with pytest.raises(ValueError, match="without a Flax value"):
         torch_models.load_flax(torch_models.build("convnet", (28, 28, 1), 10), {"params": {}})
+
+
+def zoo_benchmark(*flags, allocator="jemalloc"):
+    command = [sys.executable, "-m", "experiments.benchmark", "--what=zoo", "--batch_size=8", "--repeats=1",
+               "--repeat_seconds=0.05", *flags]
+    environment = {**os.environ, "CNN_JAX_ALLOCATOR": allocator}
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment)
+
+
+@pytest.mark.slow
+def test_zoo_benchmark_prints_both_sides_and_their_ratio_for_each_model():
+    done = zoo_benchmark("--models=lenet5,c8-max@32x32x3")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "jemalloc allocator" in done.stdout  # The command restarted itself under it (setup.sh installs it).
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.startswith("  ")}
+    for name, shape in (("lenet5", "28x28x1"), ("c8-max", "32x32x3")):
+        _, input_shape, mflop, steps, ours, theirs, ratio, *shares = rows[name]
+        assert input_shape == shape and float(mflop) > 0 and int(steps) >= 1
+        ours, theirs = (float(rate.replace(",", "")) for rate in (ours, theirs))
+        assert float(ratio) == pytest.approx(ours / theirs, abs=0.01) and len(shares) == 2
+
+
+def test_zoo_benchmark_rejects_a_malformed_shape_in_one_line():
+    done = zoo_benchmark("--models=lenet5@32x32")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "write a model, or a model@HxWxC such as resnet18@32x32x3" in done.stderr
+
+
+def test_commands_run_under_the_system_s_allocator_when_told_and_reject_unknown_ones():
+    done = zoo_benchmark("--models=lenet5@32x32", allocator="system")
+    assert "write a model, or a model@HxWxC" in done.stderr  # It ran, as it was.
+    done = zoo_benchmark("--models=lenet5", allocator="tcmalloc")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("CNN_JAX_ALLOCATOR=tcmalloc is not one of jemalloc, system: 'jemalloc' (or unset) "
+                                   "runs commands under jemalloc where it is installed, 'system' under the system's "
+                                   "allocator")
