@@ -91,8 +91,7 @@ from cnn_jax.layers import pooling
 from cnn_jax.training import loop, vectorized
 from cnn_jax.training.config import Config
 from cnn_jax.training.steps import create_train_state, train_step
-import experiments
-from experiments import cli
+from experiments import allocator, cli
 
 ZOO = ("convnet", "lenet5", "2xc32-max-2xc64-max-fc128", "allconv", "resnet18", "googlenet", "resnet18@32x32x3")
 """The models `--what=zoo` compares by default: a name or spec, at 28×28×1 or at the image shape after `@`."""
@@ -302,7 +301,7 @@ def versus_torch_zoo(entries: list[str], batch_size: int, repeats: int, repeat_s
     peak = max(matmul_flops_per_second().values())
     print(f"zoo models, batch {batch_size}, float32, Adam (cosine schedule), random flips, "
           f"{jax.devices()[0].device_kind}; JAX {jax.__version__}, PyTorch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); {experiments.allocator()} allocator; measured matmul peak "
+          f"({torch.get_num_threads()} threads); {allocator()} allocator; measured matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s")
     print(f"median of {repeats} repeats of about {repeat_seconds:g} s each after a warm-up, the two taking turns; "
           "% of peak counts 3× the forward FLOPs")

@@ -9,12 +9,11 @@ import sys
 import jax
 import numpy as np
 import pytest
+import torch  # The `test` extra installs it (the `bench` extra's PyTorch).
+from conftest import he_variables, unoptimised_jit
 
-torch = pytest.importorskip("torch")  # The `test` extra installs it; without it the benchmark cannot run either.
-
-from cnn_jax import models  # noqa: E402
-from experiments import torch_models  # noqa: E402
-from conftest import he_variables, unoptimised_jit  # noqa: E402
+from cnn_jax import models
+from experiments import torch_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
