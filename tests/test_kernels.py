@@ -238,10 +238,11 @@ def assert_fused_block_equals_xla_layers(block, x) -> str:
 
 @pytest.mark.parametrize("block, shape", [
     (layers.ConvBlock(8, 3, padding=1), (3, 6, 10, 4)),  # No pooling.
-    (layers.ConvBlock(8, 3, padding=1, pool=pooling.lookup("avg", 2)), (3, 6, 10, 4)),  # Another pooling, after.
+    pytest.param(layers.ConvBlock(8, 3, padding=1, pool=pooling.lookup("avg", 2)), (3, 6, 10, 4),
+                 marks=pytest.mark.slow),  # Another pooling, after the kernel.
     pytest.param(layers.ConvBlock(24, 3, padding=1, pool=pooling.lookup("max", 3, 2, 1)), (2, 9, 7, 5),
                  marks=pytest.mark.slow),
-    (layers.ConvBN(8, (3, 3)), (3, 6, 10, 4)),  # ResNet's and GoogLeNet's layer.
+    pytest.param(layers.ConvBN(8, (3, 3)), (3, 6, 10, 4), marks=pytest.mark.slow),  # ResNet's, GoogLeNet's.
     (layers.ConvBN(12, (1, 1), strides=2, relu=False), (3, 6, 10, 4)),  # A shortcut, and a block before its sum.
 ])
 def test_fused_batch_norm_and_relu_equals_xla_layers_with_onednn_and_gxx(block, shape):
@@ -257,7 +258,7 @@ def test_a_resnet_block_trains_through_the_batch_norm_kernels_with_onednn_and_gx
 
 
 @pytest.mark.parametrize("block", [layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2),
-                                   layers.ConvBlock(8, 3, padding=1)])
+                                   pytest.param(layers.ConvBlock(8, 3, padding=1), marks=pytest.mark.slow)])
 def test_fused_kernels_under_vmap_equal_them_one_by_one_with_onednn_and_gxx(block):
     """As `cnn_jax.training.vectorized` runs them (several models' parameters, one batch of images): bit for bit."""
     assert ffi.load(), NEEDS_KERNELS

@@ -329,8 +329,12 @@ def test_max_pool_ceil_keeps_the_partial_last_window_like_pytorch_ceil_mode(size
             np.testing.assert_array_equal(got[:, i, j], window_values.max(axis=(1, 2)))
 
 
-@pytest.mark.parametrize("shape, window, stride, padding", [((2, 9, 9, 3), 3, 1, 1), ((2, 10, 11, 3), 3, 2, 1),
-                                                            ((2, 8, 8, 2), 3, 2, 0), ((3, 12, 4), 3, 2, 1)])
+@pytest.mark.parametrize("shape, window, stride, padding", [
+    ((2, 9, 9, 3), 3, 1, 1),  # GoogLeNet's.
+    ((2, 10, 11, 3), 3, 2, 1),  # ResNet's stem.
+    pytest.param((2, 8, 8, 2), 3, 2, 0, marks=pytest.mark.slow),
+    pytest.param((3, 12, 4), 3, 2, 1, marks=pytest.mark.slow),  # A sequence.
+])
 def test_overlapping_max_pool_equals_xla_s_windowed_reduction_and_its_gradient(shape, window, stride, padding):
     """Values, and gradients with many tied maxima (integers in 0..3): the first maximum of a window, row-major,
     takes the gradient, as XLA's select-and-scatter gives it."""
