@@ -137,9 +137,9 @@ def interleaved_median_seconds(runs: dict, repeats: int) -> dict:
 
 
 def host_loop(model, dataset, batch_size: int, num_steps: int, layout=None, seeds=(0,), **fields):
-    """A function running `num_steps` training steps of `model` as the training loop does: host batches and an
-    ahead-of-time compiled step, for one run (`layout` None) or the runs of `seeds` held by `layout`; `fields`
-    set the runs' other Config fields."""
+    """A function running `num_steps` training steps (or as many as it is given) of `model` as the training loop
+    does: host batches and an ahead-of-time compiled step, for one run (`layout` None) or the runs of `seeds` held
+    by `layout`; `fields` set the runs' other Config fields."""
     layout = layout or loop.OneRun()
     configs = [Config(batch_size=batch_size, seed=seed, **fields) for seed in seeds]
     mesh = loop.data_mesh(("batch_size", batch_size), ("eval_batch_size", configs[0].eval_batch_size))
@@ -149,10 +149,10 @@ def host_loop(model, dataset, batch_size: int, num_steps: int, layout=None, seed
     orders = [data.epoch_permutation(seed, 0, len(dataset.train_labels)) for seed in seeds]
     split = NamedSharding(mesh, layout.batch_spec())
 
-    def run():
+    def run(steps: int = num_steps):
         nonlocal state
         batches = zip(*(data.batches(dataset.train_images, dataset.train_labels, batch_size, order) for order in orders))
-        for run_batches in itertools.islice(batches, num_steps):
+        for run_batches in itertools.islice(batches, steps):
             state, _ = step(state, jax.device_put(layout.batch(list(run_batches)), split))
         jax.block_until_ready(state)
 
@@ -311,14 +311,12 @@ def versus_torch_zoo(entries: list[str], batch_size: int, repeats: int, repeat_s
         dataset = fashion_mnist_as(shape)
         model = models.lookup(name)(num_classes=dataset.num_classes)
         training = 3 * summary.summarize(model, shape)["total_flops"]
-        probe = host_loop(model, dataset, batch_size, 1)
-        probe()  # Compiles.
-        steps = max(1, round(repeat_seconds / median_seconds(probe, 1)))
-        initial = create_train_state(model, Config(batch_size=batch_size), shape, steps)
+        jax_loop = host_loop(model, dataset, batch_size, 1)
+        steps = max(1, round(repeat_seconds / median_seconds(jax_loop, 1)))  # One step, after one that compiles.
+        initial = create_train_state(model, Config(batch_size=batch_size), shape)
         net = torch_models.load_flax(torch_models.build(name, shape, dataset.num_classes),
                                      {"params": initial.params, "batch_stats": initial.batch_stats})
-        loops = {"cnn_jax": host_loop(model, dataset, batch_size, steps),
-                 "PyTorch": torch_loop(dataset, batch_size, steps, net)}
+        loops = {"cnn_jax": lambda: jax_loop(steps), "PyTorch": torch_loop(dataset, batch_size, steps, net)}
         rates = {side: steps * batch_size / t for side, t in interleaved_median_seconds(loops, repeats).items()}
         shares = [f"{100 * rates[side] * training / peak:8.1f}%" for side in loops]
         print(f"  {name:34s} {'x'.join(map(str, shape)):>8s} {training / 3e6:9.1f} {steps:5d} "

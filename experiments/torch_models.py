@@ -13,8 +13,6 @@ mirror needs them, so the seed network's PyTorch run (`experiments.torch_referen
 starts without JAX.
 """
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
@@ -33,9 +31,17 @@ def flatten_nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).flatten(1)
 
 
-def conv_padding(kernel: int, padding) -> int:
-    """A cnn_jax padding (zeros per side, or "SAME" at stride 1 for an odd kernel) as PyTorch's int."""
-    return kernel // 2 if padding == "SAME" else padding
+def conv_padding(padding) -> int:
+    """A cnn_jax padding as PyTorch's: zeros per side. "SAME", which a spec leaves where its zeros would differ
+    from side to side (a stride, an even kernel), has no PyTorch equal."""
+    if isinstance(padding, str):
+        raise UserError(f"the PyTorch mirror has no '{padding}' padding: give the convolution its zeros per side")
+    return padding
+
+
+ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+"""The activations mirrored, by their `cnn_jax.layers.activations` names (the others differ in PyTorch, or are not
+there: Flax's gelu is the tanh approximation)."""
 
 
 class ConvBlock(nn.Module):
@@ -44,7 +50,7 @@ class ConvBlock(nn.Module):
     def __init__(self, cin: int, features: int, kernel: int, stride: int = 1, padding=0, batch_norm: bool = True,
                  activation=torch.relu, pool: nn.Module | None = None):
         super().__init__()
-        self.Conv_0 = nn.Conv2d(cin, features, kernel, stride, conv_padding(kernel, padding))
+        self.Conv_0 = nn.Conv2d(cin, features, kernel, stride, conv_padding(padding))
         self.BatchNorm_0 = norm_layer(features) if batch_norm else None
         self.activation, self.pool = activation, pool
 
@@ -108,7 +114,9 @@ def pattern_net(model, image_shape, num_classes: int) -> Sequence:
     """A 2-D `spec.PatternNet` (convolution and max/avg pooling stages, then dense layers)."""
     from cnn_jax.models import spec
 
-    (height, width, channels), activation = image_shape, getattr(torch, model.activation)
+    if model.activation not in ACTIVATIONS:
+        raise UserError(f"the PyTorch mirror has no '{model.activation}': use one of {', '.join(ACTIVATIONS)}")
+    (height, width, channels), activation = image_shape, ACTIVATIONS[model.activation]
     layers, index = {}, 0
     for stage in model.stages:
         pool = None
@@ -123,7 +131,7 @@ def pattern_net(model, image_shape, num_classes: int) -> Sequence:
                                                      model.batch_norm, activation,
                                                      pool if i == len(stage.features) - 1 else None)
             channels, index = features, index + 1
-            pad = conv_padding(stage.kernel_size, padding)
+            pad = conv_padding(padding)
             height, width = ((n + 2 * pad - stage.kernel_size) // stage.strides + 1 for n in (height, width))
         if pool is not None:
             height, width = ((n - pool.kernel_size) // pool.stride + 1 for n in (height, width))
@@ -319,10 +327,12 @@ def load_flax(net: nn.Module, variables: dict) -> nn.Module:
     `net`, or a tensor of `net` is left without a value: so a copy that
     succeeds proves the two hold the same tensors.
     """
+    from flax import traverse_util
+
     state = net.state_dict()
     filled = set()
     for collection in ("params", "batch_stats"):
-        for path, value in _leaves(variables.get(collection, {})):
+        for path, value in traverse_util.flatten_dict(variables.get(collection, {})).items():
             key = ".".join((*path[:-1], _NAMES[collection, path[-1]]))
             value = torch.from_numpy(np.array(_torch_value(path[-1], np.asarray(value))))
             if key not in state or state[key].shape != value.shape:
@@ -335,15 +345,3 @@ def load_flax(net: nn.Module, variables: dict) -> nn.Module:
         raise ValueError(f"PyTorch tensors without a Flax value: {', '.join(missing)}")
     net.load_state_dict(state)
     return net
-
-
-def _leaves(tree: dict, path: tuple = ()):
-    for name, value in tree.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, (*path, name))
-        else:
-            yield (*path, name), value
-
-
-def parameter_count(net: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in net.parameters())

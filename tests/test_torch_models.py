@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch  # The `test` extra installs it (the `bench` extra's PyTorch).
 from conftest import he_variables, unoptimised_jit
+from flax import traverse_util
 
 from cnn_jax import models
+from cnn_jax.errors import UserError
 from experiments import torch_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +47,7 @@ def check(name: str, shape):
         logits, updated = train(variables, images)
         assert_logits_equal(logits, net.train()(nchw))
         state = net.state_dict()
-        for path, value in torch_models._leaves(updated.get("batch_stats", {})):
+        for path, value in traverse_util.flatten_dict(updated.get("batch_stats", {})).items():
             key = ".".join((*path[:-1], {"mean": "running_mean", "var": "running_var"}[path[-1]]))
             # PyTorch's running variance averages in the unbiased variance, Flax's the biased: n / (n − 1) apart, at
             # least 3·4·4 values a channel here.
@@ -69,7 +71,7 @@ def test_mirror_has_as_many_parameters():
         model = models.lookup(name)(num_classes=10)
         images = np.zeros((1, 28, 28, 1), np.float32)
         flax_count = sum(np.prod(v.shape) for v in jax.tree.leaves(he_variables(model, images)["params"]))
-        assert torch_models.parameter_count(torch_models.build(name, (28, 28, 1), 10)) == flax_count
+        assert sum(p.numel() for p in torch_models.build(name, (28, 28, 1), 10).parameters()) == flax_count
 
 
 def test_load_flax_refuses_another_model_s_variables():
@@ -112,3 +114,13 @@ def test_zoo_benchmark_rejects_malformed_entries_and_unknown_allocators_in_one_l
     assert done.stderr.strip() == ("CNN_JAX_ALLOCATOR=tcmalloc is not one of jemalloc, system: 'jemalloc' (or unset) "
                                    "runs commands under jemalloc where it is installed, 'system' under the system's "
                                    "allocator")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("c8s2-fc10", "the PyTorch mirror has no 'SAME' padding"),  # Its zeros differ from side to side at stride 2.
+    ("c8-max:act=gelu", "the PyTorch mirror has no 'gelu': use one of relu, tanh, sigmoid"),
+    ("c8-l2", "the PyTorch mirror has no 'l2' pooling"),
+])
+def test_specs_without_a_pytorch_equal_are_refused_in_one_line(spec, message):
+    with pytest.raises(UserError, match=message):
+        torch_models.build(spec, (28, 28, 1), 10)
