@@ -24,6 +24,7 @@ import sys
 
 from absl import flags
 
+from cnn_jax.training.config import DTYPES
 from experiments import cli
 
 flags.DEFINE_string("sweep", None, "The sweep to run: activation, pooling, batchnorm, kernels, depth_width, "
@@ -35,6 +36,7 @@ flags.DEFINE_bool("vmap", False, "Train runs that differ only in seed and learni
                   "jax.vmap (cnn_jax.training.vectorized).")
 flags.DEFINE_float("target_accuracy", 0.85, "Test accuracy whose first reaching (in steps) the summary reports.")
 flags.DEFINE_string("data_dir", None, "Folder with IDX files, or tensorflow-datasets' data_dir.")
+flags.DEFINE_enum("dtype", "float32", DTYPES, "What every run computes in (train's --dtype).")
 FLAGS = flags.FLAGS
 
 FIELDS = ("variant", "seeds", "test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "params", "flops",
@@ -147,7 +149,7 @@ def main(argv: list[str]) -> None:
     if not 0 < FLAGS.target_accuracy <= 1:
         raise UserError(f"--target_accuracy={FLAGS.target_accuracy} must be in (0, 1]")
     sweep = SWEEPS[FLAGS.sweep]
-    variants = sweep.variants(FLAGS.quick, data_dir=FLAGS.data_dir)
+    variants = sweep.variants(FLAGS.quick, data_dir=FLAGS.data_dir, dtype=FLAGS.dtype)
     for _, config in variants:
         config.validate()
 

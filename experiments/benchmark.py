@@ -2,6 +2,8 @@ r"""Benchmarks: each compares variants side by side in one run, on one machine.
 
     python -m experiments.benchmark                      # --what=torch: cnn_jax vs PyTorch
     python -m experiments.benchmark --what=zoo [--models=resnet18,googlenet]  # every zoo model vs PyTorch
+    python -m experiments.benchmark --what=zoo --dtype=bfloat16   # mixed precision vs PyTorch's autocast
+    python -m experiments.benchmark --what=dtypes                 # cnn_jax in bfloat16 vs float32
     python -m experiments.benchmark --what=conv_ops
     python -m experiments.benchmark --what=im2col                 # convolution as one matrix product, vs XLA, oneDNN
     python -m experiments.benchmark --what=input_pipeline
@@ -19,12 +21,18 @@ torch: training throughput of the seed network in cnn_jax and in the PyTorch
   and the wall time and test accuracy of a whole `--epochs` run of each
   (start-up included), run one after the other as subprocesses.
 
+torch and zoo take `--dtype`: with bfloat16, cnn_jax's mixed precision
+  (`--dtype=bfloat16` of the training commands) against PyTorch's
+  `torch.autocast("cpu", dtype=torch.bfloat16)`, and shares of the measured
+  bfloat16 matmul peak.
 zoo: training throughput of each of `--models` (batch 128 in BENCHMARKS.md)
   in cnn_jax and in its PyTorch mirror (experiments/torch_models.py: the same
   layers, started from the same initial values copied from Flax, Adam with
   the same schedule, the same flips and data), taking turns repeat by repeat;
   the ratio, and the share of the measured matmul peak each reaches.
 
+dtypes: training throughput of the seed network in cnn_jax computing in
+  float32 and in bfloat16 (`--dtype=bfloat16`, mixed precision).
 conv_ops: each convolution of the seed network's training step on its own
   (forward, gradient to the weights, gradient to the input), in JAX (XLA's
   convolution and cnn_jax.kernels.dispatch.conv_general_dilated) and in PyTorch, as ms
@@ -89,7 +97,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.kernels import dispatch, im2col
 from cnn_jax.layers import pooling
 from cnn_jax.training import loop, vectorized
-from cnn_jax.training.config import Config
+from cnn_jax.training.config import DTYPES, Config
 from cnn_jax.training.steps import create_train_state, train_step
 from experiments import allocator, cli
 
@@ -97,13 +105,15 @@ ZOO = ("convnet", "lenet5", "2xc32-max-2xc64-max-fc128", "allconv", "resnet18", 
 """The models `--what=zoo` compares by default: a name or spec, at 28×28×1 or at the image shape after `@`."""
 
 
-flags.DEFINE_enum("what", "torch", ["torch", "zoo", "conv_ops", "im2col", "input_pipeline", "max_pool", "fusion",
+flags.DEFINE_enum("what", "torch", ["torch", "zoo", "dtypes", "conv_ops", "im2col", "input_pipeline", "max_pool", "fusion",
                                     "vmap_seeds", "devices", "train_step", "inspect", "transfer"],
                   "Which comparison to run.")
 flags.DEFINE_string("workdir", None, "--what=inspect: a seed-network run to look inside (default: one trained here).")
 flags.DEFINE_list("device_counts", ["1", "2", "4"], "--what=devices: the numbers of CPU devices to compare.")
 flags.DEFINE_integer("epochs", 1, "--what=torch: epochs of the whole timed runs (0 skips them).")
 flags.DEFINE_integer("batch_size", 100, "Training examples per step.")
+flags.DEFINE_enum("dtype", "float32", DTYPES, "--what=torch, zoo: what both sides compute in (bfloat16: cnn_jax's "
+                  "mixed precision against PyTorch's autocast).")
 flags.DEFINE_integer("steps", 200, "Timed steps per repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
 flags.DEFINE_list("models", list(ZOO), "--what=zoo: the models to compare, each a zoo name or spec, at 28x28x1 "
@@ -197,22 +207,24 @@ def device_loop(model, dataset, batch_size: int, num_steps: int):
     return run
 
 
-def torch_loop(dataset, batch_size: int, steps: int, net=None):
-    """A function running `steps` training steps of the PyTorch reference: the seed network, or `net`."""
+def torch_loop(dataset, batch_size: int, steps: int, net=None, dtype: str = "float32"):
+    """A function running `steps` training steps of the PyTorch reference: the seed network, or `net`; in
+    bfloat16, under autocast."""
     from experiments import torch_reference
 
-    trainer = torch_reference.Trainer(dataset, batch_size, Config().learning_rate, 0, total_steps=10**9, net=net)
+    trainer = torch_reference.Trainer(dataset, batch_size, Config().learning_rate, 0, total_steps=10**9, net=net,
+                                      dtype=dtype)
     order = data.epoch_permutation(0, 0, len(dataset.train_labels))
     return lambda: trainer.epoch(order, steps)
 
 
-def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> dict:
-    """Measured float32 n×n matmul rate of JAX and of PyTorch on this machine."""
+def matmul_flops_per_second(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> dict:
+    """Measured n×n matmul rate in `dtype` of JAX and of PyTorch on this machine."""
     import torch
 
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     jax_matmul = jax.jit(lambda a: a @ a)
-    ta = torch.randn(n, n)
+    ta = torch.randn(n, n, dtype=getattr(torch, dtype))
     return {
         "jax": 2 * n**3 / median_seconds(lambda: jax_matmul(a).block_until_ready(), repeats),
         "torch": 2 * n**3 / median_seconds(lambda: ta @ ta, repeats),
@@ -228,28 +240,28 @@ def whole_run(command: list[str]) -> tuple[float, float]:
     return seconds, accuracy
 
 
-def versus_torch(batch_size: int, steps: int, repeats: int, epochs: int) -> None:
+def versus_torch(batch_size: int, steps: int, repeats: int, epochs: int, dtype: str) -> None:
     dataset = data.load_dataset("fashion_mnist")
-    loops = {"cnn_jax": host_loop(models.ConvNet(), dataset, batch_size, steps),
-             "PyTorch": torch_loop(dataset, batch_size, steps)}
+    loops = {"cnn_jax": host_loop(models.ConvNet(), dataset, batch_size, steps, dtype=dtype),
+             "PyTorch": torch_loop(dataset, batch_size, steps, dtype=dtype)}
     rates = {name: steps * batch_size / t for name, t in interleaved_median_seconds(loops, repeats).items()}
     forward = summary.summarize(models.ConvNet(), dataset.image_shape)["total_flops"]
     training = 3 * forward  # Forward, plus backward to activations and to weights: the usual 3×.
-    peak = max(matmul_flops_per_second().values())
+    peak = max(matmul_flops_per_second(dtype).values())
     runs = {}
     if epochs:
         with tempfile.TemporaryDirectory() as workdir:
-            flags_ = [f"--epochs={epochs}", f"--batch_size={batch_size}"]
+            flags_ = [f"--epochs={epochs}", f"--batch_size={batch_size}", f"--dtype={dtype}"]
             runs["cnn_jax"] = whole_run(["-m", "experiments.fashion", f"--workdir={workdir}/run", *flags_])
             runs["PyTorch"] = whole_run(["-m", "experiments.torch_reference", *flags_])
 
     import torch
 
-    print(f"seed network, batch {batch_size}, float32, {jax.devices()[0].device_kind}; JAX {jax.__version__}, "
+    print(f"seed network, batch {batch_size}, {dtype}, {jax.devices()[0].device_kind}; JAX {jax.__version__}, "
           f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)")
     print(f"model: {forward / 1e6:.2f} MFLOP per image forward (conv and dense multiply-adds x2), "
           f"{training / 1e6:.2f} MFLOP per training image (3x); "
-          f"measured matmul peak {peak / 1e9:.1f} GFLOP/s")
+          f"measured {dtype} matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(f"training steps: median of {repeats} x {steps} steps after a warm-up, the two taking turns")
     header = f"  {'':8s} {'examples/s':>11s} {'ratio':>6s} {'% of peak':>9s}"
     if runs:
@@ -290,7 +302,7 @@ def fashion_mnist_as(shape: tuple[int, int, int]) -> data.Dataset:
                                test_images=reshaped(dataset.test_images))
 
 
-def versus_torch_zoo(entries: list[str], batch_size: int, repeats: int, repeat_seconds: float) -> None:
+def versus_torch_zoo(entries: list[str], batch_size: int, repeats: int, repeat_seconds: float, dtype: str) -> None:
     """Training throughput of each zoo model in cnn_jax and in its PyTorch mirror (`experiments.torch_models`),
     started from the same initial values, taking turns; the ratio, and each side's share of the matmul peak."""
     import torch
@@ -298,10 +310,10 @@ def versus_torch_zoo(entries: list[str], batch_size: int, repeats: int, repeat_s
     from experiments import torch_models
 
     entries = [zoo_entry(entry) for entry in entries]  # Every entry checked before anything is timed.
-    peak = max(matmul_flops_per_second().values())
-    print(f"zoo models, batch {batch_size}, float32, Adam (cosine schedule), random flips, "
+    peak = max(matmul_flops_per_second(dtype).values())
+    print(f"zoo models, batch {batch_size}, {dtype}, Adam (cosine schedule), random flips, "
           f"{jax.devices()[0].device_kind}; JAX {jax.__version__}, PyTorch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); {allocator()} allocator; measured matmul peak "
+          f"({torch.get_num_threads()} threads); {allocator()} allocator; measured {dtype} matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s")
     print(f"median of {repeats} repeats of about {repeat_seconds:g} s each after a warm-up, the two taking turns; "
           "% of peak counts 3× the forward FLOPs")
@@ -311,12 +323,12 @@ def versus_torch_zoo(entries: list[str], batch_size: int, repeats: int, repeat_s
         dataset = fashion_mnist_as(shape)
         model = models.lookup(name)(num_classes=dataset.num_classes)
         training = 3 * summary.summarize(model, shape)["total_flops"]
-        jax_loop = host_loop(model, dataset, batch_size, 1)
+        jax_loop = host_loop(model, dataset, batch_size, 1, dtype=dtype)
         steps = max(1, round(repeat_seconds / median_seconds(jax_loop, 1)))  # One step, after one that compiles.
         initial = create_train_state(model, Config(batch_size=batch_size), shape)
         net = torch_models.load_flax(torch_models.build(name, shape, dataset.num_classes),
                                      {"params": initial.params, "batch_stats": initial.batch_stats})
-        loops = {"cnn_jax": lambda: jax_loop(steps), "PyTorch": torch_loop(dataset, batch_size, steps, net)}
+        loops = {"cnn_jax": lambda: jax_loop(steps), "PyTorch": torch_loop(dataset, batch_size, steps, net, dtype)}
         rates = {side: steps * batch_size / t for side, t in interleaved_median_seconds(loops, repeats).items()}
         shares = [f"{100 * rates[side] * training / peak:8.1f}%" for side in loops]
         print(f"  {name:34s} {'x'.join(map(str, shape)):>8s} {training / 3e6:9.1f} {steps:5d} "
@@ -432,6 +444,8 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
             "host batches": host_loop(models.ConvNet(), dataset, batch_size, steps),
             "device-resident data": device_loop(models.ConvNet(), dataset, batch_size, steps),
         }
+    if what == "dtypes":
+        return {dtype: host_loop(models.ConvNet(), dataset, batch_size, steps, dtype=dtype) for dtype in DTYPES}
     if what == "fusion":
         return {
             "fused kernel": host_loop(models.ConvNet(), dataset, batch_size, steps),
@@ -526,9 +540,9 @@ def inspect_speed(workdir: str | None, repeats: int) -> None:
 def main(argv):
     del argv
     if FLAGS.what == "torch":
-        return versus_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.epochs)
+        return versus_torch(FLAGS.batch_size, FLAGS.steps, FLAGS.repeats, FLAGS.epochs, FLAGS.dtype)
     if FLAGS.what == "zoo":
-        return versus_torch_zoo(FLAGS.models, FLAGS.batch_size, FLAGS.repeats, FLAGS.repeat_seconds)
+        return versus_torch_zoo(FLAGS.models, FLAGS.batch_size, FLAGS.repeats, FLAGS.repeat_seconds, FLAGS.dtype)
     if FLAGS.what == "conv_ops":
         return conv_ops(FLAGS.batch_size, FLAGS.repeats * 10)
     if FLAGS.what == "im2col":

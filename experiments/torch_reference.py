@@ -7,7 +7,9 @@ ReLU → pool → dense; `experiments.torch_models` mirrors it and the other zoo
 models, whose `Trainer` the zoo benchmark uses), same initialisation scheme as Flax's defaults (kernels
 truncated-normal LeCun, biases zero), same BatchNorm momentum and epsilon, Adam
 with the same cosine schedule, the same left-right flips and the same data
-(cnn_jax.data). It needs PyTorch: pip install -e '.[bench]'.
+(cnn_jax.data). With `--dtype=bfloat16`, PyTorch's own mixed precision,
+`torch.autocast("cpu", dtype=torch.bfloat16)`, against cnn_jax's (`cnn_jax.models.precision`).
+It needs PyTorch: pip install -e '.[bench]'.
 """
 
 import math
@@ -20,7 +22,7 @@ from absl import flags
 from torch import nn
 
 from cnn_jax import data
-from cnn_jax.training.config import Config
+from cnn_jax.training.config import DTYPES, Config
 from experiments import cli, torch_models
 
 FLAGS = flags.FLAGS
@@ -33,6 +35,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", defaults.batch_size, "Training examples per step.")
     flags.DEFINE_float("learning_rate", defaults.learning_rate, "Adam's peak learning rate.")
     flags.DEFINE_integer("seed", defaults.seed, "Seed for initialisation, data order and flips.")
+    flags.DEFINE_enum("dtype", defaults.dtype, DTYPES, "bfloat16: train under torch.autocast (bfloat16 on the CPU).")
 
 
 def lecun_normal_(tensor: torch.Tensor, fan_in: int) -> None:
@@ -63,10 +66,11 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 class Trainer:
-    """A network (default: the seed network), Adam and its schedule, for `total_steps` steps of `batch_size`."""
+    """A network (default: the seed network), Adam and its schedule, for `total_steps` steps of `batch_size`; with
+    `dtype` "bfloat16", under PyTorch's autocast to bfloat16."""
 
     def __init__(self, dataset: data.Dataset, batch_size: int, learning_rate: float, seed: int, total_steps: int,
-                 net: nn.Module | None = None):
+                 net: nn.Module | None = None, dtype: str = "float32"):
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         h, _, c = dataset.image_shape
@@ -76,13 +80,18 @@ class Trainer:
         self.loss = nn.CrossEntropyLoss()
         self.images, self.labels = to_tensor(dataset.train_images), torch.from_numpy(dataset.train_labels).long()
         self.batch_size = batch_size
+        self.autocast = dtype == "bfloat16"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            return self.net(x).float()
 
     def step(self, idx: np.ndarray) -> float:
         x, y = self.images[idx], self.labels[idx]
         flip = torch.rand(len(idx), generator=self.generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.net(x), y)
+        loss = self.loss(self.forward(x), y)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
@@ -101,7 +110,7 @@ class Trainer:
         self.net.eval()
         correct = 0
         for start in range(0, len(labels), 1000):
-            logits = self.net(to_tensor(images[start : start + 1000]))
+            logits = self.forward(to_tensor(images[start : start + 1000]))
             correct += int((logits.argmax(1).numpy() == labels[start : start + 1000]).sum())
         return correct / len(labels)
 
@@ -110,8 +119,9 @@ def main(argv):
     del argv
     dataset = data.load_dataset("fashion_mnist")
     steps_per_epoch = len(dataset.train_labels) // FLAGS.batch_size
-    trainer = Trainer(dataset, FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed, FLAGS.epochs * steps_per_epoch)
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    trainer = Trainer(dataset, FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed, FLAGS.epochs * steps_per_epoch,
+                      dtype=FLAGS.dtype)
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {FLAGS.dtype}", flush=True)
     for epoch in range(FLAGS.epochs):
         start = time.perf_counter()
         steps = trainer.epoch(data.epoch_permutation(FLAGS.seed, epoch, len(dataset.train_labels)))

@@ -22,7 +22,7 @@ import time
 
 from absl import flags
 
-from cnn_jax.training.config import AUGMENTATIONS, LR_SCHEDULES, NEW_LAYERS, Config
+from cnn_jax.training.config import AUGMENTATIONS, DTYPES, LR_SCHEDULES, NEW_LAYERS, Config
 from experiments import cli
 
 _DEFAULTS = Config()
@@ -60,6 +60,9 @@ flags.DEFINE_bool("aux_classifiers", False, "googlenet, inception_v3: train thei
 flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Passes over the training set.")
 flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Training examples per step.")
 flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Test examples per evaluation step.")
+flags.DEFINE_enum("dtype", _DEFAULTS.dtype, DTYPES, "What the model computes in: bfloat16 is mixed precision "
+                  "(convolutions, matrix products and activations in bfloat16; parameters, optimizer, BatchNorm "
+                  "statistics and loss in float32).")
 flags.DEFINE_float("learning_rate", _DEFAULTS.learning_rate, "Adam's (peak) learning rate.")
 flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, LR_SCHEDULES, "Learning-rate schedule; constant is the seed's.")
 flags.DEFINE_enum("augment", _DEFAULTS.augment, AUGMENTATIONS, "Training-time augmentation; none is the seed's.")

@@ -123,13 +123,16 @@ def stop_after(steps):
     return lambda: next(asked) >= steps
 
 
-@pytest.mark.parametrize("vmapped, eval_every, evaluations", [(False, 0, 2), pytest.param(True, 0, 2, marks=pytest.mark.slow),
-                                                             pytest.param(False, 5, 3, marks=pytest.mark.slow)],
-                         ids=["one run", "vmapped group", "evaluating every 5 steps"])
+@pytest.mark.parametrize("vmapped, eval_every, evaluations, dtype", [
+    (False, 0, 2, "float32"), pytest.param(True, 0, 2, "float32", marks=pytest.mark.slow),
+    pytest.param(False, 5, 3, "float32", marks=pytest.mark.slow), pytest.param(False, 0, 2, "bfloat16",
+                                                                              marks=pytest.mark.slow)],
+                         ids=["one run", "vmapped group", "evaluating every 5 steps", "bfloat16"])
 def test_a_stopped_run_or_group_resumes_mid_epoch_to_the_uninterrupted_end(tmp_path, idx_dir, capsys, vmapped,
-                                                                           eval_every, evaluations):
+                                                                           eval_every, evaluations, dtype):
     configs = [Config(data_dir=idx_dir, epochs=2, batch_size=50, eval_batch_size=100, seed=seed, learning_rate=rate,
-                      eval_every=eval_every) for seed, rate in ((3, 1e-3), (4, 3e-3))][: 2 if vmapped else 1]
+                      eval_every=eval_every, dtype=dtype)
+               for seed, rate in ((3, 1e-3), (4, 3e-3))][: 2 if vmapped else 1]
 
     def train(name, stop_requested=None):
         workdirs = [str(tmp_path / name / f"run{k}") for k in range(len(configs))]

@@ -106,6 +106,8 @@ def test_max_steps_stops_mid_epoch_and_still_evaluates(tmp_path, idx_dir):
         pytest.param("--model=8xc8k5p0", "error: layer 7 'c8k5p0' on its 4×4 input: kernel spans 5 pixels",
                      marks=pytest.mark.slow),  # Found when built.
         ("--init_from=/nonexistent", "error: --init_from=/nonexistent holds no checkpoint"),
+        pytest.param("--dtype=float16", "error: flag --dtype=float16: value should be one of <float32|bfloat16>",
+                     marks=pytest.mark.slow),
     ],
 )
 def test_bad_flags_give_one_line_and_write_nothing(tmp_path, idx_dir, flag, message):

@@ -18,6 +18,7 @@ from conftest import custom_calls, ffi_targets, normal
 from cnn_jax import layers, models
 from cnn_jax.kernels import dispatch, ffi, tap_sum
 from cnn_jax.layers import pooling
+from cnn_jax.models import precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEEDS_KERNELS = "cnn_jax's compiled CPU kernels need oneDNN and g++: apt-get install libdnnl-dev g++ (setup.sh does)"
@@ -205,9 +206,10 @@ def test_fused_batch_norm_relu_max_pool_equals_xla_layers_with_onednn_and_gxx(sh
     assert ("BatchNormReluMaxPoolBackwardToConvWeights" in fused_program) == few_channels
 
 
-def assert_fused_block_equals_xla_layers(block, x) -> str:
-    """`block`'s training step with the compiled kernels against XLA's layers: outputs, BatchNorm's statistics and
-    the gradients of its parameters and input, for perturbed initial values. Returns the fused step's program."""
+def assert_fused_block_equals_xla_layers(block, x, dtype: str = "float32") -> str:
+    """`block`'s training step with the compiled kernels against XLA's layers, both computing in `dtype`
+    (`cnn_jax.models.precision`): outputs, BatchNorm's statistics and the gradients of its parameters and input,
+    for perturbed initial values, within float32's or bfloat16's tolerance. Returns the fused step's program."""
     assert ffi.load(), NEEDS_KERNELS
     variables = jax.jit(block.init)(jax.random.key(1), x)
     rng = np.random.default_rng(2)  # In NumPy: eager JAX would compile a program per leaf's shape.
@@ -215,12 +217,14 @@ def assert_fused_block_equals_xla_layers(block, x) -> str:
     weights = normal(3, jax.eval_shape(functools.partial(block.apply, train=True, mutable=["batch_stats"]),
                                        variables, x)[0].shape)
 
+    exact = None
+
     def step():
         """A new function each call: `jax.jit` would reuse the program it traced for the same function, whatever
         `dispatch.xla_only()` says now."""
         def loss(params, x):
-            y, updates = block.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                                     mutable=["batch_stats"])
+            y, updates = precision.apply(block.apply, {"params": params, "batch_stats": variables["batch_stats"]}, x,
+                                         dtype, train=True, mutable=["batch_stats"])
             return jnp.sum(y * weights), (y, updates)
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
@@ -231,9 +235,30 @@ def assert_fused_block_equals_xla_layers(block, x) -> str:
         plain_step = step()
         assert not custom_calls(plain_step.lower(variables["params"], x))  # XLA's own operations, no kernel.
         plain = plain_step(variables["params"], x)
-    for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain), strict=True):  # The input's gradient too.
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        if dtype != "float32":  # The float32 computation on the values bfloat16 rounds the inputs to.
+            dtype, rounded = "float32", precision.cast(precision.cast((variables["params"], x), "bfloat16"), "float32")
+            exact = step()(*rounded)
+    if exact is None:
+        for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(plain), strict=True):  # The input's gradient too.
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    else:  # Not the loss itself: a sum of terms of both signs has no relative accuracy in bfloat16.
+        outputs_and_gradients = lambda result: (result[0][1], result[1])  # noqa: E731
+        for got, want, truth in zip(*(jax.tree.leaves(outputs_and_gradients(r)) for r in (fused, plain, exact)),
+                                    strict=True):
+            assert_close_in_bfloat16(got, want, truth)
     return fused_program
+
+
+def assert_close_in_bfloat16(got, want, exact):
+    """`got` about as accurate as XLA's bfloat16 result `want`: its relative error from `exact` (float32 on the same
+    rounded inputs; L2, over the whole array) at most twice XLA's, or within 1% (a few of bfloat16's 2⁻⁸ steps).
+
+    Elementwise comparisons would fail on ties: where two values of a max-pooling window round to the same bfloat16,
+    the first takes the gradient, and which ties arise depends on the last bit of each computation."""
+    got, want, exact = (np.asarray(a, np.float64) for a in (got, want, exact))
+    scale = max(np.linalg.norm(exact), 1e-30)
+    error, xla_error = np.linalg.norm(got - exact) / scale, np.linalg.norm(want - exact) / scale
+    assert error <= max(2 * xla_error, 1e-2), f"relative error {error:.2e}, XLA's bfloat16 {xla_error:.2e}"
 
 
 @pytest.mark.parametrize("block, shape", [
@@ -249,6 +274,52 @@ def test_fused_batch_norm_and_relu_equals_xla_layers_with_onednn_and_gxx(block, 
     program = assert_fused_block_equals_xla_layers(block, 3 * normal(0, shape) + 1)
     assert "BatchNormActForward" in program and "BatchNormActBackward" in program
     assert "BatchNormReluMaxPool" not in program
+
+
+BFLOAT16_INSTRUCTIONS = pytest.mark.skipif(
+    not ffi.has_bfloat16_instructions(), reason="this CPU has neither AVX-512 BF16 nor AMX-BF16, so the bfloat16 kernels "
+    "are not used: bfloat16 layers are XLA's (test_precision.py trains through them)")
+
+
+@BFLOAT16_INSTRUCTIONS
+@pytest.mark.parametrize("shape, kernel, strides, padding", [
+    ((3, 28, 28, 1), (5, 5, 1, 16), (1, 1), ((2, 2), (2, 2))),  # The seed network's first layer: its own gradient.
+    ((2, 14, 14, 16), (5, 5, 16, 32), (1, 1), ((2, 2), (2, 2))),  # Its second: oneDNN's, summed in float32.
+    pytest.param((2, 10, 13, 4), (4, 7, 4, 24), (3, 2), ((0, 2), (3, 0)), marks=pytest.mark.slow),
+    pytest.param((2, 9, 11, 20), (3, 3, 20, 12), (2, 2), ((1, 0), (0, 1)), marks=pytest.mark.slow),
+])
+def test_bfloat16_convolutions_equal_xla_bfloat16_in_value_and_gradient_with_onednn_and_gxx(shape, kernel, strides,
+                                                                                           padding):
+    assert ffi.load(), NEEDS_KERNELS
+    x, w = normal(0, shape).astype(jnp.bfloat16), (normal(1, kernel) / kernel[0]).astype(jnp.bfloat16)
+    fast = lambda x, w: ffi.conv(x, w, strides, padding, dispatch.few_channel_weight_gradient(kernel))  # noqa: E731
+    plain = functools.partial(_xla_conv, strides=strides, padding=padding)
+    cotangent = normal(2, plain(x, w).shape).astype(jnp.bfloat16)
+    results = []
+    for conv, dtype in ((fast, jnp.bfloat16), (plain, jnp.bfloat16), (plain, jnp.float32)):  # x, w: bfloat16 values.
+        value_and_grads = jax.jit(lambda x, w, g, conv=conv: (conv(x, w), jax.vjp(conv, x, w)[1](g)))
+        results.append(value_and_grads(x.astype(dtype), w.astype(dtype), cotangent.astype(dtype)))
+    assert {"OnednnConvForwardBF16", "OnednnConvInputGradientBF16"} <= set(
+        custom_calls(jax.jit(lambda x, w: jax.vjp(fast, x, w)[1](cotangent)).lower(x, w)) |
+        custom_calls(jax.jit(fast).lower(x, w)))
+    for got, want, exact in zip(*map(jax.tree.leaves, results), strict=True):
+        assert got.dtype == want.dtype == jnp.bfloat16
+        assert_close_in_bfloat16(got, want, exact)
+
+
+@BFLOAT16_INSTRUCTIONS
+@pytest.mark.parametrize("block, shape, kernel", [
+    (layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2), (3, 12, 12, 1),  # A first layer: its weights'
+     "BatchNormReluMaxPoolBackwardToConvWeightsBF16"),                               # gradient in the fused kernel.
+    pytest.param(layers.ConvBlock(8, 3, padding=1, pool=pooling.max_pool_2x2), (3, 6, 10, 12),
+                 "BatchNormReluMaxPoolBackwardBF16", marks=pytest.mark.slow),
+    (layers.ConvBlock(8, 3, padding=1), (3, 6, 10, 4), "BatchNormActBackwardBF16"),
+    pytest.param(layers.ConvBN(12, (1, 1), strides=2, relu=False), (3, 6, 10, 4), "BatchNormActBackwardBF16",
+                 marks=pytest.mark.slow),
+])
+def test_fused_kernels_in_bfloat16_equal_xla_layers_in_bfloat16_with_onednn_and_gxx(block, shape, kernel):
+    program = assert_fused_block_equals_xla_layers(block, 3 * normal(0, shape) + 1, dtype="bfloat16")
+    assert kernel in program
 
 
 def test_a_resnet_block_trains_through_the_batch_norm_kernels_with_onednn_and_gxx():

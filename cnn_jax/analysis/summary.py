@@ -32,8 +32,9 @@ A convolution's row also gives the two matrices of its im2col form
 kernel matrix [C_out × k·k·C_in], one image) and their bytes; `format_table`
 shows them with `im2col=True` (`experiments.summary --im2col`).
 
-Memory is the forward activation of each row's output in bytes (float32,
-one image); training keeps it and its gradient, twice that
+Memory is the forward activation of each row's output in bytes (in the
+dtype the model computes in: float32, or bfloat16 with mixed precision,
+`cnn_jax.models.precision`; one image); training keeps it and its gradient, twice that
 (`arithmetic.activation_bytes`). FLOPs are 2 × the multiply-adds of
 convolutions and dense layers only (BatchNorm, activations, pooling and bias
 additions are not counted), padding taps included, the usual convention.
@@ -53,6 +54,7 @@ import numpy as np
 from cnn_jax import models
 from cnn_jax.analysis import arithmetic
 from cnn_jax.layers import pooling
+from cnn_jax.models import precision
 
 
 def _per_axis(value, dims: int) -> tuple[int, ...]:
@@ -197,9 +199,10 @@ class _Tracer:
         return out
 
 
-def summarize(model: nn.Module, input_shape) -> dict:
+def summarize(model: nn.Module, input_shape, dtype: str = "float32") -> dict:
     """Per-layer rows and totals of `model` on one input of `input_shape` (height, width, channels; or a
-    sequence's length and channels, or a text's length for a model of token ids).
+    sequence's length and channels, or a text's length for a model of token ids), computing in `dtype`
+    ("float32", or "bfloat16": mixed precision, whose activations take half the memory).
 
     Returns a JSON-ready dict: `layers`, a list of rows with name (module
     path), type ("conv", "dense", "batch_norm", a pooling's name such as
@@ -215,8 +218,9 @@ def summarize(model: nn.Module, input_shape) -> dict:
     """
     tracer = _Tracer()
     image = models.input_spec(model, tuple(input_shape))
+    variables = jax.eval_shape(functools.partial(model.init, jax.random.key(0)), image)
     with nn.intercept_methods(tracer), pooling.watch(tracer.pooled):
-        out, variables = jax.eval_shape(functools.partial(model.init_with_output, jax.random.key(0)), image)
+        out = jax.eval_shape(lambda v, x: precision.apply(model.apply, v, x, dtype), variables, image)
     params = variables.get("params", {})
     for row in tracer.rows:
         subtree = params if row["type"] in ("conv", "dense", "batch_norm", "embedding") else {}

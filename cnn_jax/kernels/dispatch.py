@@ -4,11 +4,11 @@ Layers say what they compute; the functions here match on that when a layer
 is traced and pick the implementation. Every fast path is here:
 
 - A convolution (`conv_general_dilated`, which every `cnn_jax.layers.Conv`
-  and `ConvBlock` calls) that is plain, float32 NHWC × HWIO with padding ≥ 0
+  and `ConvBlock` calls) that is plain, float32 or bfloat16 NHWC × HWIO with padding ≥ 0
   ("SAME" and "VALID" become the zeros they add), no dilation and no groups, runs on oneDNN (`ffi.conv`); its
   weight gradient is cnn_jax's own kernel when it has at most `FEW_CHANNELS`
   input channels and a multiple of 8 output channels (a first layer:
-  `few_channel_weight_gradient`). Without the compiled kernels, a plain
+  `few_channel_weight_gradient`). Without the compiled kernels, a plain float32
   convolution with at most `FEW_CHANNELS` input channels is a tap sum
   (`tap_sum.conv`, XLA's operations in a faster form).
 - A `ConvBlock` training with BatchNorm, ReLU and 2×2 stride-2 max-pooling
@@ -23,6 +23,8 @@ is traced and pick the implementation. Every fast path is here:
   applied as usual) or by nothing (a `ConvBN` with `relu=False`, as before
   a ResNet block's addition) runs as one kernel each way
   (`fuses_batch_norm_act`, `fused.BatchNormAct`).
+- The kernels take float32 activations, and bfloat16 ones (`cnn_jax.models.precision`) on a CPU with bfloat16
+  instructions (`bfloat16_fast_path_missing` says why not, elsewhere).
 - Everything else, and everything on a GPU or TPU, is XLA's.
 
 The compiled kernels run on the CPU backend where they could be built
@@ -82,12 +84,34 @@ def compiled_kernels() -> bool:
     return jax.local_device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
 
 
+def _kernel_dtype(dtype) -> bool:
+    """Whether the compiled kernels compute on `dtype`: float32, or bfloat16 where this CPU has instructions for it
+    (their arithmetic and statistics float32 either way)."""
+    return dtype == jnp.float32 or (dtype == jnp.bfloat16 and ffi.has_bfloat16_instructions())
+
+
+def bfloat16_fast_path_missing() -> str:
+    """Why layers computing in bfloat16 use XLA's operations here (on a CPU, slower than float32 with the
+    compiled kernels), or "" where the compiled kernels compute them or the backend is not a CPU (whose XLA
+    computes bfloat16 natively)."""
+    if jax.default_backend() != "cpu":
+        return ""
+    if not _cpu_fast_paths():
+        return "CNN_JAX_KERNELS=xla forces XLA's operations"
+    if not ffi.load():
+        return "cnn_jax's CPU kernels could not be built (apt-get install libdnnl-dev g++)"
+    if not ffi.has_bfloat16_instructions():
+        return "this CPU has neither AVX-512 BF16 nor AMX-BF16, which the bfloat16 kernels need"
+    return ""
+
+
 def _plain(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count) -> bool:
-    """Whether a convolution is what the CPU's fast paths compute: float32 NHWC × HWIO, explicit padding ≥ 0,
-    no dilation, no groups."""
+    """Whether a convolution is what the CPU's fast paths compute: float32 or bfloat16 NHWC × HWIO, explicit
+    padding ≥ 0, no dilation, no groups."""
     return (
         rhs.ndim == 4
-        and lhs.dtype == rhs.dtype == jnp.float32
+        and lhs.dtype == rhs.dtype
+        and _kernel_dtype(lhs.dtype)
         and feature_group_count == 1
         and not isinstance(padding, str)
         and all(p >= 0 for pair in padding for p in pair)
@@ -125,7 +149,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
         if compiled_kernels():
             return ffi.conv(lhs, rhs, strides, pads, few_channel_weight_gradient(rhs.shape))
-        if rhs.shape[2] <= FEW_CHANNELS:
+        if rhs.shape[2] <= FEW_CHANNELS and lhs.dtype == jnp.float32:
             return tap_sum.conv(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, **kwargs)
@@ -136,25 +160,25 @@ def fuses_batch_norm_relu_max_pool(batch_norm: bool, activation: str | None, poo
 
     `activation` is a registered name (`activations.name_of`), `pool` a
     `pooling.Description` (`pooling.describe`) or None. The kernel computes
-    max-pooling over 2×2 windows at stride 2 without padding, on float32 NHWC
-    with even height and width (images: never on sequences).
+    max-pooling over 2×2 windows at stride 2 without padding, on float32 or
+    bfloat16 NHWC with even height and width (images: never on sequences).
     """
     max_2x2 = pool is not None and (pool.kind, pool.window, pool.stride, pool.padding) == ("max", 2, 2, 0)
-    return (batch_norm and activation == "relu" and max_2x2 and z.dtype == jnp.float32 and z.ndim == 4
+    return (batch_norm and activation == "relu" and max_2x2 and _kernel_dtype(z.dtype) and z.ndim == 4
             and z.shape[1] % 2 == 0 and z.shape[2] % 2 == 0 and compiled_kernels())
 
 
 def fuses_batch_norm_act(z: jnp.ndarray) -> bool:
     """Whether a training BatchNorm on the convolution's output `z`, with a ReLU after it or nothing, is one kernel
-    (`fused.BatchNormAct`): float32 NHWC images (never sequences)."""
-    return z.dtype == jnp.float32 and z.ndim == 4 and compiled_kernels()
+    (`fused.BatchNormAct`): float32 or bfloat16 NHWC images (never sequences)."""
+    return _kernel_dtype(z.dtype) and z.ndim == 4 and compiled_kernels()
 
 
 def fuses_conv_weight_gradient(x: jnp.ndarray, kernel_shape, padding) -> bool:
     """Whether the fused kernel after a convolution of `x` also computes the convolution's weight gradient.
 
-    For a first layer (`few_channel_weight_gradient`) on float32 input with
+    For a first layer (`few_channel_weight_gradient`) on float32 or bfloat16 input with
     explicit padding ((top, bottom), (left, right)) ≥ 0; never for "SAME" or "VALID".
     """
     explicit = not isinstance(padding, str) and all(p >= 0 for pair in padding for p in pair)
-    return explicit and x.dtype == jnp.float32 and few_channel_weight_gradient(kernel_shape)
+    return explicit and _kernel_dtype(x.dtype) and few_channel_weight_gradient(kernel_shape)

@@ -47,11 +47,12 @@ _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
             for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc",
                          "batch_norm_act.cc")]
 _HEADERS = [os.path.join(os.path.dirname(__file__), "csrc", name)
-            for name in ("channels.h", "few_channel_weight_gradient.h", "threads.h")]
+            for name in ("channels.h", "few_channel_weight_gradient.h", "lanes.h", "threads.h")]
 _TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
             "FewChannelConvWeightGradient", "BatchNormMoments", "BatchNormReluMaxPoolForward",
             "BatchNormReluMaxPoolBackwardSums", "BatchNormReluMaxPoolBackward", "BatchNormReluMaxPoolBackwardToConvWeights",
             "BatchNormActForward", "BatchNormActBackwardSums", "BatchNormActBackward")
+"""The float32 kernels; each has a bfloat16 twin (`_typed`), whose arithmetic and statistics are float32 too."""
 
 
 def _cpu_features() -> bytes:
@@ -61,6 +62,12 @@ def _cpu_features() -> bytes:
             return next((line for line in f if line.startswith(b"flags")), b"")
     except OSError:
         return platform.processor().encode()
+
+
+def has_bfloat16_instructions() -> bool:
+    """Whether this CPU computes bfloat16 products natively (AVX-512 BF16 or AMX-BF16), as the bfloat16 kernels need:
+    oneDNN refuses them, or emulates them slower than float32, elsewhere."""
+    return bool({b"avx512_bf16", b"amx_bf16"} & set(_cpu_features().split()))
 
 
 def _library_path() -> str:
@@ -95,7 +102,7 @@ def load() -> bool:
         logging.warning("cnn_jax's CPU kernels are unavailable, using XLA's (slower) operations: %s. "
                         "Install them with: apt-get install libdnnl-dev g++", detail.strip().splitlines()[-1:])
         return False
-    for name in _TARGETS:
+    for name in _TARGETS + tuple(_typed(name, jnp.bfloat16) for name in _TARGETS):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
     return True
 
@@ -106,6 +113,11 @@ def _call(target: str, result_shapes):
     fusing around the kernels, making four vmapped seeds 0.57× as fast as one by one (0.93× unrolled,
     BENCHMARKS.md)."""
     return jax.ffi.ffi_call(target, result_shapes, vmap_method="sequential_unrolled")
+
+
+def _typed(target: str, dtype) -> str:
+    """The FFI target `target` for tensors of `dtype`: float32's, or its bfloat16 twin."""
+    return f"{target}BF16" if dtype == jnp.bfloat16 else target
 
 
 def _devices() -> dict:
@@ -166,27 +178,27 @@ def _output_shape(x_shape, kernel_shape, strides, padding) -> tuple:
 
 def _conv_forward(x, kernel, strides, padding):
     shape = jax.ShapeDtypeStruct(_output_shape(x.shape, kernel.shape, strides, padding), x.dtype)
-    return _call("OnednnConvForward", shape)(x, kernel, **_attributes(strides, padding))
+    return _call(_typed("OnednnConvForward", x.dtype), shape)(x, kernel, **_attributes(strides, padding))
 
 
 def _conv_input_gradient(dy, kernel, x_shape, strides, padding):
     """The gradient of a convolution's input x (of shape `x_shape`) given its output's gradient `dy`."""
-    return _call("OnednnConvInputGradient", jax.ShapeDtypeStruct(x_shape, dy.dtype))(
+    return _call(_typed("OnednnConvInputGradient", dy.dtype), jax.ShapeDtypeStruct(x_shape, dy.dtype))(
         dy, kernel, **_attributes(strides, padding))
 
 
 def _conv_weight_gradient(axes, x, dy, kernel_shape, strides, padding, few_channel_weight_gradient):
     shape = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
     if few_channel_weight_gradient:
-        dkernel = _call("FewChannelConvWeightGradient", shape)(x, dy, **_few_channel_attributes(strides, padding))
+        dkernel = _call(_typed("FewChannelConvWeightGradient", x.dtype), shape)(x, dy, **_few_channel_attributes(strides, padding))
     else:
-        dkernel = _call("OnednnConvWeightGradient", shape)(x, dy, **_attributes(strides, padding))
+        dkernel = _call(_typed("OnednnConvWeightGradient", x.dtype), shape)(x, dy, **_attributes(strides, padding))
     return _sum(dkernel, axes)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv(x, kernel, strides, padding, few_channel_weight_gradient: bool):
-    """NHWC × HWIO float32 convolution on oneDNN; `strides` (sh, sw), `padding` ((top, bottom), (left, right)) ≥ 0.
+    """NHWC × HWIO float32 (or bfloat16) convolution on oneDNN; `strides` (sh, sw), `padding` ((top, bottom), (left, right)) ≥ 0.
 
     Its gradients are oneDNN's too, except the weight gradient with
     `few_channel_weight_gradient`, which is `csrc/few_channel_weight_gradient.cc`'s
@@ -222,8 +234,8 @@ def _vectors(count: int, like) -> tuple:
 
 def _moments(axes, x):
     """The whole batch's per-channel mean and (biased) variance of `x`; equal parts on the devices of `axes`."""
-    vector = jax.ShapeDtypeStruct(x.shape[-1:], x.dtype)
-    mean, var = _call("BatchNormMoments", (vector, vector))(x, **_devices())
+    vector = jax.ShapeDtypeStruct(x.shape[-1:], jnp.float32)
+    mean, var = _call(_typed("BatchNormMoments", x.dtype), (vector, vector))(x, **_devices())
     if not axes:
         return mean, var
     whole = jax.lax.pmean(mean, axes)  # The parts' variances, plus the spread of their means around the whole's.
@@ -232,14 +244,16 @@ def _moments(axes, x):
 
 def _backward_sums(axes, mean, var, winner, at_winner, dy, epsilon):
     """(dscale, dbias, mean of du, mean of du·x̂) of the whole batch: see `BackwardSums` in the kernel's source."""
-    dscale, dbias, mean_du, mean_du_xhat = _call("BatchNormReluMaxPoolBackwardSums", _vectors(4, mean))(
+    dscale, dbias, mean_du, mean_du_xhat = _call(_typed("BatchNormReluMaxPoolBackwardSums", dy.dtype),
+                                                 _vectors(4, mean))(
         mean, var, winner, at_winner, dy, epsilon=np.float32(epsilon), **_devices())
     return _sum(dscale, axes), _sum(dbias, axes), _mean(mean_du, axes), _mean(mean_du_xhat, axes)
 
 
 def _batch_norm_input_gradient(x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon):
     """(dx, Σ dx over this part of the batch per channel)."""
-    return _call("BatchNormReluMaxPoolBackward", (jax.ShapeDtypeStruct(x.shape, x.dtype), _vectors(1, mean)[0]))(
+    return _call(_typed("BatchNormReluMaxPoolBackward", x.dtype),
+                 (jax.ShapeDtypeStruct(x.shape, x.dtype), _vectors(1, mean)[0]))(
         x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon=np.float32(epsilon), **_devices())
 
 
@@ -247,9 +261,10 @@ def _batch_norm_input_gradient(x, scale, mean, var, winner, dy, mean_du, mean_du
 def batch_norm_relu_max_pool(x, offset, scale, bias, epsilon):
     """max_pool_2x2(relu(BatchNorm(x + offset))) in training mode, and the batch's per-channel mean and variance.
 
-    `x` is float32 NHWC with even height and width; `offset` (a convolution's
-    bias, which BatchNorm cancels but its running mean keeps), `scale` and
-    `bias` are [C]; the variance is the biased one, as Flax's BatchNorm uses.
+    `x` is float32 or bfloat16 NHWC with even height and width (y is of its
+    dtype); `offset` (a convolution's bias, which BatchNorm cancels but its
+    running mean keeps), `scale` and `bias` are float32 [C], as are the
+    statistics; the variance is the biased one, as Flax's BatchNorm uses.
     Returns (y, mean, var), y `[n, h/2, w/2, c]`. Among tied maxima of a window
     the first (row-major) takes the gradient. Call `load()` first (and only
     use it where it returned True).
@@ -263,7 +278,7 @@ def _batch_norm_relu_max_pool_fwd(x, offset, scale, bias, epsilon):
         pooled = (x.shape[0], x.shape[1] // 2, x.shape[2] // 2, x.shape[3])
         shapes = (jax.ShapeDtypeStruct(pooled, x.dtype), jax.ShapeDtypeStruct(pooled, np.int8),
                   jax.ShapeDtypeStruct(pooled, x.dtype))
-        y, winner, at_winner = _call("BatchNormReluMaxPoolForward", shapes)(
+        y, winner, at_winner = _call(_typed("BatchNormReluMaxPoolForward", x.dtype), shapes)(
             x, mean, var, scale, bias, epsilon=np.float32(epsilon), **_devices())
         # The offset moves the mean and nothing else: normalised, x + offset is x.
         return (y, mean + offset, var), (x, scale, mean, var, winner, at_winner)
@@ -310,7 +325,7 @@ def _after_conv_bwd(strides, padding, epsilon, residuals, cotangents):
     def local(axes, z, scale, mean, var, winner, at_winner, dy, x, kernel):
         dscale, dbias, *means = _backward_sums(axes, mean, var, winner, at_winner, dy, epsilon)
         shapes = (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype), _vectors(1, mean)[0])
-        dkernel, doffset = _call("BatchNormReluMaxPoolBackwardToConvWeights", shapes)(
+        dkernel, doffset = _call(_typed("BatchNormReluMaxPoolBackwardToConvWeights", z.dtype), shapes)(
             z, scale, mean, var, winner, dy, *means, x, epsilon=np.float32(epsilon),
             **_few_channel_attributes(strides, padding))
         # XLA drops these two kernels where nothing uses x's gradient, as for a network's input images.
@@ -339,8 +354,9 @@ def batch_norm_act(x, offset, scale, bias, epsilon, relu: bool):
     """relu(BatchNorm(x + offset)) (without the ReLU where `relu` is False) in training mode, and the batch's
     per-channel mean and (biased) variance.
 
-    `x` is float32 NHWC; `offset` (a convolution's bias, or zeros), `scale`
-    and `bias` are [C]. Returns (y, mean, var). Call `load()` first (and
+    `x` is float32 or bfloat16 NHWC (y is of its dtype); `offset` (a
+    convolution's bias, or zeros), `scale` and `bias` are float32 [C], as are
+    the statistics. Returns (y, mean, var). Call `load()` first (and
     only use it where it returned True).
     """
     return _batch_norm_act_fwd(x, offset, scale, bias, epsilon, relu)[0]
@@ -349,7 +365,7 @@ def batch_norm_act(x, offset, scale, bias, epsilon, relu: bool):
 def _batch_norm_act_fwd(x, offset, scale, bias, epsilon, relu):
     def local(axes, x, offset, scale, bias):
         mean, var = _moments(axes, x)
-        y = _call("BatchNormActForward", jax.ShapeDtypeStruct(x.shape, x.dtype))(
+        y = _call(_typed("BatchNormActForward", x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype))(
             x, mean, var, scale, bias, **_act_attributes(epsilon, relu))
         return (y, mean + offset, var), (x, mean, var, scale, bias)
 
@@ -360,11 +376,12 @@ def _batch_norm_act_fwd(x, offset, scale, bias, epsilon, relu):
 def _batch_norm_act_bwd(epsilon, relu, residuals, cotangents):
     def local(axes, x, mean, var, scale, bias, dy):
         attributes = _act_attributes(epsilon, relu)
-        dscale, dbias, mean_du, mean_du_xhat = _call("BatchNormActBackwardSums", _vectors(4, mean))(
+        dscale, dbias, mean_du, mean_du_xhat = _call(_typed("BatchNormActBackwardSums", x.dtype), _vectors(4, mean))(
             x, mean, var, scale, bias, dy, **attributes)
         dscale, dbias = _sum(dscale, axes), _sum(dbias, axes)
         mean_du, mean_du_xhat = _mean(mean_du, axes), _mean(mean_du_xhat, axes)
-        dx, doffset = _call("BatchNormActBackward", (jax.ShapeDtypeStruct(x.shape, x.dtype), _vectors(1, mean)[0]))(
+        dx, doffset = _call(_typed("BatchNormActBackward", x.dtype),
+                            (jax.ShapeDtypeStruct(x.shape, x.dtype), _vectors(1, mean)[0]))(
             x, mean, var, scale, bias, dy, mean_du, mean_du_xhat, **attributes)
         return dx, _sum(doffset, axes), dscale, dbias
 

@@ -18,7 +18,10 @@ class _TrainingBatchNorm(nn.Module):
     So a block uses a subclass under BatchNorm's name while training and
     `nn.BatchNorm` itself otherwise. `offset` is a convolution's bias, which
     the kernels add (BatchNorm cancels it, its running mean keeps it). Needs
-    `ffi.load()` and float32 NHWC input.
+    `ffi.load()` and float32 or bfloat16 NHWC input; the output is of the
+    input's dtype, the statistics and the kernels' arithmetic float32 (with
+    parameters cast to bfloat16, `cnn_jax.models.precision`, they are read
+    back as float32, as Flax's BatchNorm reads them).
     """
 
     momentum: float = 0.9
@@ -31,11 +34,11 @@ class _TrainingBatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, offset: jnp.ndarray | None = None, conv: tuple | None = None) -> jnp.ndarray:
         features = x.shape[-1]
-        scale = self.param("scale", self.scale_init, (features,))
-        bias = self.param("bias", nn.initializers.zeros, (features,))
+        scale = self.param("scale", self.scale_init, (features,)).astype(jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,)).astype(jnp.float32)
         running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,))
-        offset = jnp.zeros((features,), x.dtype) if offset is None else offset
+        offset = jnp.zeros((features,), jnp.float32) if offset is None else offset.astype(jnp.float32)
         y, mean, var = self.normalise(x, offset, scale, bias, conv)
         if not self.is_initializing():
             running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean

@@ -7,6 +7,7 @@ from cnn_jax.errors import UserError
 
 LR_SCHEDULES = ("cosine", "constant")
 AUGMENTATIONS = ("flip", "none")
+DTYPES = ("float32", "bfloat16")  # What a model may compute in (cnn_jax.models.precision).
 NEW_LAYERS = ("fresh", "zeros")
 
 
@@ -24,6 +25,8 @@ class Config:
     epochs: int = 10
     batch_size: int = 50
     eval_batch_size: int = 200  # Small enough that a batch's activations stay in a CPU's cache (2× faster than 1000).
+    dtype: str = "float32"  # What the model computes in: "float32", or "bfloat16" (mixed precision: parameters,
+    #   optimizer, BatchNorm statistics and loss stay float32; cnn_jax.models.precision).
     learning_rate: float = 1e-3  # Adam's (peak) learning rate.
     lr_schedule: str = "cosine"  # "cosine": decays to 0 over the run; "constant": the seed's literal setup.
     augment: str = "flip"  # "flip": mirror each training image left-right with probability 1/2 (and with
@@ -70,7 +73,8 @@ class Config:
                 raise UserError(f"`{name}` must be >= 0, got {getattr(self, name)}")
         if not self.learning_rate > 0:  # Also rejects NaN.
             raise UserError(f"`learning_rate` must be > 0, got {self.learning_rate}")
-        for name, choices in (("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS), ("new_layers", NEW_LAYERS)):
+        for name, choices in (("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS), ("new_layers", NEW_LAYERS),
+                              ("dtype", DTYPES)):
             if getattr(self, name) not in choices:
                 raise UserError(f"`{name}` must be one of {', '.join(choices)}, got '{getattr(self, name)}'")
         for name, value in (("new_layers", self.new_layers != "fresh"), ("reinit", self.reinit)):

@@ -488,6 +488,7 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
     num_frozen = arithmetic.count_params(transfer.split(params, state.frozen)[1])
     with jax.set_mesh(mesh):
         compiled_kernels = dispatch.compiled_kernels()
+    slow = dispatch.bfloat16_fast_path_missing() if config.dtype == "bfloat16" else ""
     if lead:
         for workdir in workdirs if found else []:
             truncate_metrics(workdir, step)  # Lines written after that checkpoint are written again.
@@ -501,7 +502,10 @@ def run(configs: Sequence[Config], workdirs: Sequence[str], layout: Layout, chec
             + (f" at {'×'.join(map(str, dataset.image_shape))}" if dataset.input_shape else "")
             + f" | {runs}"
             f"{total_steps:,} steps of {config.batch_size} on {mesh.size} {jax.devices()[0].platform} device(s) "
-            f"in {jax.process_count()} process(es) | {where}"
+            f"in {jax.process_count()} process(es)"
+            + (f" | computing in {config.dtype}" if config.dtype != "float32" else "")
+            + (f" through XLA's operations, slower than float32 here: {slow}" if slow else "")
+            + f" | {where}"
             + (f" | resuming at step {step:,}" if found else "")
             + (f" | weights from {started['checkpoint']} (step {started['step']:,}); new: "
                f"{', '.join(started['fresh']) or 'none'} ({started['new_layers']})" if started else "")

@@ -17,6 +17,7 @@ from flax.training import train_state
 
 from cnn_jax import data, models
 from cnn_jax.layers import losses
+from cnn_jax.models import precision
 from cnn_jax.training import transfer
 from cnn_jax.training.config import Config
 
@@ -25,8 +26,9 @@ AUX_WEIGHT = 0.3  # Each auxiliary classifier's loss in the training loss (GoogL
 
 class TrainState(train_state.TrainState):
     """Parameters, optimizer state and step, plus BatchNorm's running statistics, the run's base key, the
-    paths of the parameters that do not train (`cnn_jax.training.transfer`) and the max-norm constraint
-    (`constrained`): the classifier's path and the norm, or None.
+    paths of the parameters that do not train (`cnn_jax.training.transfer`), the max-norm constraint
+    (`constrained`): the classifier's path and the norm, or None, and the dtype the model computes in
+    (`cnn_jax.models.precision`; the parameters are float32 whatever it is).
 
     Randomness at step t uses `fold_in(rng, t)`, so it depends on nothing but the seed and the step.
     """
@@ -35,6 +37,7 @@ class TrainState(train_state.TrainState):
     rng: jax.Array
     frozen: frozenset[str] = struct.field(pytree_node=False, default=frozenset())
     max_norm: tuple[str, float] | None = struct.field(pytree_node=False, default=None)
+    dtype: str = struct.field(pytree_node=False, default="float32")
 
 
 def learning_rate_schedule(config: Config, total_steps: int) -> optax.Schedule:
@@ -64,6 +67,7 @@ def initial_state(model, config: Config, image_shape: tuple[int, ...], total_ste
         tx=transfer.partitioned(adam, variables["params"], frozen),
         frozen=frozen,
         max_norm=max_norm,
+        dtype=config.dtype,
     )
 
 
@@ -120,9 +124,11 @@ def gradients(state: TrainState, batch: dict, augment: str, loss: losses.Loss) -
 
     def loss_fn(trainable):
         with transfer.inference_mode(inference):
-            logits, updates = state.apply_fn(
+            logits, updates = precision.apply(
+                state.apply_fn,
                 {"params": transfer.join(trainable, frozen), "batch_stats": state.batch_stats},
                 images,
+                state.dtype,
                 train=True,
                 mutable=["batch_stats", "aux_logits"],
                 rngs={"dropout": jax.random.fold_in(step_key, 1)},
@@ -144,9 +150,8 @@ def eval_step(state: TrainState, batch: dict, loss: losses.Loss = losses.softmax
     Returns {'loss': sum, 'correct': count, 'count': count}, so batches of any
     padding add up to exact totals.
     """
-    logits = state.apply_fn(
-        {"params": state.params, "batch_stats": state.batch_stats}, data.normalize(batch["image"]), train=False
-    )
+    logits = precision.apply(state.apply_fn, {"params": state.params, "batch_stats": state.batch_stats},
+                             data.normalize(batch["image"]), state.dtype, train=False)
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return {"loss": jnp.sum(loss(logits, batch["label"]) * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}

@@ -5,7 +5,8 @@
 // two gradient statistics) and Backward, so that a batch split over devices adds up its statistics between them (as
 // for the pooled kernel, ffi.py). Nothing but x is kept for the backward pass: the ReLU's mask is recomputed from it.
 // Each handler is one pass over its tensors on every core (OpenMP); XLA:CPU computes the same passes, but the
-// reductions over rows with channels innermost mostly on one thread. Tensors are NHWC float32.
+// reductions over rows with channels innermost mostly on one thread. Tensors are NHWC, float32 or bfloat16 (each handler
+// is defined for both: D); the arithmetic and the statistics are float32.
 #include "channels.h"
 #include "threads.h"
 #include "xla/ffi/api/ffi.h"
@@ -20,10 +21,12 @@ using cnn_jax::InverseStd;
 using cnn_jax::Load;
 using cnn_jax::Store;
 
-using Tensor = ffi::Buffer<ffi::F32, 4>;
+template <ffi::DataType D>
+using Tensor = ffi::Buffer<D, 4>;
 using Vector = ffi::Buffer<ffi::F32, 1>;
 
-int64_t Rows(const Tensor& x) {
+template <ffi::DataType D>
+int64_t Rows(const Tensor<D>& x) {
   const auto d = x.dimensions();
   return d[0] * d[1] * d[2];
 }
@@ -48,17 +51,19 @@ inline F Passed(F x, F mul, F add, F dy, bool relu) {
 }
 
 // y = relu?(BatchNorm(x)) given the whole batch's mean and (biased) variance (BatchNormMoments).
-ffi::Error Forward(Tensor x, Vector mean, Vector var, Vector scale, Vector bias, ffi::Result<Tensor> y, float epsilon,
-                   bool relu, int64_t devices) {
+template <ffi::DataType D>
+ffi::Error Forward(Tensor<D> x, Vector mean, Vector var, Vector scale, Vector bias, ffi::Result<Tensor<D>> y,
+                   float epsilon, bool relu, int64_t devices) {
   cnn_jax::UseShareOfCores(devices);
   const int64_t rows = Rows(x), C = x.dimensions()[3];
   const Affine affine(mean, var, scale, bias, epsilon);
-  const float *in = x.typed_data(), *m = affine.mul.data(), *a = affine.add.data();
-  float* out = y->typed_data();
+  const auto* in = x.typed_data();
+  const float *m = affine.mul.data(), *a = affine.add.data();
+  auto* out = y->typed_data();
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = in + r * C;
-    float* yr = out + r * C;
+    const auto* xr = in + r * C;
+    auto* yr = out + r * C;
     ForChannels(C, [&](auto lanes, int64_t c) {
       using F = decltype(lanes);
       const F v = Load<F>(xr + c) * Load<F>(m + c) + Load<F>(a + c);
@@ -69,18 +74,19 @@ ffi::Error Forward(Tensor x, Vector mean, Vector var, Vector scale, Vector bias,
 }
 
 // dbias = Σ du, dscale = Σ du·x̂ (x̂ = (x − mean)/√(var + ε)), and their means over the N·H·W values per channel.
-ffi::Error BackwardSums(Tensor x, Vector mean, Vector var, Vector scale, Vector bias, Tensor dy,
+template <ffi::DataType D>
+ffi::Error BackwardSums(Tensor<D> x, Vector mean, Vector var, Vector scale, Vector bias, Tensor<D> dy,
                         ffi::Result<Vector> dscale, ffi::Result<Vector> dbias, ffi::Result<Vector> mean_du,
                         ffi::Result<Vector> mean_du_xhat, float epsilon, bool relu, int64_t devices) {
   cnn_jax::UseShareOfCores(devices);
   const int64_t rows = Rows(x), C = x.dimensions()[3];
   const Affine affine(mean, var, scale, bias, epsilon);
   const std::vector<float> inv_std = InverseStd(var, epsilon);
-  const float *in = x.typed_data(), *g = dy.typed_data(), *mu = mean.typed_data(), *is = inv_std.data(),
-              *m = affine.mul.data(), *a = affine.add.data();
+  const auto *in = x.typed_data(), *g = dy.typed_data();
+  const float *mu = mean.typed_data(), *is = inv_std.data(), *m = affine.mul.data(), *a = affine.add.data();
   std::vector<double> sum_du, sum_du_xhat;
   ChannelSums(rows, C, sum_du, sum_du_xhat, [&](int64_t r, float* s1, float* s2) {
-    const float *xr = in + r * C, *gr = g + r * C;
+    const auto *xr = in + r * C, *gr = g + r * C;
     ForChannels(C, [&](auto lanes, int64_t c) {
       using F = decltype(lanes);
       const F xv = Load<F>(xr + c), du = Passed(xv, Load<F>(m + c), Load<F>(a + c), Load<F>(gr + c), relu);
@@ -99,21 +105,22 @@ ffi::Error BackwardSums(Tensor x, Vector mean, Vector var, Vector scale, Vector 
 
 // dx = scale/√(var + ε) · (du − mean(du) − x̂ · mean(du·x̂)), given the whole batch's means (BackwardSums), and Σ dx
 // per channel: the gradient of an offset added to x (a convolution's bias).
-ffi::Error Backward(Tensor x, Vector mean, Vector var, Vector scale, Vector bias, Tensor dy, Vector mean_du,
-                    Vector mean_du_xhat, ffi::Result<Tensor> dx, ffi::Result<Vector> doffset, float epsilon, bool relu,
-                    int64_t devices) {
+template <ffi::DataType D>
+ffi::Error Backward(Tensor<D> x, Vector mean, Vector var, Vector scale, Vector bias, Tensor<D> dy, Vector mean_du,
+                    Vector mean_du_xhat, ffi::Result<Tensor<D>> dx, ffi::Result<Vector> doffset, float epsilon,
+                    bool relu, int64_t devices) {
   cnn_jax::UseShareOfCores(devices);
   const int64_t rows = Rows(x), C = x.dimensions()[3];
   const Affine affine(mean, var, scale, bias, epsilon);
   const std::vector<float> inv_std = InverseStd(var, epsilon);
-  const float *in = x.typed_data(), *g = dy.typed_data(), *mu = mean.typed_data(), *is = inv_std.data(),
-              *m = affine.mul.data(), *a = affine.add.data(), *md = mean_du.typed_data(),
-              *mdx = mean_du_xhat.typed_data();
-  float* grad = dx->typed_data();
+  const auto *in = x.typed_data(), *g = dy.typed_data();
+  const float *mu = mean.typed_data(), *is = inv_std.data(), *m = affine.mul.data(), *a = affine.add.data(),
+              *md = mean_du.typed_data(), *mdx = mean_du_xhat.typed_data();
+  auto* grad = dx->typed_data();
   std::vector<double> sum_dx, unused;  // ChannelSums keeps two sums; this pass needs one.
   ChannelSums(rows, C, sum_dx, unused, [&](int64_t r, float* s1, float*) {
-    const float *xr = in + r * C, *gr = g + r * C;
-    float* dr = grad + r * C;
+    const auto *xr = in + r * C, *gr = g + r * C;
+    auto* dr = grad + r * C;
     ForChannels(C, [&](auto lanes, int64_t c) {
       using F = decltype(lanes);
       const F xv = Load<F>(xr + c), du = Passed(xv, Load<F>(m + c), Load<F>(a + c), Load<F>(gr + c), relu);
@@ -128,32 +135,48 @@ ffi::Error Backward(Tensor x, Vector mean, Vector var, Vector scale, Vector bias
 }
 
 // x, mean, var, scale, bias: the arguments every handler here reads first.
+template <ffi::DataType D>
 auto BindNormalisation() {
-  return ffi::Ffi::Bind().Arg<Tensor>().Arg<Vector>().Arg<Vector>().Arg<Vector>().Arg<Vector>();
+  return ffi::Ffi::Bind().template Arg<Tensor<D>>().template Arg<Vector>().template Arg<Vector>().template Arg<Vector>().template Arg<Vector>();
+}
+
+template <ffi::DataType D>
+auto BindForward() {
+  return BindNormalisation<D>().template Ret<Tensor<D>>().template Attr<float>("epsilon").template Attr<bool>("relu")
+      .template Attr<int64_t>("devices");
+}
+
+template <ffi::DataType D>
+auto BindBackwardSums() {
+  return BindNormalisation<D>()
+      .template Arg<Tensor<D>>()
+      .template Ret<Vector>()
+      .template Ret<Vector>()
+      .template Ret<Vector>()
+      .template Ret<Vector>()
+      .template Attr<float>("epsilon")
+      .template Attr<bool>("relu")
+      .template Attr<int64_t>("devices");
+}
+
+template <ffi::DataType D>
+auto BindBackward() {
+  return BindNormalisation<D>()
+      .template Arg<Tensor<D>>()
+      .template Arg<Vector>()
+      .template Arg<Vector>()
+      .template Ret<Tensor<D>>()
+      .template Ret<Vector>()
+      .template Attr<float>("epsilon")
+      .template Attr<bool>("relu")
+      .template Attr<int64_t>("devices");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActForward, Forward,
-                              BindNormalisation().Ret<Tensor>().Attr<float>("epsilon").Attr<bool>("relu")
-                                  .Attr<int64_t>("devices"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardSums, BackwardSums,
-                              BindNormalisation()
-                                  .Arg<Tensor>()
-                                  .Ret<Vector>()
-                                  .Ret<Vector>()
-                                  .Ret<Vector>()
-                                  .Ret<Vector>()
-                                  .Attr<float>("epsilon")
-                                  .Attr<bool>("relu")
-                                  .Attr<int64_t>("devices"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackward, Backward,
-                              BindNormalisation()
-                                  .Arg<Tensor>()
-                                  .Arg<Vector>()
-                                  .Arg<Vector>()
-                                  .Ret<Tensor>()
-                                  .Ret<Vector>()
-                                  .Attr<float>("epsilon")
-                                  .Attr<bool>("relu")
-                                  .Attr<int64_t>("devices"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActForward, Forward<ffi::F32>, BindForward<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardSums, BackwardSums<ffi::F32>, BindBackwardSums<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackward, Backward<ffi::F32>, BindBackward<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActForwardBF16, Forward<ffi::BF16>, BindForward<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardSumsBF16, BackwardSums<ffi::BF16>, BindBackwardSums<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardBF16, Backward<ffi::BF16>, BindBackward<ffi::BF16>());

@@ -12,8 +12,9 @@
 // for the backward pass, per pooled value, only which window position won (a byte) and that position's input. The
 // backward pass then sums BatchNorm's two gradient statistics from those pooled tensors alone and reads the full-size
 // input once, to write the input gradient. On the seed network's first layer that is 8 MB less memory traffic a step
-// than keeping the output and reading the input twice (BENCHMARKS.md). Tensors are NHWC float32 with even H and W; C
-// is innermost, so every loop over channels is contiguous.
+// than keeping the output and reading the input twice (BENCHMARKS.md). Tensors are NHWC with even H and W, float32 or
+// bfloat16 (each handler is defined for both: D; the arithmetic and the statistics are
+// float32); C is innermost, so every loop over channels is contiguous.
 #include <omp.h>
 
 #include <algorithm>
@@ -41,7 +42,8 @@ using cnn_jax::One;
 using cnn_jax::Store;
 using cnn_jax::i8x8;
 
-using Tensor = ffi::Buffer<ffi::F32, 4>;
+template <ffi::DataType D>
+using Tensor = ffi::Buffer<D, 4>;
 using Vector = ffi::Buffer<ffi::F32, 1>;
 using Winner = ffi::Buffer<ffi::S8, 4>;
 
@@ -79,8 +81,8 @@ inline void StoreCode(int8_t* p, i32x8 code) {
 // Pools one 2×2 window (positions x0..x3, row-major) of one channel (F = float) or eight (F = f32x8) after
 // normalising them (x·m + a): writes the ReLU'd max to *out, the winner's input to *kept and its code to *code. The
 // first position holding the max wins, as the reshape-and-max pooling's tie rule would pick it.
-template <typename F>
-inline void PoolWindow(F x0, F x1, F x2, F x3, F m, F a, float* out, float* kept, int8_t* code) {
+template <typename F, typename T>
+inline void PoolWindow(F x0, F x1, F x2, F x3, F m, F a, T* out, T* kept, int8_t* code) {
   const F v0 = x0 * m + a, v1 = x1 * m + a, v2 = x2 * m + a, v3 = x3 * m + a, zero{};
   const auto right_top = v1 > v0, right_bottom = v3 > v2;
   const F top = right_top ? v1 : v0, bottom = right_bottom ? v3 : v2;
@@ -93,15 +95,19 @@ inline void PoolWindow(F x0, F x1, F x2, F x3, F m, F a, float* out, float* kept
 }
 
 // x: [N, H, W, C]. Writes the batch's mean and (biased) variance per channel, from sums kept in double.
-ffi::Error Moments(Tensor x, ffi::Result<Vector> mean_out, ffi::Result<Vector> var_out, int64_t devices) {
+template <ffi::DataType D>
+ffi::Error Moments(Tensor<D> x, ffi::Result<Vector> mean_out, ffi::Result<Vector> var_out, int64_t devices) {
   cnn_jax::UseShareOfCores(devices);
   const Shape s = ShapeOf(x.dimensions());
-  const float* in = x.typed_data();
+  const auto* in = x.typed_data();
   const int64_t C = s.c;
   std::vector<double> sum, sum_sq;
   ChannelSums(s.count(), C, sum, sum_sq, [&](int64_t r, float* __restrict a, float* __restrict b) {
-    const float* __restrict row = in + r * C;
-    for (int64_t c = 0; c < C; ++c) a[c] += row[c], b[c] += row[c] * row[c];
+    const auto* __restrict row = in + r * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = Load<float>(row + c);
+      a[c] += v, b[c] += v * v;
+    }
   });
   for (int64_t c = 0; c < C; ++c) {
     const double mean = sum[c] / s.count(), var = std::max(0.0, sum_sq[c] / s.count() - mean * mean);
@@ -113,26 +119,27 @@ ffi::Error Moments(Tensor x, ffi::Result<Vector> mean_out, ffi::Result<Vector> v
 
 // x: [N, H, W, C]; mean, var (the whole batch's, from Moments), scale, bias: [C]. Writes y: [N, H/2, W/2, C] =
 // maxpool(relu(batchnorm(x))), each pooled value's winner code and the input x at the winning position.
-ffi::Error Forward(Tensor x, Vector mean, Vector var, Vector scale, Vector bias, ffi::Result<Tensor> y,
-                   ffi::Result<Winner> winner, ffi::Result<Tensor> at_winner, float epsilon, int64_t devices) {
+template <ffi::DataType D>
+ffi::Error Forward(Tensor<D> x, Vector mean, Vector var, Vector scale, Vector bias, ffi::Result<Tensor<D>> y,
+                   ffi::Result<Winner> winner, ffi::Result<Tensor<D>> at_winner, float epsilon, int64_t devices) {
   cnn_jax::UseShareOfCores(devices);
   const Shape s = ShapeOf(x.dimensions());
-  const float* in = x.typed_data();
+  const auto* in = x.typed_data();
   const int64_t C = s.c;
   std::vector<float> mul(C), add(C);
   for (int64_t c = 0; c < C; ++c) {
     mul[c] = scale.typed_data()[c] / std::sqrt(var.typed_data()[c] + epsilon);
     add[c] = bias.typed_data()[c] - mean.typed_data()[c] * mul[c];
   }
-  float* out = y->typed_data();
-  float* kept = at_winner->typed_data();
+  auto* out = y->typed_data();
+  auto* kept = at_winner->typed_data();
   int8_t* code = winner->typed_data();
   const float *m = mul.data(), *a = add.data();
 #pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < s.pooled(); ++p) {
-    const float* w0 = in + s.window_start(p);
-    const float *w1 = w0 + s.window_offset(1), *w2 = w0 + s.window_offset(2), *w3 = w0 + s.window_offset(3);
-    float *o = out + p * C, *xk = kept + p * C;
+    const auto* w0 = in + s.window_start(p);
+    const auto *w1 = w0 + s.window_offset(1), *w2 = w0 + s.window_offset(2), *w3 = w0 + s.window_offset(3);
+    auto *o = out + p * C, *xk = kept + p * C;
     int8_t* k = code + p * C;
     ForChannels(C, [&](auto lanes, int64_t c) {
       using F = decltype(lanes);
@@ -147,18 +154,20 @@ ffi::Error Forward(Tensor x, Vector mean, Vector var, Vector scale, Vector bias,
 // dscale = Σ du·x̂, summed over the winners alone, where du, the pre-pooling gradient, is dy at each window's winner
 // where the ReLU let it through and 0 elsewhere, and x̂ = (x − mean)/√(var + ε); and their means over the values
 // per channel (N·H·W), which the input gradient needs.
-ffi::Error BackwardSums(Vector mean, Vector var, Winner winner, Tensor at_winner, Tensor dy, ffi::Result<Vector> dscale,
-                        ffi::Result<Vector> dbias, ffi::Result<Vector> mean_du, ffi::Result<Vector> mean_du_xhat,
-                        float epsilon, int64_t devices) {
+template <ffi::DataType D>
+ffi::Error BackwardSums(Vector mean, Vector var, Winner winner, Tensor<D> at_winner, Tensor<D> dy,
+                        ffi::Result<Vector> dscale, ffi::Result<Vector> dbias, ffi::Result<Vector> mean_du,
+                        ffi::Result<Vector> mean_du_xhat, float epsilon, int64_t devices) {
   cnn_jax::UseShareOfCores(devices);
   const auto d = winner.dimensions();
   const int64_t pooled = d[0] * d[1] * d[2], C = d[3], count = 4 * pooled;
   const std::vector<float> inv_std = InverseStd(var, epsilon);
-  const float *kept = at_winner.typed_data(), *g = dy.typed_data(), *mu = mean.typed_data(), *is = inv_std.data();
+  const auto *kept = at_winner.typed_data(), *g = dy.typed_data();
+  const float *mu = mean.typed_data(), *is = inv_std.data();
   const int8_t* code = winner.typed_data();
   std::vector<double> sum_du, sum_du_xhat;
   ChannelSums(pooled, C, sum_du, sum_du_xhat, [&](int64_t p, float* a, float* b) {
-    const float *xk = kept + p * C, *gp = g + p * C;
+    const auto *xk = kept + p * C, *gp = g + p * C;
     const int8_t* k = code + p * C;
     ForChannels(C, [&](auto lanes, int64_t c) {
       using F = decltype(lanes);
@@ -178,9 +187,12 @@ ffi::Error BackwardSums(Vector mean, Vector var, Winner winner, Tensor at_winner
 
 // BatchNorm's input gradient through ReLU and the pooling, window by window: dx = scale/√(var + ε) · (du − mean(du)
 // − x̂ · mean(du·x̂)), given the whole batch's means of du and du·x̂ (from BackwardSums).
+template <ffi::DataType D>
 class InputGradient {
  public:
-  InputGradient(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor dy, Vector mean_du,
+  using T = ffi::NativeType<D>;
+
+  InputGradient(Tensor<D> x, Vector scale, Vector mean, Vector var, Winner winner, Tensor<D> dy, Vector mean_du,
                 Vector mean_du_xhat, float epsilon)
       : s_(ShapeOf(x.dimensions())), in_(x.typed_data()), g_(dy.typed_data()), code_(winner.typed_data()),
         mean_(mean.typed_data()), mean_du_(mean_du.typed_data()), mean_du_xhat_(mean_du_xhat.typed_data()),
@@ -190,16 +202,18 @@ class InputGradient {
 
   const Shape& shape() const { return s_; }
 
-  // Writes dx for the window of pooled pixel p, whose top-left value is at `window` in an NHWC tensor of x's width,
-  // and adds it to the per-channel sums `sum`.
-  void Window(int64_t p, float* window, float* sum) const {
+  // Writes dx for the window of pooled pixel p, whose top-left value is at `window` in an NHWC tensor of x's width
+  // (of x's type, or float32), and adds it to the per-channel sums `sum`.
+  template <typename Out>
+  void Window(int64_t p, Out* window, float* sum) const {
     const int64_t C = s_.c;
-    const float *gp = g_ + p * C, *mu = mean_, *is = inv_std_.data(), *ml = mul_.data(), *md = mean_du_,
+    const T* gp = g_ + p * C;
+    const float *mu = mean_, *is = inv_std_.data(), *ml = mul_.data(), *md = mean_du_,
                 *mdx = mean_du_xhat_;
     const int8_t* k = code_ + p * C;
     for (int q = 0; q < 4; ++q) {
-      const float* xs = in_ + s_.window_start(p) + s_.window_offset(q);
-      float* gs = window + s_.window_offset(q);
+      const T* xs = in_ + s_.window_start(p) + s_.window_offset(q);
+      Out* gs = window + s_.window_offset(q);
       ForChannels(C, [&](auto lanes, int64_t c) {
         using F = decltype(lanes);
         const F du = LoadCode<F>(k + c) == q ? Load<F>(gp + c) : F{};  // Never where the ReLU clipped (k ≥ 4).
@@ -213,7 +227,7 @@ class InputGradient {
 
  private:
   Shape s_;
-  const float *in_, *g_;
+  const T *in_, *g_;
   const int8_t* code_;
   const float *mean_, *mean_du_, *mean_du_xhat_;
   std::vector<float> inv_std_, mul_;
@@ -221,13 +235,14 @@ class InputGradient {
 
 // The gradient of Forward's y with respect to x, and to an offset added to x (Σ dx: the gradient of a convolution's
 // bias, summed while dx is written).
-ffi::Error Backward(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor dy, Vector mean_du,
-                    Vector mean_du_xhat, ffi::Result<Tensor> dx, ffi::Result<Vector> doffset, float epsilon,
+template <ffi::DataType D>
+ffi::Error Backward(Tensor<D> x, Vector scale, Vector mean, Vector var, Winner winner, Tensor<D> dy, Vector mean_du,
+                    Vector mean_du_xhat, ffi::Result<Tensor<D>> dx, ffi::Result<Vector> doffset, float epsilon,
                     int64_t devices) {
   cnn_jax::UseShareOfCores(devices);
-  const InputGradient pass(x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon);
+  const InputGradient<D> pass(x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon);
   const Shape& s = pass.shape();
-  float* grad = dx->typed_data();
+  auto* grad = dx->typed_data();
   std::vector<double> sum_dx, unused;  // ChannelSums keeps two sums; this pass needs one.
   ChannelSums(s.pooled(), s.c, sum_dx, unused,
               [&](int64_t p, float* a, float*) { pass.Window(p, grad + s.window_start(p), a); });
@@ -237,19 +252,21 @@ ffi::Error Backward(Tensor x, Vector scale, Vector mean, Vector var, Winner winn
 
 // Backward's gradient of the offset, and instead of dx, the gradient of the weights of the convolution with few input
 // channels that computed x from `conv_input` (few_channel_weight_gradient.h): each image's dx is written to a buffer
-// that stays in cache and consumed there, never stored whole.
-ffi::Error BackwardToConvWeights(Tensor x, Vector scale, Vector mean, Vector var, Winner winner, Tensor dy,
-                                 Vector mean_du, Vector mean_du_xhat, Tensor conv_input, ffi::Result<Tensor> dkernel,
+// that stays in cache (as float32) and consumed there, never stored whole.
+template <ffi::DataType D>
+ffi::Error BackwardToConvWeights(Tensor<D> x, Vector scale, Vector mean, Vector var, Winner winner, Tensor<D> dy,
+                                 Vector mean_du, Vector mean_du_xhat, Tensor<D> conv_input,
+                                 ffi::Result<Tensor<D>> dkernel,
                                  ffi::Result<Vector> doffset, float epsilon, int64_t stride_h, int64_t stride_w,
                                  int64_t pad_top, int64_t pad_left, int64_t devices) {
   const auto cd = conv_input.dimensions(), kd = dkernel->dimensions();
   if (kd[3] % 8 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 8");
   cnn_jax::UseShareOfCores(devices);
-  const InputGradient pass(x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon);
+  const InputGradient<D> pass(x, scale, mean, var, winner, dy, mean_du, mean_du_xhat, epsilon);
   const Shape& s = pass.shape();
   const cnn_jax::Geometry g{cd[1], cd[2], cd[3], s.h, s.w, s.c, kd[0], kd[1], stride_h, stride_w, pad_top, pad_left};
   const int64_t image_size = s.h * s.w * s.c, pooled_per_image = s.pooled() / s.n, size = g.kh * g.kw * g.c * g.out;
-  const float* input = conv_input.typed_data();
+  const auto* input = conv_input.typed_data();
   std::vector<std::vector<float>> partial_dk(omp_get_max_threads());
   std::vector<std::vector<double>> partial_dx(omp_get_max_threads());
 #pragma omp parallel
@@ -268,7 +285,9 @@ ffi::Error BackwardToConvWeights(Tensor x, Vector scale, Vector mean, Vector var
       cnn_jax::AddImage(g, input + n * g.h * g.w * g.c, image_dx.data(), planes.data(), acc.data());
     }
   }
-  cnn_jax::SumInThreadOrder(partial_dk, dkernel->typed_data(), size);
+  std::vector<float> dk(size);
+  cnn_jax::SumInThreadOrder(partial_dk, dk.data(), size);
+  for (int64_t k = 0; k < size; ++k) Store(dkernel->typed_data() + k, dk[k]);
   std::vector<double> sum_dx(s.c);
   cnn_jax::SumInThreadOrder(partial_dx, sum_dx.data(), s.c);
   for (int64_t c = 0; c < s.c; ++c) doffset->typed_data()[c] = float(sum_dx[c]);
@@ -277,54 +296,83 @@ ffi::Error BackwardToConvWeights(Tensor x, Vector scale, Vector mean, Vector var
 
 // The arguments InputGradient reads, first in both input-gradient handlers: x, scale, mean, var, winner, dy, mean_du,
 // mean_du_xhat.
+template <ffi::DataType D>
 auto BindInputGradient() {
-  return ffi::Ffi::Bind().Arg<Tensor>().Arg<Vector>().Arg<Vector>().Arg<Vector>().Arg<Winner>().Arg<Tensor>()
-      .Arg<Vector>().Arg<Vector>();
+  return ffi::Ffi::Bind().template Arg<Tensor<D>>().template Arg<Vector>().template Arg<Vector>().template Arg<Vector>().template Arg<Winner>().template Arg<Tensor<D>>()
+      .template Arg<Vector>().template Arg<Vector>();
+}
+
+template <ffi::DataType D>
+auto BindMoments() {
+  return ffi::Ffi::Bind().template Arg<Tensor<D>>().template Ret<Vector>().template Ret<Vector>().template Attr<int64_t>("devices");
+}
+
+template <ffi::DataType D>
+auto BindForward() {
+  return ffi::Ffi::Bind()
+      .template Arg<Tensor<D>>()
+      .template Arg<Vector>()
+      .template Arg<Vector>()
+      .template Arg<Vector>()
+      .template Arg<Vector>()
+      .template Ret<Tensor<D>>()
+      .template Ret<Winner>()
+      .template Ret<Tensor<D>>()
+      .template Attr<float>("epsilon")
+      .template Attr<int64_t>("devices");
+}
+
+template <ffi::DataType D>
+auto BindBackwardSums() {
+  return ffi::Ffi::Bind()
+      .template Arg<Vector>()
+      .template Arg<Vector>()
+      .template Arg<Winner>()
+      .template Arg<Tensor<D>>()
+      .template Arg<Tensor<D>>()
+      .template Ret<Vector>()
+      .template Ret<Vector>()
+      .template Ret<Vector>()
+      .template Ret<Vector>()
+      .template Attr<float>("epsilon")
+      .template Attr<int64_t>("devices");
+}
+
+template <ffi::DataType D>
+auto BindBackward() {
+  return BindInputGradient<D>()
+      .template Ret<Tensor<D>>()
+      .template Ret<Vector>()
+      .template Attr<float>("epsilon")
+      .template Attr<int64_t>("devices");
+}
+
+template <ffi::DataType D>
+auto BindBackwardToConvWeights() {
+  return BindInputGradient<D>()
+      .template Arg<Tensor<D>>()
+      .template Ret<Tensor<D>>()
+      .template Ret<Vector>()
+      .template Attr<float>("epsilon")
+      .template Attr<int64_t>("stride_h")
+      .template Attr<int64_t>("stride_w")
+      .template Attr<int64_t>("pad_top")
+      .template Attr<int64_t>("pad_left")
+      .template Attr<int64_t>("devices");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMoments, Moments,
-                              ffi::Ffi::Bind().Arg<Tensor>().Ret<Vector>().Ret<Vector>().Attr<int64_t>("devices"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<Tensor>()
-                                  .Arg<Vector>()
-                                  .Arg<Vector>()
-                                  .Arg<Vector>()
-                                  .Arg<Vector>()
-                                  .Ret<Tensor>()
-                                  .Ret<Winner>()
-                                  .Ret<Tensor>()
-                                  .Attr<float>("epsilon")
-                                  .Attr<int64_t>("devices"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSums, BackwardSums,
-                              ffi::Ffi::Bind()
-                                  .Arg<Vector>()
-                                  .Arg<Vector>()
-                                  .Arg<Winner>()
-                                  .Arg<Tensor>()
-                                  .Arg<Tensor>()
-                                  .Ret<Vector>()
-                                  .Ret<Vector>()
-                                  .Ret<Vector>()
-                                  .Ret<Vector>()
-                                  .Attr<float>("epsilon")
-                                  .Attr<int64_t>("devices"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackward, Backward,
-                              BindInputGradient()
-                                  .Ret<Tensor>()
-                                  .Ret<Vector>()
-                                  .Attr<float>("epsilon")
-                                  .Attr<int64_t>("devices"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeights, BackwardToConvWeights,
-                              BindInputGradient()
-                                  .Arg<Tensor>()
-                                  .Ret<Tensor>()
-                                  .Ret<Vector>()
-                                  .Attr<float>("epsilon")
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("devices"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMoments, Moments<ffi::F32>, BindMoments<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForward, Forward<ffi::F32>, BindForward<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSums, BackwardSums<ffi::F32>, BindBackwardSums<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackward, Backward<ffi::F32>, BindBackward<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMomentsBF16, Moments<ffi::BF16>, BindMoments<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForwardBF16, Forward<ffi::BF16>, BindForward<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSumsBF16, BackwardSums<ffi::BF16>,
+                              BindBackwardSums<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardBF16, Backward<ffi::BF16>, BindBackward<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeights, BackwardToConvWeights<ffi::F32>,
+                              BindBackwardToConvWeights<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeightsBF16, BackwardToConvWeights<ffi::BF16>,
+                              BindBackwardToConvWeights<ffi::BF16>());

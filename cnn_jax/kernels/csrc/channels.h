@@ -1,5 +1,6 @@
 // What the BatchNorm kernels share: per-channel sums over the rows of an NHWC tensor (every value of one position,
-// channels innermost), vector loops over channels, and the inverse standard deviation.
+// channels innermost), vector loops over channels (their loads and stores: lanes.h), and the inverse standard
+// deviation.
 #pragma once
 
 #include <omp.h>
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "lanes.h"
 #include "few_channel_weight_gradient.h"  // SumInThreadOrder
 #include "threads.h"
 #include "xla/ffi/api/ffi.h"
@@ -48,7 +50,6 @@ inline void ChannelSums(int64_t rows, int64_t channels, std::vector<double>& sum
 // Channels are processed eight at a time as GCC vector extensions (F = f32x8), the rest one by one (F = float):
 // GCC's own vectoriser gives up on these loops (their selects, or int8 values next to float ones, or C = 16 below
 // its vector length).
-typedef float f32x8 __attribute__((vector_size(32)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef int8_t i8x8 __attribute__((vector_size(8)));
 
@@ -60,14 +61,6 @@ inline void ForChannels(int64_t C, Body body) {
   for (; c < C; ++c) body(float{}, c);
 }
 
-template <typename F>
-inline F Load(const float* p) {
-  F v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void Store(float* p, float v) { *p = v; }
-inline void Store(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
 inline int32_t One(bool condition) { return condition; }
 inline i32x8 One(i32x8 mask) { return -mask; }  // A vector comparison gives −1 where true.
 // 1/√(var + ε) per channel.

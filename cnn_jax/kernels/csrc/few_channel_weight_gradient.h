@@ -8,6 +8,8 @@
 #include <cstring>
 #include <vector>
 
+#include "lanes.h"
+
 namespace cnn_jax {
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -62,14 +64,15 @@ void Blocks(const Geometry& g, const float* plane, const float* dy, int64_t i, i
 // Floats of scratch space AddImage needs: the image's input channels, zero-padded.
 inline int64_t PlaneSize(const Geometry& g) { return g.c * g.h * g.padded_w(); }
 
-// Adds one image's contribution to the accumulators acc [KH, KW, C, Cout]: `image` is its input [H, W, C] and
-// `image_dy` its output gradient [P, Q, Cout], Cout a multiple of 8.
-inline void AddImage(const Geometry& g, const float* image, const float* image_dy, float* planes, float* acc) {
+// Adds one image's contribution to the accumulators acc [KH, KW, C, Cout]: `image` is its input [H, W, C] (float32
+// or bfloat16) and `image_dy` its output gradient [P, Q, Cout], Cout a multiple of 8.
+template <typename T>
+void AddImage(const Geometry& g, const T* image, const float* image_dy, float* planes, float* acc) {
   std::fill(planes, planes + PlaneSize(g), 0.0f);
   for (int64_t c = 0; c < g.c; ++c)
     for (int64_t r = 0; r < g.h; ++r)
       for (int64_t col = 0; col < g.w && g.left + col < g.padded_w(); ++col)
-        planes[(c * g.h + r) * g.padded_w() + g.left + col] = image[(r * g.w + col) * g.c + c];
+        planes[(c * g.h + r) * g.padded_w() + g.left + col] = Widen(image[(r * g.w + col) * g.c + c]);
   for (int64_t c = 0; c < g.c; ++c) {
     const float* plane = planes + c * g.h * g.padded_w();
     for (int64_t i = 0; i < g.kh; ++i) {
