@@ -6,6 +6,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -139,3 +140,28 @@ def test_a_bfloat16_run_says_so_on_its_first_line_and_records_its_dtype(tmp_path
     assert ("computing in bfloat16 through XLA's operations, slower than float32 here: this CPU has neither "
             "AVX-512 BF16 nor AMX-BF16") in first
     assert results["config"]["dtype"] == "bfloat16" and results["test_accuracy"] > 0.2
+
+
+def _floating_operands(jaxpr, primitives=("conv_general_dilated", "dot_general")):
+    """The dtypes of the floating operands of every convolution and matrix product in `jaxpr` and its sub-jaxprs."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in primitives:
+            yield eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _floating_operands(sub, primitives)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_every_zoo_model_convolves_and_multiplies_in_bfloat16(name):
+    from conftest import example_model
+
+    model, shape = example_model(name)
+    example = models.input_spec(model, shape)
+    x = jax.ShapeDtypeStruct((2, *example.shape[1:]), example.dtype)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    forward = lambda v, x: precision.apply(model.apply, v, x, "bfloat16", train=True,  # noqa: E731
+                                           mutable=["batch_stats", "aux_logits"], rngs={"dropout": jax.random.key(0)})
+    with dispatch.xla_only():  # XLA's operations: the kernels take what these would have taken.
+        jaxpr = jax.make_jaxpr(jax.grad(lambda v, x: forward(v, x)[0].sum()))(variables, x)
+    operands = list(_floating_operands(jaxpr.jaxpr))
+    assert operands and all(dtypes == ("bfloat16", "bfloat16") for _, dtypes in operands), operands

@@ -536,13 +536,13 @@ def adaptive_avg_pool(x: jnp.ndarray, size: int) -> jnp.ndarray:
                         "the input image is too small for this network: use a larger image")
 
     def averaging(n: int) -> np.ndarray:
-        weights = np.zeros((size, n), np.float32)
+        weights = np.zeros((size, n), np.float32)  # In x's dtype when applied (bfloat16 with mixed precision).
         for i in range(size):
             start, stop = (i * n) // size, -((-(i + 1) * n) // size)
             weights[i, start:stop] = 1.0 / (stop - start)
         return weights
 
     rows = averaging(x.shape[1])
-    out = jnp.einsum("ih,bhwc,jw->bijc", rows, x, averaging(x.shape[2]))
+    out = jnp.einsum("ih,bhwc,jw->bijc", rows.astype(x.dtype), x, averaging(x.shape[2]).astype(x.dtype))
     widest = int((rows > 0).sum(axis=1).max())
     return _report("adaptive_avg_pool", x, out, widest, max(1, _ceil_div(x.shape[1], size)))
