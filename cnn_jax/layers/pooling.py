@@ -180,13 +180,27 @@ def max_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     """
     stride = window if stride is None else stride
     _output_shape("max_pool", x, window, stride, padding)
-    sizes, dims = x.shape[1:-1], len(_spatial(x))
-    if stride == window and padding == 0 and all(n % window == 0 for n in sizes):
-        tiled = [part for n in sizes for part in (n // window, window)]
-        out = x.reshape(x.shape[0], *tiled, x.shape[-1]).max(axis=tuple(range(2, 2 * dims + 1, 2)))
+    tiles = _tiles(x, window, stride, padding)
+    if tiles is not None:
+        out = tiles.max(axis=_tile_axes(x))
     else:
-        out = _windowed_max(x, window, stride, ((padding, padding),) * dims)
+        out = _windowed_max(x, window, stride, ((padding, padding),) * len(_spatial(x)))
     return _report("max_pool", x, out, window, stride, padding)
+
+
+def _tiles(x: jnp.ndarray, window: int, stride: int, padding: int) -> jnp.ndarray | None:
+    """`x` `[b, h, w, c]` as `[b, h/window, window, w/window, window, c]` where its windows tile it exactly (stride
+    = window, no padding; a sequence's alike), else None: a pooling is then a reduction over `_tile_axes`, which XLA
+    fuses with its gradient into a few elementwise loops."""
+    sizes = x.shape[1:-1]
+    if stride != window or padding != 0 or any(n % window for n in sizes):
+        return None
+    return x.reshape(x.shape[0], *[part for n in sizes for part in (n // window, window)], x.shape[-1])
+
+
+def _tile_axes(x: jnp.ndarray) -> tuple[int, ...]:
+    """The axes of `_tiles(x, ...)` that run within a window."""
+    return tuple(range(2, 2 * len(_spatial(x)) + 1, 2))
 
 
 max_pool_2x2 = functools.partial(max_pool, window=2, stride=2)
@@ -198,7 +212,11 @@ def avg_pool(x: jnp.ndarray, window: int = 2, stride: int | None = None, padding
     Padding is zeros that count in the average (PyTorch's default
     `count_include_pad=True`), so every output divides by window² (window).
     """
-    out = _patches("avg_pool", x, window, stride, padding).mean(axis=-1)
+    stride = window if stride is None else stride
+    _output_shape("avg_pool", x, window, stride, padding)
+    tiles = _tiles(x, window, stride, padding)  # Its gradient a broadcast, not a pad per window position.
+    out = (_patches("avg_pool", x, window, stride, padding) if tiles is None else tiles).mean(
+        axis=-1 if tiles is None else _tile_axes(x))
     return _report("avg_pool", x, out, window, stride, padding)
 
 
