@@ -82,10 +82,9 @@ def summarize_variant(label: str, workdirs: list[str], flops: int, target: float
 
 def write_summary(workdir: str, sweep_name: str, claim: str, rows: list[dict], curves: dict, target: float) -> None:
     """summary.csv, summary.json, accuracy.png and curves.png in `workdir`."""
-    import matplotlib
+    from cnn_jax.analysis.inspect.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from cnn_jax.training.writers import write_json_atomically
 

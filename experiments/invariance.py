@@ -76,10 +76,9 @@ def format_table(summary: dict, shown: tuple[int, ...] = (0, 2, 4, 8)) -> str:
 
 def write_summary(root: str, summary: dict) -> None:
     """summary.json, summary.csv (a row per model and shift) and invariance.png, written whole."""
-    import matplotlib
+    from cnn_jax.analysis.inspect.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     with open(os.path.join(root, "summary.json.tmp"), "w") as f:
         json.dump(summary, f, indent=1)

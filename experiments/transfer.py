@@ -143,10 +143,9 @@ def format_table(rows: list[dict]) -> str:
 
 def write_summary(root: str, summary: dict) -> None:
     """summary.json, summary.csv and transfer.png in `root`."""
-    import matplotlib
+    from cnn_jax.analysis.inspect.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from cnn_jax.training.writers import write_json_atomically
 

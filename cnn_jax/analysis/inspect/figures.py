@@ -23,11 +23,14 @@ Sequence = np.ndarray | list[str]
 
 
 def pyplot():
-    """matplotlib's pyplot, drawing to files; UserError if matplotlib is not installed."""
+    """matplotlib's pyplot, for drawing to files: under Agg unless `MPLBACKEND` names a backend (a notebook's
+    kernel sets its inline one, which must keep showing the user's own figures; the pictures drawn here are
+    closed once saved, so they do not appear there twice); UserError if matplotlib is not installed."""
     try:
         import matplotlib
 
-        matplotlib.use("Agg")
+        if not os.environ.get("MPLBACKEND"):
+            matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("drawing needs matplotlib: pip install matplotlib") from None
