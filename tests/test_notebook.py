@@ -95,3 +95,16 @@ def test_the_notebook_runs_from_a_clean_kernel(tmp_path):
     _assert_plots_shown(executed)
     printed = json.dumps([cell.outputs for cell in cells])
     assert "backend cpu:" in printed
+
+
+def test_a_failing_cell_stops_the_run_with_one_line_and_writes_nothing(tmp_path):
+    broken = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('first')"),
+                                             nbformat.v4.new_code_cell("raise ValueError('the second cell fails')")])
+    broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(broken, tmp_path / "broken.ipynb")
+    out = tmp_path / "out.ipynb"
+    result = _notebook_command(f"--notebook={tmp_path / 'broken.ipynb'}", f"--out={out}")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("error: a cell of ")
+    assert "ValueError: the second cell fails" in result.stderr.splitlines()[-1]
+    assert not out.exists() and not os.path.exists(f"{out}.partial")
