@@ -32,7 +32,9 @@ zoo: training throughput of each of `--models` (batch 128 in BENCHMARKS.md)
   the ratio, and the share of the measured matmul peak each reaches.
 
 dtypes: training throughput of the seed network in cnn_jax computing in
-  float32 and in bfloat16 (`--dtype=bfloat16`, mixed precision).
+  float32 and in bfloat16 (`--dtype=bfloat16`, mixed precision), with host
+  batches as the training loop cuts them and with batches gathered on the
+  device (the step alone).
 conv_ops: each convolution of the seed network's training step on its own
   (forward, gradient to the weights, gradient to the input), in JAX (XLA's
   convolution and cnn_jax.kernels.dispatch.conv_general_dilated) and in PyTorch, as ms
@@ -185,9 +187,10 @@ def seeds_vmapped(model, dataset, batch_size: int, num_steps: int, seeds: int):
     return host_loop(model, dataset, batch_size, num_steps, vectorized.StackedRuns(), tuple(range(seeds)))
 
 
-def device_loop(model, dataset, batch_size: int, num_steps: int):
-    """A function running `num_steps` training steps of `model`, batches gathered on the device."""
-    config = Config(batch_size=batch_size)
+def device_loop(model, dataset, batch_size: int, num_steps: int, **fields):
+    """A function running `num_steps` training steps of `model`, batches gathered on the device; `fields` set the
+    run's other Config fields."""
+    config = Config(batch_size=batch_size, **fields)
     state = create_train_state(model, config, dataset.image_shape, num_steps)
     step_fn = functools.partial(train_step, augment=config.augment)
     order = data.epoch_permutation(0, 0, len(dataset.train_labels))
@@ -445,7 +448,9 @@ def variants(what: str, batch_size: int, steps: int) -> dict:
             "device-resident data": device_loop(models.ConvNet(), dataset, batch_size, steps),
         }
     if what == "dtypes":
-        return {dtype: host_loop(models.ConvNet(), dataset, batch_size, steps, dtype=dtype) for dtype in DTYPES}
+        # The step alone as well (batches gathered on the device): the host's part of a step is the same in both.
+        return {f"{dtype}{way}": loop_of(models.ConvNet(), dataset, batch_size, steps, dtype=dtype) for dtype in DTYPES
+                for way, loop_of in (("", host_loop), (", device-resident data", device_loop))}
     if what == "fusion":
         return {
             "fused kernel": host_loop(models.ConvNet(), dataset, batch_size, steps),
@@ -561,7 +566,7 @@ def main(argv):
           f"median of {FLAGS.repeats} x {FLAGS.steps} steps")
     baseline = next(iter(rates.values()))
     for name, rate in rates.items():
-        print(f"  {name:24s} {rate:10,.0f} examples/s  {rate / baseline:5.2f}x")
+        print(f"  {name:36s} {rate:10,.0f} examples/s  {rate / baseline:5.2f}x")
 
 
 if __name__ == "__main__":
