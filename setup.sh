@@ -2,12 +2,12 @@
 # Sets up cnn_jax on a Debian/Ubuntu machine: the Fashion-MNIST package, oneDNN and a C++
 # compiler (for cnn_jax's compiled CPU kernels), jemalloc, and a virtual environment in .venv with
 # cnn_jax installed (editable).
-#   bash setup.sh        # what the experiments need
+#   bash setup.sh        # what the experiments and the notebook need
 #   bash setup.sh test   # plus what the tests need (TensorFlow for tensorflow-datasets, pytest)
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras=""
+extras="[notebook]"
 if [ "${1:-}" = "test" ]; then extras="[test]"; fi
 
 sudo=""

@@ -80,6 +80,30 @@ def summarize_variant(label: str, workdirs: list[str], flops: int, target: float
     return row, curve
 
 
+def run_workdir(root: str, label: str, seed: int) -> str:
+    """Where a sweep in `root` trains variant `label` with `seed`."""
+    return os.path.join(root, label, f"seed{seed}")
+
+
+def summarize_sweep(root: str, sweep_name: str, variants, seeds, dataset, target: float) -> list[dict]:
+    """The table's rows of a finished sweep in `root` (`variants` as `Sweep.variants` gives them, each trained with
+    `seeds` on `dataset`), after writing summary.csv, summary.json, accuracy.png and curves.png into `root`."""
+    from cnn_jax import models
+    from cnn_jax.analysis import summary
+    from cnn_jax.training import loop
+    from cnn_jax.training.sweeps import SWEEPS
+
+    rows, curves = [], {}
+    for label, config in variants:
+        model = models.lookup(loop.with_model(config, dataset).model)(num_classes=dataset.num_classes)
+        flops = summary.summarize(model, dataset.image_shape)["total_flops"]
+        row, curves[label] = summarize_variant(label, [run_workdir(root, label, seed) for seed in seeds], flops,
+                                               target)
+        rows.append(row)
+    write_summary(root, sweep_name, SWEEPS[sweep_name].claim, rows, curves, target)
+    return rows
+
+
 def write_summary(workdir: str, sweep_name: str, claim: str, rows: list[dict], curves: dict, target: float) -> None:
     """summary.csv, summary.json, accuracy.png and curves.png in `workdir`."""
     from cnn_jax.analysis.inspect.figures import pyplot
@@ -152,31 +176,19 @@ def main(argv: list[str]) -> None:
     for _, config in variants:
         config.validate()
 
-    from cnn_jax import data, models
-    from cnn_jax.analysis import summary
-    from cnn_jax.training.config import Config
-
-    def workdir(label, seed):
-        return os.path.join(FLAGS.workdir, label, f"seed{seed}")
-
+    from cnn_jax import data
     from cnn_jax.training import loop
+    from cnn_jax.training.config import Config
 
     try:
         with cli.preemption_notice() as stop_requested:
-            sweeps.run_all([(Config(**{**config.to_dict(), "seed": seed}), workdir(label, seed))
+            sweeps.run_all([(Config(**{**config.to_dict(), "seed": seed}), run_workdir(FLAGS.workdir, label, seed))
                             for label, config in variants for seed in seeds], FLAGS.vmap, stop_requested)
     except loop.Preempted as e:
         print(cli.preempted_message(e), file=sys.stderr)
         return
-    rows, curves = [], {}
     dataset = data.load_dataset(variants[0][1].dataset, FLAGS.data_dir)
-    for label, config in variants:
-        workdirs = [workdir(label, seed) for seed in seeds]
-        model = models.lookup(loop.with_model(config, dataset).model)(num_classes=dataset.num_classes)
-        flops = summary.summarize(model, dataset.image_shape)["total_flops"]
-        row, curves[label] = summarize_variant(label, workdirs, flops, FLAGS.target_accuracy)
-        rows.append(row)
-    write_summary(FLAGS.workdir, FLAGS.sweep, sweep.claim, rows, curves, FLAGS.target_accuracy)
+    rows = summarize_sweep(FLAGS.workdir, FLAGS.sweep, variants, seeds, dataset, FLAGS.target_accuracy)
     print(f"sweep '{FLAGS.sweep}': {sweep.claim}")
     print(format_table(rows))
     print(f"summary: {os.path.join(FLAGS.workdir, 'summary.csv')}, summary.json, accuracy.png, curves.png")

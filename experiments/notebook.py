@@ -47,8 +47,19 @@ def code_digest(notebook) -> str:
     return hashlib.sha256(json.dumps(code_cells(notebook)).encode()).hexdigest()
 
 
+def _jupyter():
+    """nbformat and nbclient; UserError saying how to install them where they are missing."""
+    try:
+        import nbclient
+        import nbformat
+    except ImportError:
+        raise UserError('running the notebook needs nbclient and ipykernel: pip install -e ".[notebook]" (bash '
+                        "setup.sh installs them)") from None
+    return nbformat, nbclient
+
+
 def read(path: str):
-    import nbformat
+    nbformat, _ = _jupyter()
 
     try:
         return nbformat.read(path, as_version=4)
@@ -85,8 +96,7 @@ def problems(notebook, size: int) -> list[str]:
 
 def execute(notebook, quick: bool):
     """The notebook with every cell run in order from a fresh kernel, in a temporary folder."""
-    import nbclient
-
+    _, nbclient = _jupyter()
     os.environ[QUICK_VARIABLE] = "1" if quick else ""
     with tempfile.TemporaryDirectory(prefix="cnn_jax_notebook-") as folder:
         client = nbclient.NotebookClient(notebook, timeout=3600, kernel_name="python3",
@@ -103,11 +113,14 @@ def execute(notebook, quick: bool):
 
 def write(notebook, path: str) -> None:
     """`notebook` at `path`, whole or not at all."""
-    import nbformat
-
+    nbformat, _ = _jupyter()
     temporary = f"{path}.partial"
-    nbformat.write(notebook, temporary)
-    os.replace(temporary, path)
+    try:
+        nbformat.write(notebook, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def main(argv: list[str]) -> None:
