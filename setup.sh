@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Sets up cnn_jax on a Debian/Ubuntu machine: the Fashion-MNIST package, oneDNN and a C++
-# compiler (for cnn_jax's compiled CPU kernels), jemalloc, and a virtual environment in .venv with
-# cnn_jax installed (editable).
+# Sets up cnn_jax on a Debian/Ubuntu machine: the Fashion-MNIST package, a C++ compiler (for cnn_jax's
+# compiled CPU kernels; on x86-64, pip installs the oneDNN they link, elsewhere Debian's libdnnl-dev), jemalloc,
+# and a virtual environment in .venv with cnn_jax installed (editable).
 #   bash setup.sh        # what the experiments and the notebook need
 #   bash setup.sh test   # plus what the tests need (TensorFlow for tensorflow-datasets, pytest)
 set -euo pipefail
@@ -15,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
-[ -f /usr/include/oneapi/dnnl/dnnl.hpp ] || need+=(libdnnl-dev)
+[ "$(uname -m)" = x86_64 ] || [ -f /usr/include/oneapi/dnnl/dnnl.hpp ] || need+=(libdnnl-dev)
 command -v g++ >/dev/null || need+=(g++)
 # The commands run under jemalloc, which keeps the memory XLA frees between steps (experiments/__init__.py).
 /sbin/ldconfig -p 2>/dev/null | grep -q 'libjemalloc\.so\.2' || need+=(libjemalloc2)

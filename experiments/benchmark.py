@@ -96,7 +96,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from cnn_jax import data, models
 from cnn_jax.analysis import arithmetic, summary
 from cnn_jax.errors import UserError
-from cnn_jax.kernels import dispatch, im2col
+from cnn_jax.kernels import dispatch, ffi, im2col
 from cnn_jax.layers import pooling
 from cnn_jax.training import loop, vectorized
 from cnn_jax.training.config import DTYPES, Config
@@ -316,8 +316,8 @@ def versus_torch_zoo(entries: list[str], batch_size: int, repeats: int, repeat_s
     peak = max(matmul_flops_per_second(dtype).values())
     print(f"zoo models, batch {batch_size}, {dtype}, Adam (cosine schedule), random flips, "
           f"{jax.devices()[0].device_kind}; JAX {jax.__version__}, PyTorch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); {allocator()} allocator; measured {dtype} matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s")
+          f"({torch.get_num_threads()} threads); oneDNN {ffi.onednn()[0]}; {allocator()} allocator; "
+          f"measured {dtype} matmul peak {peak / 1e9:.1f} GFLOP/s")
     print(f"median of {repeats} repeats of about {repeat_seconds:g} s each after a warm-up, the two taking turns; "
           "% of peak counts 3× the forward FLOPs")
     print(f"  {'model':34s} {'input':>8s} {'MFLOP/img':>9s} {'steps':>5s} {'cnn_jax ex/s':>12s} "

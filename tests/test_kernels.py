@@ -1,7 +1,7 @@
 """How layers run: the dispatch rules, the switch to XLA's operations, and every kernel against XLA's version.
 
 Tests that need cnn_jax's compiled kernels say so in their names: they need
-oneDNN and g++ on this machine (`apt-get install libdnnl-dev g++`, which setup.sh does).
+oneDNN and g++ on this machine (`ffi.INSTALL` says how; setup.sh does it).
 """
 
 import functools
@@ -21,7 +21,7 @@ from cnn_jax.layers import pooling
 from cnn_jax.models import precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NEEDS_KERNELS = "cnn_jax's compiled CPU kernels need oneDNN and g++: apt-get install libdnnl-dev g++ (setup.sh does)"
+NEEDS_KERNELS = f"cnn_jax's compiled CPU kernels need {ffi.INSTALL}"
 
 
 def test_compiled_kernels_build_and_load_with_onednn_and_gxx_installed():
@@ -77,6 +77,9 @@ def test_few_channel_convolutions_equal_xla_convolution_in_value_and_gradient(im
         pytest.param((3, 11, 9, 8), (3, 3, 8, 5), (2, 1), ((1, 0), (2, 1)), marks=pytest.mark.slow),
         pytest.param((2, 7, 7, 5), (1, 1, 5, 6), (1, 1), ((0, 0), (0, 0)), marks=pytest.mark.slow),
         ((4, 1, 1, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1))),  # VGG's last layers at 28×28: all but one tap pad.
+        # Strided 1×1s (shortcuts), with < 8 input channels, where oneDNN 3.2's AVX2 weight gradient is wrong; padded.
+        ((3, 6, 10, 4), (1, 1, 4, 12), (2, 2), ((0, 0), (0, 0))),
+        ((3, 7, 10, 4), (1, 1, 4, 12), (2, 3), ((1, 0), (0, 2))),
     ],
 )
 def test_onednn_convolution_equals_xla_convolution_in_value_and_gradient_with_onednn_and_gxx(shape, kernel, strides,

@@ -88,7 +88,7 @@ def test_to_spec_writes_defaults_out_and_repeats_as_counts():
 def test_seed_spec_trains_through_the_fused_cpu_kernels_with_onednn_and_gxx_installed():
     from conftest import ffi_targets
 
-    assert ffi.load(), "apt-get install libdnnl-dev g++ (setup.sh does)"
+    assert ffi.load(), ffi.INSTALL
     targets = ffi_targets(spec.parse(SEED_SPEC)(), (2, 28, 28, 1))
     # The first layer (one input channel) also gets its weight gradient from the fused kernel.
     assert targets["BatchNormReluMaxPoolBackwardToConvWeights"] == 1 and targets["BatchNormReluMaxPoolBackward"] == 1

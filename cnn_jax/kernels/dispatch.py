@@ -99,7 +99,7 @@ def bfloat16_fast_path_missing() -> str:
     if not _cpu_fast_paths():
         return "CNN_JAX_KERNELS=xla forces XLA's operations"
     if not ffi.load():
-        return "cnn_jax's CPU kernels could not be built (apt-get install libdnnl-dev g++)"
+        return f"cnn_jax's CPU kernels could not be built (they need {ffi.INSTALL})"
     if not ffi.has_bfloat16_instructions():
         return "this CPU has neither AVX-512 BF16 nor AMX-BF16, which the bfloat16 kernels need"
     return ""

@@ -14,7 +14,7 @@ first layer (one to a few input channels) with its accumulators in vector
 registers; `csrc/batch_norm_relu_max_pool.cc` computes the other three layers
 in two passes forward and two backward, on every core, and
 `csrc/batch_norm_act.cc` a BatchNorm followed by a ReLU or by nothing. `load()` compiles them
-on first use (g++, Debian's libdnnl-dev, JAX's FFI headers) into a cache
+on first use (g++, oneDNN, JAX's FFI headers) into a cache
 folder and registers them. Where that cannot be done, `load()` returns False
 and cnn_jax uses XLA's operations.
 
@@ -30,8 +30,10 @@ those of the whole batch. Each call uses its device's share of the cores
 import ctypes
 import functools
 import hashlib
+import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 import sysconfig
 
@@ -42,6 +44,7 @@ from absl import logging
 from jax.sharding import PartitionSpec
 
 from cnn_jax.analysis import arithmetic
+from cnn_jax.errors import UserError
 
 _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
             for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc",
@@ -53,6 +56,11 @@ _TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGra
             "BatchNormReluMaxPoolBackwardSums", "BatchNormReluMaxPoolBackward", "BatchNormReluMaxPoolBackwardToConvWeights",
             "BatchNormActForward", "BatchNormActBackwardSums", "BatchNormActBackward")
 """The float32 kernels; each has a bfloat16 twin (`_typed`), whose arithmetic and statistics are float32 too."""
+
+
+INSTALL = ("g++ and oneDNN: apt-get install g++, and pip install onednn-cpu-gomp onednn-devel-cpu-gomp (x86-64 "
+           "Linux) or apt-get install libdnnl-dev (setup.sh does both)")
+"""How to install what the kernels are built with, for the messages that say they are unavailable."""
 
 
 def _cpu_features() -> bytes:
@@ -70,8 +78,50 @@ def has_bfloat16_instructions() -> bool:
     return bool({b"avx512_bf16", b"amx_bf16"} & set(_cpu_features().split()))
 
 
-def _library_path() -> str:
-    digest = hashlib.sha256(jax.__version__.encode() + _cpu_features())
+def _installed_file(distribution: str, path: str) -> str | None:
+    """Where the installed `distribution` put its file ending in `path`, or None (not installed, or no such file)."""
+    try:
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return next((os.path.normpath(f.locate()) for f in files if str(f).endswith(path)), None)
+
+
+_ONEDNN_CHOICES = ("auto", "system")
+
+
+@functools.cache
+def onednn() -> tuple[str, list[str], bytes]:
+    """The oneDNN the kernels build against: its description ("3.2.0, PyPI's onednn-cpu-gomp"), the compiler flags
+    that use it, and its version header (part of the library's name).
+
+    PyPI's CPU build where it is installed (`onednn-cpu-gomp` and `onednn-devel-cpu-gomp`, which pyproject.toml
+    installs on x86-64 Linux: oneDNN 3.2 on GNU OpenMP, the kernels' own threads), unless `CNN_JAX_ONEDNN=system`;
+    else the system's (Debian's `libdnnl-dev`; oneDNN 2.6.3 on bookworm). oneDNN 3.2 trains the zoo's big models
+    1.15-1.25× as fast as 2.6.3 on an AVX2 CPU (BENCHMARKS.md, "oneDNN")."""
+    choice = os.environ.get("CNN_JAX_ONEDNN", "auto")
+    if choice not in _ONEDNN_CHOICES:
+        raise UserError(f"CNN_JAX_ONEDNN={choice} is not one of {', '.join(_ONEDNN_CHOICES)}: 'auto' (or unset) "
+                        "builds the kernels on PyPI's oneDNN where it is installed, 'system' on the system's")
+    header = _installed_file("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl_version.h")
+    library = _installed_file("onednn-cpu-gomp", "libdnnl.so.3")
+    if choice == "auto" and header and library:
+        include, lib = os.path.dirname(os.path.dirname(os.path.dirname(header))), os.path.dirname(library)
+        source, flags = "PyPI's onednn-cpu-gomp", [f"-I{include}", f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"]
+    else:
+        header, source, flags = "/usr/include/oneapi/dnnl/dnnl_version.h", "the system's", ["-ldnnl"]
+    try:
+        with open(header, "rb") as f:
+            text = f.read()
+    except OSError:
+        return "none found", flags, b""  # The build fails, and `load` says how to install it.
+    version = ".".join(re.search(rb"#define DNNL_VERSION_%s (\d+)" % part, text).group(1).decode()
+                       for part in (b"MAJOR", b"MINOR", b"PATCH"))
+    return f"{version}, {source}", flags, text
+
+
+def _library_path(onednn_version: bytes) -> str:
+    digest = hashlib.sha256(jax.__version__.encode() + _cpu_features() + onednn_version)
     for source in _SOURCES + _HEADERS:
         with open(source, "rb") as f:
             digest.update(f.read())
@@ -81,12 +131,13 @@ def _library_path() -> str:
 
 def build() -> str:
     """Compiles the FFI library if it is not cached yet; returns its path. Raises on failure."""
-    path = _library_path()
+    _, onednn_flags, onednn_version = onednn()
+    path = _library_path(onednn_version)
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         command = ["g++", "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC", "-w",
-                   f"-I{jax.ffi.include_dir()}", *_SOURCES, "-ldnnl", "-o", tmp]
+                   f"-I{jax.ffi.include_dir()}", *_SOURCES, *onednn_flags, "-o", tmp]
         subprocess.run(command, check=True, capture_output=True, text=True)
         os.replace(tmp, path)  # Atomic: concurrent builders never see half a library.
     return path
@@ -100,7 +151,7 @@ def load() -> bool:
     except (OSError, subprocess.CalledProcessError) as e:
         detail = getattr(e, "stderr", "") or str(e)
         logging.warning("cnn_jax's CPU kernels are unavailable, using XLA's (slower) operations: %s. "
-                        "Install them with: apt-get install libdnnl-dev g++", detail.strip().splitlines()[-1:])
+                        "Install them with: %s", detail.strip().splitlines()[-1:], INSTALL)
         return False
     for name in _TARGETS + tuple(_typed(name, jnp.bfloat16) for name in _TARGETS):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
@@ -196,7 +247,6 @@ def _conv_weight_gradient(axes, x, dy, kernel_shape, strides, padding, few_chann
     return _sum(dkernel, axes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv(x, kernel, strides, padding, few_channel_weight_gradient: bool):
     """NHWC × HWIO float32 (or bfloat16) convolution on oneDNN; `strides` (sh, sw), `padding` ((top, bottom), (left, right)) ≥ 0.
 
@@ -205,14 +255,28 @@ def conv(x, kernel, strides, padding, few_channel_weight_gradient: bool):
     (for a few input channels and a multiple of 8 output channels, where
     oneDNN's kernels, made for many channels, are slow).
 
+    A strided 1×1 convolution (a ResNet shortcut) reads only every stride-th pixel: it runs on those pixels, cut
+    out by XLA, at stride 1. oneDNN 3.2's AVX2 weight gradient of a strided 1×1 convolution is wrong with fewer
+    than 8 input channels (tests/test_kernels.py has the case).
+
     Call `load()` first (and only use it where it returned True).
     """
+    if kernel.shape[:2] == (1, 1) and tuple(strides) != (1, 1):
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+        _, height, width, _ = _output_shape(x.shape, kernel.shape, strides, ((0, 0), (0, 0)))
+        (sh, sw), strides, padding = strides, (1, 1), ((0, 0), (0, 0))
+        x = x[:, :(height - 1) * sh + 1:sh, :(width - 1) * sw + 1:sw]
+    return _conv(x, kernel, strides, padding, few_channel_weight_gradient)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, strides, padding, few_channel_weight_gradient: bool):
     forward = lambda axes, x, kernel: _conv_forward(x, kernel, strides, padding)  # noqa: E731
     return _per_device(forward, (True, False), True)(x, kernel)
 
 
 def _conv_fwd(x, kernel, strides, padding, few_channel_weight_gradient):
-    return conv(x, kernel, strides, padding, few_channel_weight_gradient), (x, kernel)
+    return _conv(x, kernel, strides, padding, few_channel_weight_gradient), (x, kernel)
 
 
 def _conv_bwd(strides, padding, few_channel_weight_gradient, residuals, cotangent):
@@ -223,7 +287,7 @@ def _conv_bwd(strides, padding, few_channel_weight_gradient, residuals, cotangen
     return _per_device(local, (True, False, True), (True, False))(*residuals, cotangent)
 
 
-conv.defvjp(_conv_fwd, _conv_bwd)
+_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 # BatchNorm -> ReLU -> 2×2 max-pool, in training mode.

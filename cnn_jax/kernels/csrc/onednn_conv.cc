@@ -49,17 +49,39 @@ struct Plan {
   int args[3];
 };
 
+// What ElementStrides and SamePlaces read of a memory descriptor: oneDNN 2 exposes its C struct, oneDNN 3 answers
+// queries.
+struct Blocking {
+  bool blocked;
+  memory::data_type type;
+  memory::dim offset0;
+  memory::dims dims, padded_dims, padded_offsets, strides, inner_blks, inner_idxs;
+};
+
+Blocking Describe(const memory::desc& d) {
+#if DNNL_VERSION_MAJOR >= 3
+  return {d.get_format_kind() == memory::format_kind::blocked, d.get_data_type(), d.get_submemory_offset(),
+          d.get_dims(), d.get_padded_dims(), d.get_padded_offsets(), d.get_strides(), d.get_inner_blks(),
+          d.get_inner_idxs()};
+#else
+  const dnnl_memory_desc_t& m = d.data;
+  const auto& b = m.format_desc.blocking;
+  auto dims = [](const dnnl_dim_t* v, int n) { return memory::dims(v, v + n); };
+  return {m.format_kind == dnnl_blocked, static_cast<memory::data_type>(m.data_type), m.offset0,
+          dims(m.dims, m.ndims), dims(m.padded_dims, m.ndims), dims(m.padded_offsets, m.ndims),
+          dims(b.strides, m.ndims), dims(b.inner_blks, b.inner_nblks), dims(b.inner_idxs, b.inner_nblks)};
+#endif
+}
+
 // Each dimension's stride in elements, where `d` is a plain layout or has one block that spans its dimension
 // (nChw16c with 16 channels); false for any other layout.
-bool ElementStrides(const memory::desc& d, memory::dims& strides) {
-  const dnnl_memory_desc_t& m = d.data;
-  if (m.format_kind != dnnl_blocked || m.format_desc.blocking.inner_nblks > 1) return false;
-  strides.assign(m.format_desc.blocking.strides, m.format_desc.blocking.strides + m.ndims);
-  for (int i = 0; i < m.ndims; ++i)
-    if (m.padded_dims[i] != m.dims[i] || m.padded_offsets[i] != 0) return false;
-  if (m.format_desc.blocking.inner_nblks == 1) {
-    const int dim = m.format_desc.blocking.inner_idxs[0];
-    if (m.format_desc.blocking.inner_blks[0] != m.dims[dim]) return false;
+bool ElementStrides(const Blocking& d, memory::dims& strides) {
+  if (!d.blocked || d.inner_blks.size() > 1) return false;
+  strides = d.strides;
+  if (d.padded_dims != d.dims || d.padded_offsets != memory::dims(d.dims.size(), 0)) return false;
+  if (d.inner_blks.size() == 1) {
+    const auto dim = d.inner_idxs[0];
+    if (d.inner_blks[0] != d.dims[dim]) return false;
     strides[dim] = 1;  // The block is innermost and contiguous; the block index itself is always 0.
   }
   return true;
@@ -69,10 +91,21 @@ bool ElementStrides(const memory::desc& d, memory::dims& strides) {
 // needed.
 bool SamePlaces(const memory::desc& a, const memory::desc& b) {
   if (a == b) return true;
-  if (a.data.data_type != b.data.data_type) return false;
+  const Blocking da = Describe(a), db = Describe(b);
+  if (da.type != db.type) return false;
   memory::dims sa, sb;
-  return a.data.offset0 == b.data.offset0 && ElementStrides(a, sa) && ElementStrides(b, sb) && sa == sb;
+  return da.offset0 == db.offset0 && ElementStrides(da, sa) && ElementStrides(db, sb) && sa == sb;
 }
+
+// A convolution's primitive descriptor (a backward one hinted by `fwd_pd`) with `attr` on `engine`: oneDNN 3 builds
+// it from the shapes, oneDNN 2 from an operation descriptor.
+#if DNNL_VERSION_MAJOR >= 3
+#define CONV_PD(kind, ...) kind::primitive_desc(engine, __VA_ARGS__, attr)
+#define BACKWARD_CONV_PD(kind, ...) kind::primitive_desc(engine, __VA_ARGS__, fwd_pd, attr)
+#else
+#define CONV_PD(kind, ...) kind::primitive_desc(kind::desc(__VA_ARGS__), attr, engine)
+#define BACKWARD_CONV_PD(kind, ...) kind::primitive_desc(kind::desc(__VA_ARGS__), attr, engine, fwd_pd)
+#endif
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -89,9 +122,8 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g, memory::d
   // A bfloat16 weight gradient is summed into float32 weights and rounded by the reorder to JAX's layout: faster
   // than oneDNN's own bfloat16 weight gradient (0.61 against 0.79 ms on the seed network's second layer).
   const memory::desc dw_any(g.weights, memory::data_type::f32, tag::any);
-  dnnl::convolution_forward::desc fwd_desc(dnnl::prop_kind::forward_training, algo, src_any, w_any, dst_any,
-                                           g.strides, g.pad_l, g.pad_r);
-  dnnl::convolution_forward::primitive_desc fwd_pd(fwd_desc, attr, engine);
+  const auto fwd_pd = CONV_PD(dnnl::convolution_forward, dnnl::prop_kind::forward_training, algo, src_any, w_any, dst_any,
+                              g.strides, g.pad_l, g.pad_r);
   auto plan = std::make_unique<Plan>();
   plan->plain[0] = memory::desc(g.src, type, tag::nhwc);
   plan->plain[1] = memory::desc(g.weights, type, tag::hwio);
@@ -104,8 +136,8 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g, memory::d
     plan->chosen[2] = fwd_pd.dst_desc();
     plan->args[0] = DNNL_ARG_SRC, plan->args[1] = DNNL_ARG_WEIGHTS, plan->args[2] = DNNL_ARG_DST;
   } else if (direction == Direction::kInputGradient) {
-    dnnl::convolution_backward_data::desc desc(algo, src_any, w_any, dst_any, g.strides, g.pad_l, g.pad_r);
-    dnnl::convolution_backward_data::primitive_desc pd(desc, attr, engine, fwd_pd);
+    const auto pd = BACKWARD_CONV_PD(dnnl::convolution_backward_data, algo, src_any, w_any, dst_any, g.strides, g.pad_l,
+                                     g.pad_r);
     plan->conv = dnnl::convolution_backward_data(pd);
     plan->scratchpad = memory(pd.scratchpad_desc(), engine);
     plan->chosen[0] = pd.diff_src_desc();
@@ -113,8 +145,8 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g, memory::d
     plan->chosen[2] = pd.diff_dst_desc();
     plan->args[0] = DNNL_ARG_DIFF_SRC, plan->args[1] = DNNL_ARG_WEIGHTS, plan->args[2] = DNNL_ARG_DIFF_DST;
   } else {
-    dnnl::convolution_backward_weights::desc desc(algo, src_any, dw_any, dst_any, g.strides, g.pad_l, g.pad_r);
-    dnnl::convolution_backward_weights::primitive_desc pd(desc, attr, engine, fwd_pd);
+    const auto pd = BACKWARD_CONV_PD(dnnl::convolution_backward_weights, algo, src_any, dw_any, dst_any, g.strides,
+                                     g.pad_l, g.pad_r);
     plan->conv = dnnl::convolution_backward_weights(pd);
     plan->scratchpad = memory(pd.scratchpad_desc(), engine);
     plan->chosen[0] = pd.src_desc();
