@@ -107,6 +107,22 @@ bool SamePlaces(const memory::desc& a, const memory::desc& b) {
 #define BACKWARD_CONV_PD(kind, ...) kind::primitive_desc(kind::desc(__VA_ARGS__), attr, engine, fwd_pd)
 #endif
 
+// oneDNN 3 ranks its brgemm-based convolutions ("brg..." implementations) first, but on CPUs without AVX-512 they
+// are slower than its direct jit ones in the forward pass and the input gradient of a layer with few input
+// channels (the seed network's second layer, batch 128, forward: 4.35 ms with brgconv:avx2 against 3.15 with
+// jit:avx2; BENCHMARKS.md): there such a primitive descriptor moves on to the next implementation.
+bool PreferDirect(const Geometry& g) {
+  const auto avx512 = static_cast<int>(dnnl::cpu_isa::avx512_core);
+  static const bool has_avx512 = (static_cast<int>(dnnl::get_effective_cpu_isa()) & avx512) == avx512;
+  return !has_avx512 && g.src[1] < 32;
+}
+
+template <typename PrimitiveDesc>
+void SkipBrgemm(PrimitiveDesc& pd) {
+  while (std::string(pd.impl_info_str()).rfind("brg", 0) == 0 && pd.next_impl()) {
+  }
+}
+
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
@@ -122,13 +138,14 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g, memory::d
   // A bfloat16 weight gradient is summed into float32 weights and rounded by the reorder to JAX's layout: faster
   // than oneDNN's own bfloat16 weight gradient (0.61 against 0.79 ms on the seed network's second layer).
   const memory::desc dw_any(g.weights, memory::data_type::f32, tag::any);
-  const auto fwd_pd = CONV_PD(dnnl::convolution_forward, dnnl::prop_kind::forward_training, algo, src_any, w_any, dst_any,
-                              g.strides, g.pad_l, g.pad_r);
+  auto fwd_pd = CONV_PD(dnnl::convolution_forward, dnnl::prop_kind::forward_training, algo, src_any, w_any, dst_any,
+                         g.strides, g.pad_l, g.pad_r);
   auto plan = std::make_unique<Plan>();
   plan->plain[0] = memory::desc(g.src, type, tag::nhwc);
   plan->plain[1] = memory::desc(g.weights, type, tag::hwio);
   plan->plain[2] = memory::desc(g.dst, type, tag::nhwc);
   if (direction == Direction::kForward) {
+    if (PreferDirect(g)) SkipBrgemm(fwd_pd);
     plan->conv = dnnl::convolution_forward(fwd_pd);
     plan->scratchpad = memory(fwd_pd.scratchpad_desc(), engine);
     plan->chosen[0] = fwd_pd.src_desc();
@@ -136,8 +153,9 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g, memory::d
     plan->chosen[2] = fwd_pd.dst_desc();
     plan->args[0] = DNNL_ARG_SRC, plan->args[1] = DNNL_ARG_WEIGHTS, plan->args[2] = DNNL_ARG_DST;
   } else if (direction == Direction::kInputGradient) {
-    const auto pd = BACKWARD_CONV_PD(dnnl::convolution_backward_data, algo, src_any, w_any, dst_any, g.strides, g.pad_l,
-                                     g.pad_r);
+    auto pd = BACKWARD_CONV_PD(dnnl::convolution_backward_data, algo, src_any, w_any, dst_any, g.strides, g.pad_l,
+                               g.pad_r);
+    if (PreferDirect(g)) SkipBrgemm(pd);
     plan->conv = dnnl::convolution_backward_data(pd);
     plan->scratchpad = memory(pd.scratchpad_desc(), engine);
     plan->chosen[0] = pd.diff_src_desc();
