@@ -106,7 +106,7 @@ def config_from_flags() -> Config:
 
 def main(argv: list[str]) -> None:
     del argv
-    config = config_from_flags()
+    config = config_from_flags().validate()  # A bad flag's line comes before JAX is imported.
     name = "-".join(filter(None, (config.dataset, config.model, time.strftime("%Y%m%d-%H%M%S"))))
     workdir = FLAGS.workdir or os.path.join("runs", name)
     import jax  # After the flags, so --help stays fast.
