@@ -97,8 +97,9 @@ def onednn() -> tuple[str, list[str], bytes]:
 
     PyPI's CPU build where it is installed (`onednn-cpu-gomp` and `onednn-devel-cpu-gomp`, which pyproject.toml
     installs on x86-64 Linux: oneDNN 3.2 on GNU OpenMP, the kernels' own threads), unless `CNN_JAX_ONEDNN=system`;
-    else the system's (Debian's `libdnnl-dev`; oneDNN 2.6.3 on bookworm). oneDNN 3.2 trains the zoo's big models
-    1.15-1.25× as fast as 2.6.3 on an AVX2 CPU (BENCHMARKS.md, "oneDNN")."""
+    else the system's (Debian's `libdnnl-dev`; oneDNN 2.6.3 on bookworm). Against PyTorch, oneDNN 3.2 trains the zoo's
+    big models 1.1-1.2× as fast as 2.6.3 does on an AVX2 CPU, and level with it on an AVX-512 one (BENCHMARKS.md,
+    "oneDNN")."""
     choice = os.environ.get("CNN_JAX_ONEDNN", "auto")
     if choice not in _ONEDNN_CHOICES:
         raise UserError(f"CNN_JAX_ONEDNN={choice} is not one of {', '.join(_ONEDNN_CHOICES)}: 'auto' (or unset) "
