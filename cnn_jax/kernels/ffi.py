@@ -50,7 +50,7 @@ _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
             for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc",
                          "batch_norm_act.cc")]
 _HEADERS = [os.path.join(os.path.dirname(__file__), "csrc", name)
-            for name in ("channels.h", "few_channel_weight_gradient.h", "lanes.h", "threads.h")]
+            for name in ("channels.h", "few_channel_weight_gradient.h", "lanes.h", "stack.h", "threads.h")]
 _TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
             "FewChannelConvWeightGradient", "BatchNormMoments", "BatchNormReluMaxPoolForward",
             "BatchNormReluMaxPoolBackwardSums", "BatchNormReluMaxPoolBackward", "BatchNormReluMaxPoolBackwardToConvWeights",
@@ -160,11 +160,12 @@ def load() -> bool:
 
 
 def _call(target: str, result_shapes):
-    """The FFI target `target`; under `jax.vmap` (a sweep's seeds) it runs once per vectorised element, the calls
-    unrolled in the program: XLA's loop over them ("sequential") cost its slicing and copying and kept XLA from
-    fusing around the kernels, making four vmapped seeds 0.57× as fast as one by one (0.93× unrolled,
-    BENCHMARKS.md)."""
-    return jax.ffi.ffi_call(target, result_shapes, vmap_method="sequential_unrolled")
+    """The FFI target `target`; under `jax.vmap` (a sweep's seeds) one call for the whole stack, every operand with a
+    leading axis per vmap (of size 1 where it is not batched), which `csrc/stack.h` splits into the calls of its
+    elements and runs side by side, one core each, where there are at least as many as cores. One call per element,
+    in an XLA loop (vmap_method="sequential") or unrolled, made four vmapped seeds of the seed network 0.57× and
+    0.93-1.1× as fast as the same runs one by one (BENCHMARKS.md)."""
+    return jax.ffi.ffi_call(target, result_shapes, vmap_method="expand_dims")
 
 
 def _typed(target: str, dtype) -> str:

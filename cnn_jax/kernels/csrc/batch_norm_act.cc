@@ -8,6 +8,7 @@
 // reductions over rows with channels innermost mostly on one thread. Tensors are NHWC, float32 or bfloat16 (each handler
 // is defined for both: D); the arithmetic and the statistics are float32.
 #include "channels.h"
+#include "stack.h"
 #include "threads.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -137,23 +138,23 @@ ffi::Error Backward(Tensor<D> x, Vector mean, Vector var, Vector scale, Vector b
 // x, mean, var, scale, bias: the arguments every handler here reads first.
 template <ffi::DataType D>
 auto BindNormalisation() {
-  return ffi::Ffi::Bind().template Arg<Tensor<D>>().template Arg<Vector>().template Arg<Vector>().template Arg<Vector>().template Arg<Vector>();
+  return ffi::Ffi::Bind().template Arg<cnn_jax::Any<Tensor<D>>>().template Arg<cnn_jax::Any<Vector>>().template Arg<cnn_jax::Any<Vector>>().template Arg<cnn_jax::Any<Vector>>().template Arg<cnn_jax::Any<Vector>>();
 }
 
 template <ffi::DataType D>
 auto BindForward() {
-  return BindNormalisation<D>().template Ret<Tensor<D>>().template Attr<float>("epsilon").template Attr<bool>("relu")
+  return BindNormalisation<D>().template Ret<cnn_jax::Any<Tensor<D>>>().template Attr<float>("epsilon").template Attr<bool>("relu")
       .template Attr<int64_t>("devices");
 }
 
 template <ffi::DataType D>
 auto BindBackwardSums() {
   return BindNormalisation<D>()
-      .template Arg<Tensor<D>>()
-      .template Ret<Vector>()
-      .template Ret<Vector>()
-      .template Ret<Vector>()
-      .template Ret<Vector>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Ret<cnn_jax::Any<Vector>>()
+      .template Ret<cnn_jax::Any<Vector>>()
+      .template Ret<cnn_jax::Any<Vector>>()
+      .template Ret<cnn_jax::Any<Vector>>()
       .template Attr<float>("epsilon")
       .template Attr<bool>("relu")
       .template Attr<int64_t>("devices");
@@ -162,11 +163,11 @@ auto BindBackwardSums() {
 template <ffi::DataType D>
 auto BindBackward() {
   return BindNormalisation<D>()
-      .template Arg<Tensor<D>>()
-      .template Arg<Vector>()
-      .template Arg<Vector>()
-      .template Ret<Tensor<D>>()
-      .template Ret<Vector>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Arg<cnn_jax::Any<Vector>>()
+      .template Arg<cnn_jax::Any<Vector>>()
+      .template Ret<cnn_jax::Any<Tensor<D>>>()
+      .template Ret<cnn_jax::Any<Vector>>()
       .template Attr<float>("epsilon")
       .template Attr<bool>("relu")
       .template Attr<int64_t>("devices");
@@ -174,9 +175,9 @@ auto BindBackward() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActForward, Forward<ffi::F32>, BindForward<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardSums, BackwardSums<ffi::F32>, BindBackwardSums<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackward, Backward<ffi::F32>, BindBackward<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActForwardBF16, Forward<ffi::BF16>, BindForward<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardSumsBF16, BackwardSums<ffi::BF16>, BindBackwardSums<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardBF16, Backward<ffi::BF16>, BindBackward<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActForward, cnn_jax::Stacked<Forward<ffi::F32>>::Call, BindForward<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardSums, cnn_jax::Stacked<BackwardSums<ffi::F32>>::Call, BindBackwardSums<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackward, cnn_jax::Stacked<Backward<ffi::F32>>::Call, BindBackward<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActForwardBF16, cnn_jax::Stacked<Forward<ffi::BF16>>::Call, BindForward<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardSumsBF16, cnn_jax::Stacked<BackwardSums<ffi::BF16>>::Call, BindBackwardSums<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardBF16, cnn_jax::Stacked<Backward<ffi::BF16>>::Call, BindBackward<ffi::BF16>());

@@ -25,6 +25,7 @@
 
 #include "channels.h"
 #include "few_channel_weight_gradient.h"
+#include "stack.h"
 #include "threads.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -298,26 +299,26 @@ ffi::Error BackwardToConvWeights(Tensor<D> x, Vector scale, Vector mean, Vector 
 // mean_du_xhat.
 template <ffi::DataType D>
 auto BindInputGradient() {
-  return ffi::Ffi::Bind().template Arg<Tensor<D>>().template Arg<Vector>().template Arg<Vector>().template Arg<Vector>().template Arg<Winner>().template Arg<Tensor<D>>()
-      .template Arg<Vector>().template Arg<Vector>();
+  return ffi::Ffi::Bind().template Arg<cnn_jax::Any<Tensor<D>>>().template Arg<cnn_jax::Any<Vector>>().template Arg<cnn_jax::Any<Vector>>().template Arg<cnn_jax::Any<Vector>>().template Arg<cnn_jax::Any<Winner>>().template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Arg<cnn_jax::Any<Vector>>().template Arg<cnn_jax::Any<Vector>>();
 }
 
 template <ffi::DataType D>
 auto BindMoments() {
-  return ffi::Ffi::Bind().template Arg<Tensor<D>>().template Ret<Vector>().template Ret<Vector>().template Attr<int64_t>("devices");
+  return ffi::Ffi::Bind().template Arg<cnn_jax::Any<Tensor<D>>>().template Ret<cnn_jax::Any<Vector>>().template Ret<cnn_jax::Any<Vector>>().template Attr<int64_t>("devices");
 }
 
 template <ffi::DataType D>
 auto BindForward() {
   return ffi::Ffi::Bind()
-      .template Arg<Tensor<D>>()
-      .template Arg<Vector>()
-      .template Arg<Vector>()
-      .template Arg<Vector>()
-      .template Arg<Vector>()
-      .template Ret<Tensor<D>>()
-      .template Ret<Winner>()
-      .template Ret<Tensor<D>>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Arg<cnn_jax::Any<Vector>>()
+      .template Arg<cnn_jax::Any<Vector>>()
+      .template Arg<cnn_jax::Any<Vector>>()
+      .template Arg<cnn_jax::Any<Vector>>()
+      .template Ret<cnn_jax::Any<Tensor<D>>>()
+      .template Ret<cnn_jax::Any<Winner>>()
+      .template Ret<cnn_jax::Any<Tensor<D>>>()
       .template Attr<float>("epsilon")
       .template Attr<int64_t>("devices");
 }
@@ -325,15 +326,15 @@ auto BindForward() {
 template <ffi::DataType D>
 auto BindBackwardSums() {
   return ffi::Ffi::Bind()
-      .template Arg<Vector>()
-      .template Arg<Vector>()
-      .template Arg<Winner>()
-      .template Arg<Tensor<D>>()
-      .template Arg<Tensor<D>>()
-      .template Ret<Vector>()
-      .template Ret<Vector>()
-      .template Ret<Vector>()
-      .template Ret<Vector>()
+      .template Arg<cnn_jax::Any<Vector>>()
+      .template Arg<cnn_jax::Any<Vector>>()
+      .template Arg<cnn_jax::Any<Winner>>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Ret<cnn_jax::Any<Vector>>()
+      .template Ret<cnn_jax::Any<Vector>>()
+      .template Ret<cnn_jax::Any<Vector>>()
+      .template Ret<cnn_jax::Any<Vector>>()
       .template Attr<float>("epsilon")
       .template Attr<int64_t>("devices");
 }
@@ -341,8 +342,8 @@ auto BindBackwardSums() {
 template <ffi::DataType D>
 auto BindBackward() {
   return BindInputGradient<D>()
-      .template Ret<Tensor<D>>()
-      .template Ret<Vector>()
+      .template Ret<cnn_jax::Any<Tensor<D>>>()
+      .template Ret<cnn_jax::Any<Vector>>()
       .template Attr<float>("epsilon")
       .template Attr<int64_t>("devices");
 }
@@ -350,9 +351,9 @@ auto BindBackward() {
 template <ffi::DataType D>
 auto BindBackwardToConvWeights() {
   return BindInputGradient<D>()
-      .template Arg<Tensor<D>>()
-      .template Ret<Tensor<D>>()
-      .template Ret<Vector>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Ret<cnn_jax::Any<Tensor<D>>>()
+      .template Ret<cnn_jax::Any<Vector>>()
       .template Attr<float>("epsilon")
       .template Attr<int64_t>("stride_h")
       .template Attr<int64_t>("stride_w")
@@ -363,16 +364,16 @@ auto BindBackwardToConvWeights() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMoments, Moments<ffi::F32>, BindMoments<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForward, Forward<ffi::F32>, BindForward<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSums, BackwardSums<ffi::F32>, BindBackwardSums<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackward, Backward<ffi::F32>, BindBackward<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMomentsBF16, Moments<ffi::BF16>, BindMoments<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForwardBF16, Forward<ffi::BF16>, BindForward<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSumsBF16, BackwardSums<ffi::BF16>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMoments, cnn_jax::Stacked<Moments<ffi::F32>>::Call, BindMoments<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForward, cnn_jax::Stacked<Forward<ffi::F32>>::Call, BindForward<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSums, cnn_jax::Stacked<BackwardSums<ffi::F32>>::Call, BindBackwardSums<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackward, cnn_jax::Stacked<Backward<ffi::F32>>::Call, BindBackward<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMomentsBF16, cnn_jax::Stacked<Moments<ffi::BF16>>::Call, BindMoments<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForwardBF16, cnn_jax::Stacked<Forward<ffi::BF16>>::Call, BindForward<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSumsBF16, cnn_jax::Stacked<BackwardSums<ffi::BF16>>::Call,
                               BindBackwardSums<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardBF16, Backward<ffi::BF16>, BindBackward<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeights, BackwardToConvWeights<ffi::F32>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardBF16, cnn_jax::Stacked<Backward<ffi::BF16>>::Call, BindBackward<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeights, cnn_jax::Stacked<BackwardToConvWeights<ffi::F32>>::Call,
                               BindBackwardToConvWeights<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeightsBF16, BackwardToConvWeights<ffi::BF16>,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeightsBF16, cnn_jax::Stacked<BackwardToConvWeights<ffi::BF16>>::Call,
                               BindBackwardToConvWeights<ffi::BF16>());

@@ -20,6 +20,7 @@
 
 #include "few_channel_weight_gradient.h"
 #include "lanes.h"
+#include "stack.h"
 #include "threads.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -68,9 +69,9 @@ ffi::Error WeightGradient(Tensor<D> x, Tensor<D> dy, ffi::Result<Tensor<D>> dw, 
 template <ffi::DataType D>
 auto Bind() {
   return ffi::Ffi::Bind()
-      .template Arg<Tensor<D>>()
-      .template Arg<Tensor<D>>()
-      .template Ret<Tensor<D>>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Ret<cnn_jax::Any<Tensor<D>>>()
       .template Attr<int64_t>("stride_h")
       .template Attr<int64_t>("stride_w")
       .template Attr<int64_t>("pad_top")
@@ -80,5 +81,5 @@ auto Bind() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FewChannelConvWeightGradient, WeightGradient<ffi::F32>, Bind<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FewChannelConvWeightGradientBF16, WeightGradient<ffi::BF16>, Bind<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FewChannelConvWeightGradient, cnn_jax::Stacked<WeightGradient<ffi::F32>>::Call, Bind<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FewChannelConvWeightGradientBF16, cnn_jax::Stacked<WeightGradient<ffi::BF16>>::Call, Bind<ffi::BF16>());

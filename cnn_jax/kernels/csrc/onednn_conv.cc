@@ -24,6 +24,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "stack.h"
 #include "threads.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -199,6 +200,7 @@ void Run(Direction direction, const Geometry& g, memory::data_type type, void* b
   std::string key = std::to_string(static_cast<int>(direction)) + "," + std::to_string(static_cast<int>(type));
   for (const auto* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r})
     for (auto d : *dims) key += "," + std::to_string(d);
+  key += ";" + std::to_string(omp_get_max_threads());  // oneDNN partitions a primitive's work for the threads it was built for.
   auto& plan = plans[key];
   if (!plan) {
     plan = MakePlan(direction, g, type, tag::any);
@@ -261,9 +263,9 @@ ffi::Error WeightGradient(Tensor<D> x, Tensor<D> dy, TensorOut<D> dw, CONV_ATTRS
 template <ffi::DataType D>
 auto Bind() {
   return ffi::Ffi::Bind()
-      .template Arg<Tensor<D>>()
-      .template Arg<Tensor<D>>()
-      .template Ret<Tensor<D>>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Arg<cnn_jax::Any<Tensor<D>>>()
+      .template Ret<cnn_jax::Any<Tensor<D>>>()
       .template Attr<int64_t>("stride_h")
       .template Attr<int64_t>("stride_w")
       .template Attr<int64_t>("pad_top")
@@ -275,9 +277,9 @@ auto Bind() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward<ffi::F32>, Bind<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGradient, InputGradient<ffi::F32>, Bind<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvWeightGradient, WeightGradient<ffi::F32>, Bind<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForwardBF16, Forward<ffi::BF16>, Bind<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGradientBF16, InputGradient<ffi::BF16>, Bind<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvWeightGradientBF16, WeightGradient<ffi::BF16>, Bind<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, cnn_jax::Stacked<Forward<ffi::F32>>::Call, Bind<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGradient, cnn_jax::Stacked<InputGradient<ffi::F32>>::Call, Bind<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvWeightGradient, cnn_jax::Stacked<WeightGradient<ffi::F32>>::Call, Bind<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForwardBF16, cnn_jax::Stacked<Forward<ffi::BF16>>::Call, Bind<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGradientBF16, cnn_jax::Stacked<InputGradient<ffi::BF16>>::Call, Bind<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvWeightGradientBF16, cnn_jax::Stacked<WeightGradient<ffi::BF16>>::Call, Bind<ffi::BF16>());

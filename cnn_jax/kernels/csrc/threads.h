@@ -13,10 +13,15 @@
 
 namespace cnn_jax {
 
-// Sets the calling thread's OpenMP team size (for this call's parallel regions and oneDNN's) to its device's share.
-inline void UseShareOfCores(int64_t devices) {
+// The cores a kernel call of one of `devices` devices may use: those available to OpenMP divided among the devices.
+inline int ShareOfCores(int64_t devices) {
   static const int available = omp_get_max_threads();  // Read once, before any call changes it.
-  omp_set_num_threads(std::max<int64_t>(1, available / std::max<int64_t>(1, devices)));
+  return static_cast<int>(std::max<int64_t>(1, available / std::max<int64_t>(1, devices)));
 }
+
+// Sets the calling thread's OpenMP team size (for this call's parallel regions and oneDNN's) to its device's share,
+// or to one inside a parallel region: a call that is one element of a stack run side by side (stack.h), where
+// oneDNN would run its primitive on one thread however many it was built for.
+inline void UseShareOfCores(int64_t devices) { omp_set_num_threads(omp_in_parallel() ? 1 : ShareOfCores(devices)); }
 
 }  // namespace cnn_jax
