@@ -334,10 +334,11 @@ def test_a_resnet_block_trains_through_the_batch_norm_kernels_with_onednn_and_gx
 @pytest.mark.parametrize("block", [layers.ConvBlock(16, 5, padding=2, pool=pooling.max_pool_2x2),
                                    pytest.param(layers.ConvBlock(8, 3, padding=1), marks=pytest.mark.slow)])
 def test_fused_kernels_under_vmap_equal_them_one_by_one_with_onednn_and_gxx(block):
-    """As `cnn_jax.training.vectorized` runs them (several models' parameters, one batch of images: a stack of 3, more
-    than this machine's cores, which `csrc/stack.h` runs side by side on one core each), and vmapped twice (2 models ×
-    2 batches of images, each vmap batching one of them): within float32's rounding of the runs one by one, whose
-    sums are split over all the cores, and the same bits every time."""
+    """As `cnn_jax.training.vectorized` runs them (several models' parameters, one batch of images), in the two
+    schedules of `csrc/stack.h`: a stack of 1 runs on all the cores as a call alone does, bit for bit; a stack of 3
+    (more than this machine's cores) and a vmap of a vmap (2 models × 2 image batches) run side by side, one core
+    each, whose sums split differently: within float32's rounding of the calls one by one, and the same bits on
+    every call."""
     assert ffi.load(), NEEDS_KERNELS
     images = normal(0, (2, 4, 28, 28, 1))
     variables = jax.vmap(lambda key: block.init(key, images[0]))(jax.random.split(jax.random.key(1), 3))
@@ -350,22 +351,27 @@ def test_fused_kernels_under_vmap_equal_them_one_by_one_with_onednn_and_gxx(bloc
         return jax.grad(loss)(params)
 
     alone = jax.jit(grads)
-    model = lambda k: (jax.tree.map(lambda v: v[k], variables[c]) for c in ("params", "batch_stats"))  # noqa: E731
-    stacked = jax.jit(jax.vmap(grads, in_axes=(0, 0, None)))
-    nested = jax.jit(jax.vmap(jax.vmap(grads, in_axes=(0, 0, None)), in_axes=(None, None, 0)))
-    two_models = jax.tree.map(lambda v: v[:2], variables)
-    runs = [(stacked, (variables["params"], variables["batch_stats"], images[0]), lambda g, kb: g[kb[0]],
-             [(k, 0) for k in range(3)]),
-            (nested, (two_models["params"], two_models["batch_stats"], images), lambda g, kb: g[kb[1], kb[0]],
-             [(k, b) for b in range(2) for k in range(2)])]
-    for program, args, element, cases in runs:
-        together = program(*args)
-        again = program(*args)
-        for got, repeated in zip(jax.tree.leaves(together), jax.tree.leaves(again), strict=True):
+    over_models = jax.jit(jax.vmap(grads, in_axes=(0, 0, None)))
+
+    def assert_each_is_alone(program, models, images_in, cases, exact):
+        """`cases`: {index of an element in `program`'s results: (its model, its image batch)}."""
+        stacked = {c: jax.tree.map(lambda v: v[:models], variables[c]) for c in ("params", "batch_stats")}
+        together = program(stacked["params"], stacked["batch_stats"], images_in)
+        for got, repeated in zip(*(jax.tree.leaves(r) for r in (together, program(*stacked.values(), images_in))),
+                                 strict=True):
             np.testing.assert_array_equal(got, repeated)
-        for k, b in cases:
-            for got, want in zip(jax.tree.leaves(together), jax.tree.leaves(alone(*model(k), images[b])), strict=True):
-                np.testing.assert_allclose(element(got, (k, b)), want, rtol=1e-4, atol=1e-4)
+        for index, (k, b) in cases.items():
+            model = (jax.tree.map(lambda v: v[k], variables[c]) for c in ("params", "batch_stats"))
+            for got, want in zip(jax.tree.leaves(together), jax.tree.leaves(alone(*model, images[b])), strict=True):
+                if exact:
+                    np.testing.assert_array_equal(got[index], want)
+                else:
+                    np.testing.assert_allclose(got[index], want, rtol=1e-4, atol=1e-4)
+
+    assert_each_is_alone(over_models, 1, images[0], {(0,): (0, 0)}, exact=True)
+    assert_each_is_alone(over_models, 3, images[0], {(k,): (k, 0) for k in range(3)}, exact=False)
+    nested = jax.jit(jax.vmap(over_models, in_axes=(None, None, 0)))
+    assert_each_is_alone(nested, 2, images, {(b, k): (k, b) for b in range(2) for k in range(2)}, exact=False)
 
 
 def test_fused_kernel_takes_the_conv_bias_as_an_offset_that_moves_only_the_mean_with_onednn_and_gxx():

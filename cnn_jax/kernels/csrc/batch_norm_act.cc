@@ -175,9 +175,6 @@ auto BindBackward() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActForward, cnn_jax::Stacked<Forward<ffi::F32>>::Call, BindForward<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardSums, cnn_jax::Stacked<BackwardSums<ffi::F32>>::Call, BindBackwardSums<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackward, cnn_jax::Stacked<Backward<ffi::F32>>::Call, BindBackward<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActForwardBF16, cnn_jax::Stacked<Forward<ffi::BF16>>::Call, BindForward<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardSumsBF16, cnn_jax::Stacked<BackwardSums<ffi::BF16>>::Call, BindBackwardSums<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormActBackwardBF16, cnn_jax::Stacked<Backward<ffi::BF16>>::Call, BindBackward<ffi::BF16>());
+CNN_JAX_STACKED_HANDLERS(BatchNormActForward, Forward, BindForward);
+CNN_JAX_STACKED_HANDLERS(BatchNormActBackwardSums, BackwardSums, BindBackwardSums);
+CNN_JAX_STACKED_HANDLERS(BatchNormActBackward, Backward, BindBackward);

@@ -364,16 +364,8 @@ auto BindBackwardToConvWeights() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMoments, cnn_jax::Stacked<Moments<ffi::F32>>::Call, BindMoments<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForward, cnn_jax::Stacked<Forward<ffi::F32>>::Call, BindForward<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSums, cnn_jax::Stacked<BackwardSums<ffi::F32>>::Call, BindBackwardSums<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackward, cnn_jax::Stacked<Backward<ffi::F32>>::Call, BindBackward<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormMomentsBF16, cnn_jax::Stacked<Moments<ffi::BF16>>::Call, BindMoments<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolForwardBF16, cnn_jax::Stacked<Forward<ffi::BF16>>::Call, BindForward<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardSumsBF16, cnn_jax::Stacked<BackwardSums<ffi::BF16>>::Call,
-                              BindBackwardSums<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardBF16, cnn_jax::Stacked<Backward<ffi::BF16>>::Call, BindBackward<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeights, cnn_jax::Stacked<BackwardToConvWeights<ffi::F32>>::Call,
-                              BindBackwardToConvWeights<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormReluMaxPoolBackwardToConvWeightsBF16, cnn_jax::Stacked<BackwardToConvWeights<ffi::BF16>>::Call,
-                              BindBackwardToConvWeights<ffi::BF16>());
+CNN_JAX_STACKED_HANDLERS(BatchNormMoments, Moments, BindMoments);
+CNN_JAX_STACKED_HANDLERS(BatchNormReluMaxPoolForward, Forward, BindForward);
+CNN_JAX_STACKED_HANDLERS(BatchNormReluMaxPoolBackwardSums, BackwardSums, BindBackwardSums);
+CNN_JAX_STACKED_HANDLERS(BatchNormReluMaxPoolBackward, Backward, BindBackward);
+CNN_JAX_STACKED_HANDLERS(BatchNormReluMaxPoolBackwardToConvWeights, BackwardToConvWeights, BindBackwardToConvWeights);

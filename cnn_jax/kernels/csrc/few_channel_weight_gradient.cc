@@ -81,5 +81,4 @@ auto Bind() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FewChannelConvWeightGradient, cnn_jax::Stacked<WeightGradient<ffi::F32>>::Call, Bind<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FewChannelConvWeightGradientBF16, cnn_jax::Stacked<WeightGradient<ffi::BF16>>::Call, Bind<ffi::BF16>());
+CNN_JAX_STACKED_HANDLERS(FewChannelConvWeightGradient, WeightGradient, Bind);

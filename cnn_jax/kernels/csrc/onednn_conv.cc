@@ -277,9 +277,6 @@ auto Bind() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, cnn_jax::Stacked<Forward<ffi::F32>>::Call, Bind<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGradient, cnn_jax::Stacked<InputGradient<ffi::F32>>::Call, Bind<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvWeightGradient, cnn_jax::Stacked<WeightGradient<ffi::F32>>::Call, Bind<ffi::F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForwardBF16, cnn_jax::Stacked<Forward<ffi::BF16>>::Call, Bind<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGradientBF16, cnn_jax::Stacked<InputGradient<ffi::BF16>>::Call, Bind<ffi::BF16>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvWeightGradientBF16, cnn_jax::Stacked<WeightGradient<ffi::BF16>>::Call, Bind<ffi::BF16>());
+CNN_JAX_STACKED_HANDLERS(OnednnConvForward, Forward, Bind);
+CNN_JAX_STACKED_HANDLERS(OnednnConvInputGradient, InputGradient, Bind);
+CNN_JAX_STACKED_HANDLERS(OnednnConvWeightGradient, WeightGradient, Bind);

@@ -74,7 +74,7 @@ struct Stack {
   void Widen(const ffi::Buffer<D>& whole, int64_t rank) {
     const auto dims_of = whole.dimensions();
     const int64_t buffer_lead = static_cast<int64_t>(dims_of.size()) - rank;
-    if (lead < 0) lead = buffer_lead, dims.assign(lead, 1);
+    if (lead < 0 && buffer_lead >= 0) lead = buffer_lead, dims.assign(lead, 1);
     if (buffer_lead != lead) {
       consistent = false;
       return;
@@ -156,3 +156,9 @@ struct Stacked<Body> {
 };
 
 }  // namespace cnn_jax
+
+// Defines the FFI handler `name` for float32 and its twin `name`BF16 for bfloat16 (the names ffi.py calls): each
+// runs `body` (a function template over the dtype) per element of a stack, with the bindings `bind<dtype>()`.
+#define CNN_JAX_STACKED_HANDLERS(name, body, bind)                                                    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, cnn_jax::Stacked<body<xla::ffi::F32>>::Call, bind<xla::ffi::F32>()); \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name##BF16, cnn_jax::Stacked<body<xla::ffi::BF16>>::Call, bind<xla::ffi::BF16>())
