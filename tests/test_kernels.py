@@ -374,6 +374,20 @@ def test_fused_kernels_under_vmap_equal_them_one_by_one_with_onednn_and_gxx(bloc
     assert_each_is_alone(nested, 2, images, {(b, k): (k, b) for b in range(2) for k in range(2)}, exact=False)
 
 
+@pytest.mark.parametrize("x_shape, kernel_shape, y_shape", [
+    ((3, 2, 6, 6, 1), (2, 3, 3, 1, 4), (3, 2, 6, 6, 4)),  # Stacks of 3 and 2.
+    ((6, 6, 1), (3, 3, 1, 4), (1, 6, 6, 4)),  # The first operand of too low a rank, the others of one call.
+    ((1, 6, 6, 1), (3, 3, 1), (1, 6, 6, 4))])  # A later one.
+def test_a_kernel_refuses_operands_stacked_to_different_shapes_with_onednn_and_gxx(x_shape, kernel_shape, y_shape):
+    """`csrc/stack.h` splits a call into its stack's elements only where every operand's leading axes agree (each
+    the stack's size or 1): otherwise it fails the call rather than read past a buffer."""
+    assert ffi.load(), NEEDS_KERNELS
+    forward = ffi._call("OnednnConvForward", jax.ShapeDtypeStruct(y_shape, jnp.float32))
+    with pytest.raises(Exception, match="stacked to different shapes"):
+        forward(jnp.zeros(x_shape), jnp.zeros(kernel_shape),
+                **ffi._attributes((1, 1), ((1, 1), (1, 1)))).block_until_ready()
+
+
 def test_fused_kernel_takes_the_conv_bias_as_an_offset_that_moves_only_the_mean_with_onednn_and_gxx():
     assert ffi.load(), NEEDS_KERNELS
     x = 2 * normal(0, (4, 6, 8, 8)) + 1

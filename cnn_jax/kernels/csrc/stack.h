@@ -75,7 +75,7 @@ struct Stack {
     const auto dims_of = whole.dimensions();
     const int64_t buffer_lead = static_cast<int64_t>(dims_of.size()) - rank;
     if (lead < 0 && buffer_lead >= 0) lead = buffer_lead, dims.assign(lead, 1);
-    if (buffer_lead != lead) {
+    if (buffer_lead < 0 || buffer_lead != lead) {  // Too low a rank, or other leading axes than the others'.
       consistent = false;
       return;
     }
