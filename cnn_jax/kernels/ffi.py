@@ -50,7 +50,7 @@ _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
             for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc",
                          "batch_norm_act.cc")]
 _HEADERS = [os.path.join(os.path.dirname(__file__), "csrc", name)
-            for name in ("channels.h", "few_channel_weight_gradient.h", "lanes.h", "stack.h", "threads.h")]
+            for name in ("channels.h", "few_channel_weight_gradient.h", "lanes.h", "onednn.h", "stack.h", "threads.h")]
 _TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
             "FewChannelConvWeightGradient", "BatchNormMoments", "BatchNormReluMaxPoolForward",
             "BatchNormReluMaxPoolBackwardSums", "BatchNormReluMaxPoolBackward", "BatchNormReluMaxPoolBackwardToConvWeights",

@@ -24,6 +24,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "onednn.h"
 #include "stack.h"
 #include "threads.h"
 #include "xla/ffi/api/ffi.h"
@@ -124,14 +125,9 @@ void SkipBrgemm(PrimitiveDesc& pd) {
   }
 }
 
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
 // The plan of `direction` for `g` with activations in `activations`: tag::any (oneDNN's choice) or tag::nhwc.
 std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g, memory::data_type type, tag activations) {
-  auto& engine = Engine();
+  auto& engine = cnn_jax::Engine();
   memory::desc src_any(g.src, type, activations), w_any(g.weights, type, tag::any), dst_any(g.dst, type, activations);
   auto algo = dnnl::algorithm::convolution_direct;
   dnnl::primitive_attr attr;
@@ -179,7 +175,7 @@ std::unique_ptr<Plan> MakePlan(Direction direction, const Geometry& g, memory::d
 
 // Runs `plan` on plain-layout buffers; `output` is the index (0, 1 or 2) of the operand it writes.
 void Execute(Plan& plan, void* buffers[3], int output) {
-  auto& engine = Engine();
+  auto& engine = cnn_jax::Engine();
   dnnl::stream stream(engine);
   std::unordered_map<int, memory> args{{DNNL_ARG_SCRATCHPAD, plan.scratchpad}};
   memory plain[3], chosen[3];
@@ -197,10 +193,8 @@ void Execute(Plan& plan, void* buffers[3], int output) {
 // Runs `direction` on plain-layout buffers; `output` is the index (0, 1 or 2) of the operand it writes.
 void Run(Direction direction, const Geometry& g, memory::data_type type, void* buffers[3], int output) {
   thread_local std::map<std::string, std::unique_ptr<Plan>> plans;  // Per thread: a plan's scratchpad is its own.
-  std::string key = std::to_string(static_cast<int>(direction)) + "," + std::to_string(static_cast<int>(type));
-  for (const auto* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r})
-    for (auto d : *dims) key += "," + std::to_string(d);
-  key += ";" + std::to_string(omp_get_max_threads());  // oneDNN partitions a primitive's work for the threads it was built for.
+  const auto key = cnn_jax::PlanKey(static_cast<int>(direction), type,
+                                    {&g.src, &g.weights, &g.dst, &g.strides, &g.pad_l, &g.pad_r});
   auto& plan = plans[key];
   if (!plan) {
     plan = MakePlan(direction, g, type, tag::any);
