@@ -407,3 +407,105 @@ def test_fused_kernel_takes_the_conv_bias_as_an_offset_that_moves_only_the_mean_
     np.testing.assert_allclose(mean, mean0 + offset, rtol=1e-6)
     np.testing.assert_array_equal(var, var0)
     np.testing.assert_allclose(doffset, dx.sum(axis=(0, 1, 2)), atol=1e-5)  # The gradient of x + offset.
+
+
+MAX_POOLINGS = {  # Test id -> (the pooling, the padding XLA's windowed reduction adds).
+    "googlenet": (functools.partial(pooling.max_pool, window=3, stride=1, padding=1), ((1, 1), (1, 1))),
+    "resnet_stem": (functools.partial(pooling.max_pool, window=3, stride=2, padding=1), ((1, 1), (1, 1))),
+    "ceil_mode": (functools.partial(pooling.max_pool_ceil, window=3, stride=2), ((0, 0), (0, 1))),
+}
+
+
+def _xla_max_pool(x, window, stride, pads):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
+                                 ((0, 0), *pads, (0, 0)))
+
+
+def _max_pool_value_and_gradient(pool, x, dy):
+    """`pool(x)` and its gradient for the cotangent `dy`, with the FFI targets the program calls."""
+    program = jax.jit(lambda x, dy: (pool(x), jax.vjp(pool, x)[1](dy)[0]))
+    return (*program(x, dy), set(custom_calls(program.lower(x, dy))))
+
+
+@pytest.mark.parametrize("name", list(MAX_POOLINGS))
+def test_overlapping_max_pooling_runs_on_onednn_equal_to_xla_s_with_onednn_and_gxx(name):
+    """Values and gradients against XLA's windowed reduction (its select-and-scatter gradient) and against cnn_jax's
+    own XLA version, on many tied maxima (integers in 0..3): the first maximum of a window, row-major, takes the
+    gradient; a map of 7×8 leaves the ceil-mode pooling's last column a partial window."""
+    assert ffi.load(), NEEDS_KERNELS
+    pool, pads = MAX_POOLINGS[name]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 4, (3, 7, 8, 5)).astype(np.float32))
+    expected, expected_vjp = jax.vjp(lambda x: _xla_max_pool(x, 3, pool.keywords["stride"], pads), x)
+    dy = normal(1, expected.shape)
+    y, dx, targets = _max_pool_value_and_gradient(pool, x, dy)
+    assert {"OnednnMaxPoolForward", "OnednnMaxPoolBackward"} <= targets
+    with dispatch.xla_only():
+        y_xla, dx_xla, targets_xla = _max_pool_value_and_gradient(pool, x, dy)
+    assert not targets_xla
+    for got in (y, y_xla):
+        np.testing.assert_array_equal(got, expected)
+    for got in (dx, dx_xla):  # Sums of up to 9 windows' gradients, in another order.
+        np.testing.assert_allclose(got, expected_vjp(dy)[0], atol=1e-6)
+
+
+@BFLOAT16_INSTRUCTIONS
+def test_bfloat16_max_pooling_equals_xla_bfloat16_with_onednn_and_gxx():
+    pool, pads = MAX_POOLINGS["googlenet"]
+    x, dy = normal(0, (2, 9, 9, 16)).astype(jnp.bfloat16), normal(1, (2, 9, 9, 16)).astype(jnp.bfloat16)
+    y, dx, targets = _max_pool_value_and_gradient(pool, x, dy)
+    assert {"OnednnMaxPoolForwardBF16", "OnednnMaxPoolBackwardBF16"} <= targets
+    assert y.dtype == dx.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(y, _xla_max_pool(x, 3, 1, pads))
+    results = [jax.vjp(lambda x: _xla_max_pool(x, 3, 1, pads), x.astype(dtype))[1](dy.astype(dtype))[0]
+               for dtype in (jnp.bfloat16, jnp.float32)]
+    assert_close_in_bfloat16(dx, *results)
+
+
+@pytest.mark.parametrize("shape, window, stride, padding", [
+    ((2, 12, 4), 3, 2, 1),  # A sequence.
+    ((2, 8, 8, 3), 2, 2, 0),  # Windows that tile the map: a reshape and a max.
+])
+def test_other_max_poolings_stay_xla_s(shape, window, stride, padding):
+    pool = functools.partial(pooling.max_pool, window=window, stride=stride, padding=padding)
+    assert not custom_calls(jax.jit(lambda x: jax.vjp(pool, x)[1](pool(x))).lower(jnp.zeros(shape)))
+
+
+def test_max_pooling_under_vmap_equals_it_one_by_one_with_onednn_and_gxx():
+    """A stack of 3 (more than this machine's cores: side by side, one core each) against each element alone."""
+    assert ffi.load(), NEEDS_KERNELS
+    pool = MAX_POOLINGS["googlenet"][0]
+    x, dy = normal(0, (3, 2, 9, 9, 8)), normal(1, (3, 2, 9, 9, 8))
+    together = jax.jit(jax.vmap(lambda x, dy: _max_pool_value_and_gradient(pool, x, dy)[:2]))(x, dy)
+    for k in range(3):
+        for got, want in zip(together, _max_pool_value_and_gradient(pool, x[k], dy[k])[:2], strict=True):
+            np.testing.assert_array_equal(got[k], want)
+
+
+@pytest.mark.slow
+def test_max_pooling_on_two_devices_equals_one_device_with_onednn_and_gxx():
+    """In a mesh each device pools its part of the batch (`ffi._per_device`); outside one, with several devices,
+    the pooling is XLA's."""
+    script = """
+import functools, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from cnn_jax.layers import pooling
+pool = functools.partial(pooling.max_pool, window=3, stride=2, padding=1)
+rng = np.random.default_rng(0)
+x, dy = (jnp.asarray(rng.standard_normal(s).astype(np.float32)) for s in ((4, 9, 9, 3), (4, 5, 5, 3)))
+step = lambda x, dy: (pool(x), jax.vjp(pool, x)[1](dy)[0])
+alone = jax.jit(step)(x, dy)
+mesh = jax.make_mesh((2,), ("batch",))
+with jax.set_mesh(mesh):
+    split = NamedSharding(mesh, PartitionSpec("batch"))
+    program = jax.jit(step)
+    x, dy = jax.device_put(x, split), jax.device_put(dy, split)
+    together = program(x, dy)
+    assert "OnednnMaxPoolBackward" in program.lower(x, dy).as_text()
+np.testing.assert_array_equal(together[0], alone[0])
+np.testing.assert_allclose(together[1], alone[1], atol=1e-6)  # Alone on two devices is XLA's: sums in another order.
+print("equal")
+"""
+    environment = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0 and "equal" in result.stdout, result.stderr[-2000:]

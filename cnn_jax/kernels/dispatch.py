@@ -23,6 +23,9 @@ is traced and pick the implementation. Every fast path is here:
   applied as usual) or by nothing (a `ConvBN` with `relu=False`, as before
   a ResNet block's addition) runs as one kernel each way
   (`fuses_batch_norm_act`, `fused.BatchNormAct`).
+- A max-pooling over overlapping or padded windows of an image map (GoogLeNet's, ResNet's stem) runs on
+  oneDNN (`max_pools_on_onednn`, `ffi.max_pool`); windows that tile the map are a reshape and a max, which XLA
+  fuses (`pooling.max_pool`).
 - The kernels take float32 activations, and bfloat16 ones (`cnn_jax.models.precision`) on a CPU with bfloat16
   instructions (`bfloat16_fast_path_missing` says why not, elsewhere).
 - Everything else, and everything on a GPU or TPU, is XLA's.
@@ -182,3 +185,9 @@ def fuses_conv_weight_gradient(x: jnp.ndarray, kernel_shape, padding) -> bool:
     """
     explicit = not isinstance(padding, str) and all(p >= 0 for pair in padding for p in pair)
     return explicit and _kernel_dtype(x.dtype) and few_channel_weight_gradient(kernel_shape)
+
+
+def max_pools_on_onednn(x: jnp.ndarray, window: int) -> bool:
+    """Whether a max-pooling of `x` over `window`×`window` windows runs on oneDNN (`ffi.max_pool`): float32 or
+    bfloat16 NHWC images (never sequences), windows of under 256 values (oneDNN then keeps each winner in a byte)."""
+    return x.ndim == 4 and _kernel_dtype(x.dtype) and window * window < 256 and compiled_kernels()

@@ -1,4 +1,4 @@
-"""Compiled kernels for XLA's CPU backend, called through XLA's FFI: oneDNN convolutions, a
+"""Compiled kernels for XLA's CPU backend, called through XLA's FFI: oneDNN convolutions and max-pooling, a
 few-input-channel weight gradient, and training-mode BatchNorm fused with what follows it: ReLU and 2×2
 max-pooling, or ReLU alone, or nothing.
 
@@ -8,8 +8,9 @@ XLA:CPU's own convolutions (Eigen) run the seed network's second convolution
 and its gradients 2-4× slower than oneDNN (BENCHMARKS.md), and it computes a
 training-mode BatchNorm, ReLU and max-pool as several passes over the
 activations, mostly on one core. `csrc/onednn_conv.cc` wraps oneDNN's
-forward, input-gradient and weight-gradient convolutions;
-`csrc/few_channel_weight_gradient.cc` computes the weight gradient of a
+forward, input-gradient and weight-gradient convolutions, and
+`csrc/onednn_max_pool.cc` its max-pooling over overlapping or padded
+windows and that pooling's gradient; `csrc/few_channel_weight_gradient.cc` computes the weight gradient of a
 first layer (one to a few input channels) with its accumulators in vector
 registers; `csrc/batch_norm_relu_max_pool.cc` computes the other three layers
 in two passes forward and two backward, on every core, and
@@ -47,11 +48,12 @@ from cnn_jax.analysis import arithmetic
 from cnn_jax.errors import UserError
 
 _SOURCES = [os.path.join(os.path.dirname(__file__), "csrc", name)
-            for name in ("onednn_conv.cc", "few_channel_weight_gradient.cc", "batch_norm_relu_max_pool.cc",
-                         "batch_norm_act.cc")]
+            for name in ("onednn_conv.cc", "onednn_max_pool.cc", "few_channel_weight_gradient.cc",
+                         "batch_norm_relu_max_pool.cc", "batch_norm_act.cc")]
 _HEADERS = [os.path.join(os.path.dirname(__file__), "csrc", name)
             for name in ("channels.h", "few_channel_weight_gradient.h", "lanes.h", "onednn.h", "stack.h", "threads.h")]
-_TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient",
+_TARGETS = ("OnednnConvForward", "OnednnConvInputGradient", "OnednnConvWeightGradient", "OnednnMaxPoolForward",
+            "OnednnMaxPoolBackward",
             "FewChannelConvWeightGradient", "BatchNormMoments", "BatchNormReluMaxPoolForward",
             "BatchNormReluMaxPoolBackwardSums", "BatchNormReluMaxPoolBackward", "BatchNormReluMaxPoolBackwardToConvWeights",
             "BatchNormActForward", "BatchNormActBackwardSums", "BatchNormActBackward")
@@ -290,6 +292,52 @@ def _conv_bwd(strides, padding, few_channel_weight_gradient, residuals, cotangen
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+# Max-pooling over overlapping or padded windows.
+
+def _max_pool_attributes(window, stride, pads) -> dict:
+    ((top, bottom), (left, right)) = pads
+    values = dict(window=window, stride=stride, pad_top=top, pad_bottom=bottom, pad_left=left, pad_right=right)
+    return {**{name: np.int64(value) for name, value in values.items()}, **_devices()}
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x, window: int, stride: int, pads):
+    """Max over `window`×`window` windows at `stride` of float32 (or bfloat16) NHWC `x` padded by `pads`
+    ((top, bottom), (left, right)), every window starting inside the map or its top and left padding (as
+    `cnn_jax.analysis.arithmetic` checks a pooling's settings); padding never wins.
+
+    Among tied maxima the first of a window (row-major) takes the gradient, as XLA's select-and-scatter gives it.
+    Call `load()` first (and only use it where it returned True).
+    """
+    return _max_pool_fwd(x, window, stride, pads)[0]
+
+
+def _max_pool_fwd(x, window, stride, pads):
+    def local(axes, x):
+        height, width = ((size + low + high - window) // stride + 1 for size, (low, high) in zip(x.shape[1:3], pads))
+        shape = (x.shape[0], height, width, x.shape[3])
+        return _call(_typed("OnednnMaxPoolForward", x.dtype),
+                     (jax.ShapeDtypeStruct(shape, x.dtype), jax.ShapeDtypeStruct(shape, jnp.uint8)))(
+            x, **_max_pool_attributes(window, stride, pads))
+
+    y, winners = _per_device(local, (True,), (True, True))(x)
+    return y, (winners, x.shape[1:])
+
+
+def _max_pool_bwd(window, stride, pads, residuals, dy):
+    winners, map_shape = residuals
+
+    def local(axes, dy, winners):
+        shape = jax.ShapeDtypeStruct((dy.shape[0], *map_shape), dy.dtype)
+        return _call(_typed("OnednnMaxPoolBackward", dy.dtype), shape)(
+            dy, winners, **_max_pool_attributes(window, stride, pads))
+
+    return (_per_device(local, (True, True), True)(dy, winners),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 # BatchNorm -> ReLU -> 2×2 max-pool, in training mode.
