@@ -17,7 +17,7 @@ from cnn_jax import models
 from cnn_jax.analysis import summary
 from cnn_jax.errors import UserError
 from cnn_jax.kernels import dispatch, ffi
-from cnn_jax.layers import losses
+from cnn_jax.layers import blocks, losses
 from cnn_jax.models import precision
 from cnn_jax.training import loop, steps
 from cnn_jax.training.config import Config
@@ -75,6 +75,19 @@ def test_a_bfloat16_step_is_flax_mixed_precision_on_float32_master_weights():
     for got, want in zip(jax.tree.leaves(stepped.params), jax.tree.leaves(want_params), strict=True):
         assert got.dtype == jnp.float32
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_a_bfloat16_conv_block_adds_its_bias_as_bfloat16_does_and_sums_its_gradient_in_float32():
+    rng = np.random.default_rng(0)
+    z, dy = (jnp.asarray(rng.normal(size=(64, 14, 14, 8)), jnp.bfloat16) for _ in range(2))
+    bias = jnp.asarray(rng.normal(size=8), jnp.bfloat16)
+    y, pullback = jax.vjp(blocks.add_bias, z, bias)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(y, z + bias)
+    dz, dbias = pullback(dy)
+    np.testing.assert_array_equal(dz, dy)
+    exact = np.asarray(dy, np.float64).sum(axis=(0, 1, 2))
+    np.testing.assert_allclose(np.asarray(dbias, np.float64), exact, rtol=2**-8, atol=0)  # One rounding to bfloat16.
 
 
 def test_bfloat16_trains_the_seed_network_through_the_kernels_where_the_cpu_has_them():

@@ -40,6 +40,16 @@ class ConvWithoutBias(nn.Conv):
         return super().__call__(inputs), self.param("bias", self.bias_init, (self.features,), self.param_dtype)
 
 
+def add_bias(x: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
+    """`x + bias` over the last axis, added in float32 (or wider) and rounded to `x`'s dtype: the same values as
+    adding in `x`'s dtype, but the bias's gradient then sums in float32. In bfloat16 (`cnn_jax.models.precision`)
+    XLA:CPU summed it in bfloat16, rounding every partial sum: gradients off by up to 10× their size, in a loop it
+    does not vectorise, where All-CNN-C spent a third of its step (BENCHMARKS.md). (`Conv`, flax's, still adds its
+    bias in its own dtype.)"""
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    return (x.astype(wide) + bias.astype(wide)).astype(x.dtype)
+
+
 # The names Flax gives a ConvBlock's first Conv and BatchNorm, fixed so that both ways of computing the block (and
 # checkpoints and initial values from before the fused kernel existed) share the same variables.
 CONV, NORM = "Conv_0", "BatchNorm_0"
@@ -86,7 +96,7 @@ class ConvBlock(nn.Module):
             return norm(z, bias)
         if train and self.batch_norm and activation == "relu" and dispatch.fuses_batch_norm_act(z):
             return apply_pool(self.pool, BatchNormAct(MOMENTUM, EPSILON, name=NORM)(z, bias), train)
-        x = z + bias
+        x = add_bias(z, bias)
         if self.batch_norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=MOMENTUM, epsilon=EPSILON, name=NORM)(x)
         return apply_pool(self.pool, self.activation(x), train)
