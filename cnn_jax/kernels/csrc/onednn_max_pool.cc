@@ -8,9 +8,11 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 #include "onednn.h"
@@ -122,21 +124,31 @@ ffi::Error Unsupported() {
                                      "winner: use XLA's max-pooling (CNN_JAX_KERNELS=xla)");
 }
 
+// Runs the calling thread's plan of `direction` for `g` on the buffers of `args` (argument -> data: the map, the
+// pooled map, the winners; or their gradients), each in its plan's layout.
+ffi::Error Run(Direction direction, const Geometry& g, memory::data_type type,
+               std::initializer_list<std::pair<int, void*>> args) {
+  Plan* plan = PlanFor(direction, g, type);
+  if (!plan) return Unsupported();
+  auto& engine = cnn_jax::Engine();
+  std::unordered_map<int, memory> memories{{DNNL_ARG_SCRATCHPAD, plan->scratchpad}};
+  for (const auto& [arg, data] : args) {
+    const bool map = arg == DNNL_ARG_SRC || arg == DNNL_ARG_DIFF_SRC, winners = arg == DNNL_ARG_WORKSPACE;
+    memories.emplace(arg, memory(map ? plan->src : winners ? plan->workspace : plan->dst, engine, data));
+  }
+  dnnl::stream stream(engine);
+  plan->pool.execute(stream, memories);
+  stream.wait();
+  return ffi::Error::Success();
+}
+
 template <ffi::DataType D>
 ffi::Error Forward(Tensor<D> x, TensorOut<D> y, WinnersOut winners, POOL_ATTRS) {
   cnn_jax::UseShareOfCores(devices);
   const auto g = MakeGeometry(x.dimensions(), y->dimensions(), window, stride, pad_top, pad_bottom, pad_left,
                               pad_right);
-  Plan* plan = PlanFor(Direction::kForward, g, kType<D>);
-  if (!plan) return Unsupported();
-  auto& engine = cnn_jax::Engine();
-  dnnl::stream stream(engine);
-  plan->pool.execute(stream, {{DNNL_ARG_SRC, memory(plan->src, engine, x.untyped_data())},
-                              {DNNL_ARG_DST, memory(plan->dst, engine, y->untyped_data())},
-                              {DNNL_ARG_WORKSPACE, memory(plan->workspace, engine, winners->untyped_data())},
-                              {DNNL_ARG_SCRATCHPAD, plan->scratchpad}});
-  stream.wait();
-  return ffi::Error::Success();
+  return Run(Direction::kForward, g, kType<D>, {{DNNL_ARG_SRC, x.untyped_data()}, {DNNL_ARG_DST, y->untyped_data()},
+                                                 {DNNL_ARG_WORKSPACE, winners->untyped_data()}});
 }
 
 template <ffi::DataType D>
@@ -144,16 +156,9 @@ ffi::Error Backward(Tensor<D> dy, Winners winners, TensorOut<D> dx, POOL_ATTRS) 
   cnn_jax::UseShareOfCores(devices);
   const auto g = MakeGeometry(dx->dimensions(), dy.dimensions(), window, stride, pad_top, pad_bottom, pad_left,
                               pad_right);
-  Plan* plan = PlanFor(Direction::kBackward, g, kType<D>);
-  if (!plan) return Unsupported();
-  auto& engine = cnn_jax::Engine();
-  dnnl::stream stream(engine);
-  plan->pool.execute(stream, {{DNNL_ARG_DIFF_DST, memory(plan->dst, engine, dy.untyped_data())},
-                              {DNNL_ARG_WORKSPACE, memory(plan->workspace, engine, winners.untyped_data())},
-                              {DNNL_ARG_DIFF_SRC, memory(plan->src, engine, dx->untyped_data())},
-                              {DNNL_ARG_SCRATCHPAD, plan->scratchpad}});
-  stream.wait();
-  return ffi::Error::Success();
+  return Run(Direction::kBackward, g, kType<D>, {{DNNL_ARG_DIFF_DST, dy.untyped_data()},
+                                                  {DNNL_ARG_WORKSPACE, winners.untyped_data()},
+                                                  {DNNL_ARG_DIFF_SRC, dx->untyped_data()}});
 }
 
 template <typename Binding>
