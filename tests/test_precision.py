@@ -15,6 +15,7 @@ from conftest import SAME_BLOCKS, normal
 
 from cnn_jax import models
 from cnn_jax.analysis import summary
+from cnn_jax.analysis.inspect import taps
 from cnn_jax.errors import UserError
 from cnn_jax.kernels import dispatch, ffi
 from cnn_jax.layers import blocks, losses
@@ -178,3 +179,35 @@ def test_every_zoo_model_convolves_and_multiplies_in_bfloat16(name):
         jaxpr = jax.make_jaxpr(jax.grad(lambda v, x: forward(v, x)[0].sum()))(variables, x)
     operands = list(_floating_operands(jaxpr.jaxpr))
     assert operands and all(dtypes == ("bfloat16", "bfloat16") for _, dtypes in operands), operands
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_conv_computes_flaxs_values_and_sums_its_bias_gradient_in_float32(dtype):
+    x, dy = normal(0, (32, 12, 12, 3)), normal(1, (32, 12, 12, 8))
+    ours = blocks.Conv(8, (3, 3))
+    variables = ours.init(jax.random.key(0), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(nn.Conv(8, (3, 3)).init(jax.random.key(0), x))
+    variables = {"params": {**variables["params"], "bias": normal(2, (8,))}}
+
+    def pullback(module):
+        with dispatch.xla_only():
+            y, pull = jax.vjp(lambda v, x: precision.apply(module.apply, v, x, dtype), variables, x)
+        return y, *pull(dy)
+
+    (y, grads, dx), (y_flax, grads_flax, dx_flax) = pullback(ours), pullback(nn.Conv(8, (3, 3)))
+    np.testing.assert_array_equal(y, y_flax)
+    np.testing.assert_array_equal(dx, dx_flax)
+    np.testing.assert_array_equal(grads["params"]["kernel"], grads_flax["params"]["kernel"])
+    exact = np.asarray(precision.cast(dy, dtype), np.float64).sum(axis=(0, 1, 2))
+    bound = 2**-8 if dtype == "bfloat16" else 1e-6  # One rounding to bfloat16; float32's sum.
+    np.testing.assert_allclose(np.asarray(grads["params"]["bias"], np.float64), exact, rtol=bound, atol=0)
+
+
+def test_a_conv_is_one_row_of_the_summary_and_one_layer_to_inspect():
+    model = models.lookup("lenet5")(num_classes=10)
+    rows = [row["name"] for row in summary.summarize(model, (32, 32, 1), "bfloat16")["layers"]]
+    assert rows.count("C1") == 1 and rows.count("C3") == 1
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    _, outputs = taps.forward(model, variables, jnp.ones((2, 32, 32, 1)), edit=("C1", lambda a: a + 1))
+    _, plain = taps.forward(model, variables, jnp.ones((2, 32, 32, 1)))
+    np.testing.assert_allclose(outputs["C1"], plain["C1"] + 1, rtol=1e-6)  # Edited once, not twice.

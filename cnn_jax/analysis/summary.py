@@ -141,7 +141,10 @@ class _Tracer:
         self.remember(out, field)
 
     def __call__(self, next_fun, args, kwargs, context):
-        self.scope.append("/".join(context.module.path))
+        path = "/".join(context.module.path)
+        if self.scope and self.scope[-1] == path:  # A subclass's super().__call__: part of the call under way.
+            return next_fun(*args, **kwargs)
+        self.scope.append(path)
         try:
             return self.layer(next_fun, args, kwargs, context)
         finally:
@@ -160,9 +163,11 @@ class _Tracer:
                                             padding, _per_axis(module.kernel_dilation or 1, dims)):
                     arithmetic.conv_output_size(size, k, s, p, d, layer=name)
         start = len(self.known)
-        out = next_fun(*args, **kwargs)
+        result = out = next_fun(*args, **kwargs)
+        if isinstance(module, nn.Conv) and isinstance(out, tuple):
+            out = out[0]  # layers.ConvWithoutBias's (convolution, bias): the convolution's output.
         if not isinstance(out, jax.Array) or context.method_name != "__call__":
-            return out  # layers.ConvWithoutBias's (conv, bias): its nn.Conv call inside is counted.
+            return result
         if isinstance(module, nn.Conv):
             dims, kernel = out.ndim - 2, list(module.kernel_size)
             strides = list(_per_axis(module.strides, dims))
@@ -196,7 +201,7 @@ class _Tracer:
             else:
                 return out
         self.remember(out, field)
-        return out
+        return result
 
 
 def summarize(model: nn.Module, input_shape, dtype: str = "float32") -> dict:

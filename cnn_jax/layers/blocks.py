@@ -8,12 +8,12 @@ k is k×k on an image and k long on a sequence). `Embedding` turns token ids
 operations or a compiled CPU kernel) is decided in `cnn_jax.kernels.dispatch`.
 """
 
-import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import canonicalize_dtype, promote_dtype
 
 from cnn_jax.kernels import dispatch
 from cnn_jax.kernels.fused import BatchNormAct, BatchNormReluMaxPool
@@ -22,13 +22,36 @@ from cnn_jax.layers.pooling import Pooling, apply_pool
 
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
 
-Conv = functools.partial(nn.Conv, conv_general_dilated=dispatch.conv_general_dilated)
-"""`flax.linen.Conv` on `dispatch.conv_general_dilated`: the convolution every cnn_jax model uses (same variables
-and arguments)."""
+def _promote_keeping_bias_wide(inputs, kernel, bias=None, dtype=None) -> tuple:
+    """Flax's `promote_dtype` for a convolution, but the bias cast to float32 (or wider) rather than to the compute
+    dtype, so that `inputs * kernel + bias` adds in float32 (`add_bias`)."""
+    inputs, kernel = promote_dtype(inputs, kernel, dtype=canonicalize_dtype(inputs, kernel, bias, dtype=dtype))
+    return inputs, kernel, None if bias is None else jnp.asarray(bias, jnp.promote_types(inputs.dtype, jnp.float32))
 
 
-class ConvWithoutBias(nn.Conv):
-    """`nn.Conv`'s variables (`kernel`, `bias`), returning the convolution and the bias separately.
+class Conv(nn.Conv):
+    """`flax.linen.Conv` (same variables and arguments) on `dispatch.conv_general_dilated`, adding its bias as
+    `add_bias` does: the convolution every cnn_jax model uses.
+
+    The output is in flax's dtype (the compute dtype), the values flax's; only
+    the bias's gradient differs, summed in float32 where flax sums it in
+    bfloat16 under mixed precision (`cnn_jax.models.precision`).
+    """
+
+    promote_dtype: Callable = _promote_keeping_bias_wide
+    conv_general_dilated: Callable = dispatch.conv_general_dilated
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        y = super().__call__(inputs)
+        if not self.use_bias:
+            return y
+        params = self.variables["params"]  # With a bias y is float32: flax added it in float32.
+        return y.astype(canonicalize_dtype(inputs, params["kernel"], params["bias"], dtype=self.dtype))
+
+
+class ConvWithoutBias(Conv):
+    """`Conv`'s variables (`kernel`, `bias`), returning the convolution and the bias separately.
 
     Construct it with `use_bias=False` (the bias is then declared here, after
     the kernel, as nn.Conv declares it): for a consumer that adds the bias
@@ -44,8 +67,7 @@ def add_bias(x: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
     """`x + bias` over the last axis, added in float32 (or wider) and rounded to `x`'s dtype: the same values as
     adding in `x`'s dtype, but the bias's gradient then sums in float32. In bfloat16 (`cnn_jax.models.precision`)
     XLA:CPU summed it in bfloat16, rounding every partial sum: gradients off by up to 10× their size, in a loop it
-    does not vectorise, where All-CNN-C spent a third of its step (BENCHMARKS.md). (`Conv`, flax's, still adds its
-    bias in its own dtype.)"""
+    does not vectorise, where All-CNN-C spent a third of its step (BENCHMARKS.md)."""
     wide = jnp.promote_types(x.dtype, jnp.float32)
     return (x.astype(wide) + bias.astype(wide)).astype(x.dtype)
 
@@ -83,8 +105,7 @@ class ConvBlock(nn.Module):
         dims = x.ndim - 2  # 2 on an image, 1 on a sequence.
         padding = self.padding if isinstance(self.padding, str) else ((self.padding, self.padding),) * dims
         conv = ConvWithoutBias(self.features, (self.kernel_size,) * dims, strides=self.strides,
-                               padding=padding, use_bias=False, conv_general_dilated=dispatch.conv_general_dilated,
-                               name=CONV)
+                               padding=padding, use_bias=False, name=CONV)
         z, bias = conv(x)
         activation = activations.name_of(self.activation)
         if train and dispatch.fuses_batch_norm_relu_max_pool(self.batch_norm, activation, pooling.describe(self.pool),

@@ -89,9 +89,9 @@ class _Recorder:
         self._record(name, (kind, False), out)
 
     def __call__(self, next_fun, args, kwargs, context):
-        if context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
         name = "/".join(context.module.path)
+        if context.method_name != "__call__" or self.scope and self.scope[-1] == name:  # Or a super().__call__.
+            return next_fun(*args, **kwargs)
         self.scope.append(name)
         try:
             out = next_fun(*args, **kwargs)
