@@ -182,11 +182,12 @@ def test_every_zoo_model_convolves_and_multiplies_in_bfloat16(name):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_the_conv_computes_flaxs_values_and_sums_its_bias_gradient_in_float32(dtype):
+@pytest.mark.parametrize("ours, flax_layer", [(blocks.Conv(8, (3, 3)), nn.Conv(8, (3, 3))),
+                                              (blocks.Dense(8), nn.Dense(8))], ids=["Conv", "Dense"])
+def test_the_layers_compute_flaxs_values_and_sum_their_bias_gradients_in_float32(ours, flax_layer, dtype):
     x, dy = normal(0, (32, 12, 12, 3)), normal(1, (32, 12, 12, 8))
-    ours = blocks.Conv(8, (3, 3))
     variables = ours.init(jax.random.key(0), x)
-    assert jax.tree.structure(variables) == jax.tree.structure(nn.Conv(8, (3, 3)).init(jax.random.key(0), x))
+    assert jax.tree.structure(variables) == jax.tree.structure(flax_layer.init(jax.random.key(0), x))
     variables = {"params": {**variables["params"], "bias": normal(2, (8,))}}
 
     def pullback(module):
@@ -194,7 +195,7 @@ def test_the_conv_computes_flaxs_values_and_sums_its_bias_gradient_in_float32(dt
             y, pull = jax.vjp(lambda v, x: precision.apply(module.apply, v, x, dtype), variables, x)
         return y, *pull(dy)
 
-    (y, grads, dx), (y_flax, grads_flax, dx_flax) = pullback(ours), pullback(nn.Conv(8, (3, 3)))
+    (y, grads, dx), (y_flax, grads_flax, dx_flax) = pullback(ours), pullback(flax_layer)
     np.testing.assert_array_equal(y, y_flax)
     np.testing.assert_array_equal(dx, dx_flax)
     np.testing.assert_array_equal(grads["params"]["kernel"], grads_flax["params"]["kernel"])

@@ -23,10 +23,19 @@ from cnn_jax.layers.pooling import Pooling, apply_pool
 Activation = Callable[[jnp.ndarray], jnp.ndarray]
 
 def _promote_keeping_bias_wide(inputs, kernel, bias=None, dtype=None) -> tuple:
-    """Flax's `promote_dtype` for a convolution, but the bias cast to float32 (or wider) rather than to the compute
-    dtype, so that `inputs * kernel + bias` adds in float32 (`add_bias`)."""
+    """Flax's `promote_dtype` for a convolution or dense layer, but the bias cast to float32 (or wider) rather than
+    to the compute dtype, so that `inputs · kernel + bias` adds in float32 (`add_bias`)."""
     inputs, kernel = promote_dtype(inputs, kernel, dtype=canonicalize_dtype(inputs, kernel, bias, dtype=dtype))
     return inputs, kernel, None if bias is None else jnp.asarray(bias, jnp.promote_types(inputs.dtype, jnp.float32))
+
+
+def _in_compute_dtype(layer: nn.Conv | nn.Dense, inputs: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    """`layer`'s output `y` (float32 where it added its bias, `_promote_keeping_bias_wide`) in the dtype flax computes
+    it in."""
+    if not layer.use_bias:
+        return y
+    params = layer.variables["params"]
+    return y.astype(canonicalize_dtype(inputs, params["kernel"], params["bias"], dtype=layer.dtype))
 
 
 class Conv(nn.Conv):
@@ -43,11 +52,18 @@ class Conv(nn.Conv):
 
     @nn.compact
     def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
-        y = super().__call__(inputs)
-        if not self.use_bias:
-            return y
-        params = self.variables["params"]  # With a bias y is float32: flax added it in float32.
-        return y.astype(canonicalize_dtype(inputs, params["kernel"], params["bias"], dtype=self.dtype))
+        return _in_compute_dtype(self, inputs, super().__call__(inputs))
+
+
+class Dense(nn.Dense):
+    """`flax.linen.Dense` (same variables and arguments), adding its bias as `Conv` does: the dense layer every
+    cnn_jax model uses."""
+
+    promote_dtype: Callable = _promote_keeping_bias_wide
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        return _in_compute_dtype(self, inputs, super().__call__(inputs))
 
 
 class ConvWithoutBias(Conv):
@@ -174,8 +190,8 @@ class DenseHead(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            x = nn.Dropout(self.dropout, deterministic=not train)(self.activation(nn.Dense(width)(x)))
-        return nn.Dense(self.num_classes)(x)
+            x = nn.Dropout(self.dropout, deterministic=not train)(self.activation(Dense(width)(x)))
+        return Dense(self.num_classes)(x)
 
 
 def symmetric_uniform(limit: float) -> nn.initializers.Initializer:

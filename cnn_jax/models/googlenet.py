@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import ConvBN
+from cnn_jax.layers import ConvBN, Dense
 from cnn_jax.layers.pooling import adaptive_avg_pool, global_avg_pool, max_pool, max_pool_ceil
 from cnn_jax.models.base import SMALL_INPUT, Entry
 
@@ -57,9 +57,9 @@ class InceptionAux(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = BasicConv(128, 1)(adaptive_avg_pool(x, 4), train)
-        x = nn.relu(nn.Dense(1024, kernel_init=init)(x.reshape(x.shape[0], -1)))
+        x = nn.relu(Dense(1024, kernel_init=init)(x.reshape(x.shape[0], -1)))
         x = nn.Dropout(0.7, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, kernel_init=init)(x)
+        logits = Dense(self.num_classes, kernel_init=init)(x)
         if train:
             self.sow("aux_logits", "logits", logits)
         return logits
@@ -115,7 +115,7 @@ class GoogLeNet(nn.Module):
                 if aux and self.aux_logits and (train or self.is_initializing()):
                     InceptionAux(self.num_classes, name=aux)(x, train)
         x = nn.Dropout(self.dropout, deterministic=not train)(global_avg_pool(x))
-        return nn.Dense(self.num_classes, kernel_init=init, name="fc")(x)
+        return Dense(self.num_classes, kernel_init=init, name="fc")(x)
 
 
 MODELS = {

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import ConvBN
+from cnn_jax.layers import ConvBN, Dense
 from cnn_jax.layers.pooling import adaptive_avg_pool, avg_pool, global_avg_pool, max_pool
 from cnn_jax.models.base import SMALL_INPUT, Entry
 
@@ -122,7 +122,7 @@ class InceptionAux(nn.Module):
         x = avg_pool(x, 5, 3) if min(x.shape[1:3]) >= 17 else adaptive_avg_pool(x, 5)
         x = Basic(128, 1, name="conv0")(x, train)
         x = Basic(768, 5, valid=True, stddev=0.01, name="conv1")(x, train)
-        logits = nn.Dense(self.num_classes, kernel_init=init(0.001), name="fc")(global_avg_pool(x))
+        logits = Dense(self.num_classes, kernel_init=init(0.001), name="fc")(global_avg_pool(x))
         if train:
             self.sow("aux_logits", "logits", logits)
         return logits
@@ -175,7 +175,7 @@ class InceptionV3(nn.Module):
         x = InceptionD(name="Mixed_7a")(x, train)
         x = InceptionE(name="Mixed_7c")(InceptionE(name="Mixed_7b")(x, train), train)
         x = nn.Dropout(self.dropout, deterministic=not train)(global_avg_pool(x))
-        return nn.Dense(self.num_classes, kernel_init=init(0.1), name="fc")(x)
+        return Dense(self.num_classes, kernel_init=init(0.1), name="fc")(x)
 
 
 MODELS = {

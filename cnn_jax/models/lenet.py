@@ -6,7 +6,7 @@ Tensors are `[batch, height, width, channels]`.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers.blocks import Activation, Conv
+from cnn_jax.layers.blocks import Activation, Conv, Dense
 from cnn_jax.layers.pooling import adaptive_avg_pool, avg_pool
 from cnn_jax.models.base import Entry
 
@@ -43,8 +43,8 @@ class LeNet5(nn.Module):
         x = self.activation(Conv(16, (5, 5), padding="VALID", name="C3")(x))
         x = adaptive_avg_pool(avg_pool(x, 2), 5)
         x = self.activation(Conv(120, (5, 5), padding="VALID", name="C5")(x))
-        x = self.activation(nn.Dense(84, name="F6")(x.reshape(x.shape[0], -1)))
-        return nn.Dense(self.num_classes, name="output")(x)
+        x = self.activation(Dense(84, name="F6")(x.reshape(x.shape[0], -1)))
+        return Dense(self.num_classes, name="output")(x)
 
 
 MODELS = {

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cnn_jax.layers import ConvBN
+from cnn_jax.layers import ConvBN, Dense
 from cnn_jax.layers.pooling import global_avg_pool, max_pool
 from cnn_jax.models.base import SMALL_INPUT, Entry
 
@@ -82,7 +82,7 @@ class ResNet(nn.Module):
                 strides = 2 if stage > 0 and i == 0 else 1
                 x = self.block(64 * 2**stage, strides, name=f"stage{stage + 1}_block{i + 1}")(x, train)
         x = global_avg_pool(x)
-        return nn.Dense(self.num_classes)(x)
+        return Dense(self.num_classes)(x)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)

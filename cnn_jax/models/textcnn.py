@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from cnn_jax.analysis import arithmetic
 from cnn_jax.data.dataset import TOKENS
 from cnn_jax.errors import UserError
-from cnn_jax.layers import Conv, Embedding
+from cnn_jax.layers import Conv, Dense, Embedding
 from cnn_jax.layers.pooling import global_max_pool
 from cnn_jax.models.base import Entry, check_input
 
@@ -54,7 +54,7 @@ class TextCNN(nn.Module):
             arithmetic.conv_output_size(x.shape[1], k, layer=f"textcnn's {k}-word convolution")
             features.append(global_max_pool(nn.relu(Conv(self.maps, (k,), padding="VALID")(x))))
         x = nn.Dropout(self.dropout, deterministic=not train)(jnp.concatenate(features, axis=-1))
-        return nn.Dense(self.num_classes)(x)
+        return Dense(self.num_classes)(x)
 
 
 MODELS = {

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnn_jax.errors import UserError
-from cnn_jax.layers import ConvBN
+from cnn_jax.layers import ConvBN, Dense
 from cnn_jax.layers.pooling import global_avg_pool
 from cnn_jax.models.base import Entry
 
@@ -65,7 +65,7 @@ class VariantNet(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = ConvBN(self.width, (3, 3), name="stem")(x, train)
         x = ConvStack(self.width, self.block, name="block")(x, train)
-        return nn.Dense(self.num_classes, name="head")(global_avg_pool(x))
+        return Dense(self.num_classes, name="head")(global_avg_pool(x))
 
 
 BLOCKS = {
