@@ -208,7 +208,8 @@ def test_a_conv_is_one_row_of_the_summary_and_one_layer_to_inspect():
     model = models.lookup("lenet5")(num_classes=10)
     rows = [row["name"] for row in summary.summarize(model, (32, 32, 1), "bfloat16")["layers"]]
     assert rows.count("C1") == 1 and rows.count("C3") == 1
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
-    _, outputs = taps.forward(model, variables, jnp.ones((2, 32, 32, 1)), edit=("C1", lambda a: a + 1))
-    _, plain = taps.forward(model, variables, jnp.ones((2, 32, 32, 1)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    forward = jax.jit(lambda v, x, edit: taps.forward(model, v, x, edit)[1], static_argnums=2)
+    outputs = forward(variables, jnp.ones((2, 32, 32, 1)), ("C1", lambda a: a + 1))
+    plain = forward(variables, jnp.ones((2, 32, 32, 1)), None)
     np.testing.assert_allclose(outputs["C1"], plain["C1"] + 1, rtol=1e-6)  # Edited once, not twice.
