@@ -7,7 +7,8 @@ the kernel when they are freed, so every step paid one page fault for each 4 KB
 it touched: 18,000 to 180,000 faults a step, 8-15% of it (BENCHMARKS.md). So a
 command re-executes itself once, before it imports anything else, with jemalloc
 preloaded (Debian's libjemalloc2, which setup.sh installs) and told to keep the
-memory it frees for the next step. Where jemalloc is not installed, or with
+memory it frees for the next step (or, started with jemalloc preloaded but no
+`MALLOC_CONF`, with the settings added). Where jemalloc is not installed, or with
 `CNN_JAX_ALLOCATOR=system`, the command runs as it is. Code that imports
 cnn_jax in a process of its own (a notebook) gets the same by starting Python
 with `LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=` the `RETAINING` settings.
@@ -16,6 +17,7 @@ with `LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=` the `RETAINING` settings.
 import ctypes.util
 import os
 import sys
+from collections.abc import Callable
 
 RETAINING = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
 """jemalloc's settings: no large allocation returned to the kernel at once, nothing freed returned later."""
@@ -32,19 +34,29 @@ def _command() -> bool:
     return "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("experiments.")
 
 
+def retaining_environment(environ: dict, locate: Callable[[], str | None]) -> dict | None:
+    """The environment a command re-executes itself in to run under jemalloc (`locate()`: its path, or None where
+    it is not installed) with the `RETAINING` settings; None where it runs so already, or cannot. A jemalloc
+    preloaded by hand without `MALLOC_CONF` gets the settings: its defaults give large buffers back at once."""
+    preloaded = environ.get("LD_PRELOAD", "")
+    if "jemalloc" in preloaded:
+        return None if "MALLOC_CONF" in environ else {**environ, "MALLOC_CONF": RETAINING}
+    library = locate()
+    if library is None:
+        return None
+    return {**environ, "LD_PRELOAD": " ".join(filter(None, (library, preloaded))), "MALLOC_CONF": RETAINING}
+
+
 def _restart_with_retaining_allocator() -> None:
     mode = os.environ.get("CNN_JAX_ALLOCATOR", "jemalloc")
     if mode not in ("jemalloc", "system"):
         sys.exit(f"CNN_JAX_ALLOCATOR={mode} is not one of jemalloc, system: 'jemalloc' (or unset) runs commands "
                  "under jemalloc where it is installed, 'system' under the system's allocator")
-    preloaded = os.environ.get("LD_PRELOAD", "")
-    if mode == "system" or "jemalloc" in preloaded or not _command():
+    if mode == "system" or not _command():
         return
-    library = ctypes.util.find_library("jemalloc")
-    if library is None:
-        return
-    environment = {**os.environ, "LD_PRELOAD": " ".join(filter(None, (library, preloaded))), "MALLOC_CONF": RETAINING}
-    os.execve(sys.executable, sys.orig_argv, environment)
+    environment = retaining_environment(dict(os.environ), lambda: ctypes.util.find_library("jemalloc"))
+    if environment is not None:
+        os.execve(sys.executable, sys.orig_argv, environment)
 
 
 _restart_with_retaining_allocator()

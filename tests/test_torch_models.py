@@ -13,6 +13,7 @@ import torch  # The `test` extra installs it (the `bench` extra's PyTorch).
 from conftest import he_variables, unoptimised_jit
 from flax import traverse_util
 
+import experiments
 from cnn_jax import models
 from cnn_jax.errors import UserError
 from experiments import torch_models
@@ -124,3 +125,13 @@ def test_zoo_benchmark_rejects_malformed_entries_and_unknown_allocators_in_one_l
 def test_specs_without_a_pytorch_equal_are_refused_in_one_line(spec, message):
     with pytest.raises(UserError, match=message):
         torch_models.build(spec, (28, 28, 1), 10)
+
+
+def test_a_command_runs_under_jemalloc_keeping_what_it_frees_even_when_preloaded_by_hand():
+    library = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+    started = experiments.retaining_environment({"LD_PRELOAD": "libother.so"}, lambda: library)
+    assert started == {"LD_PRELOAD": f"{library} libother.so", "MALLOC_CONF": experiments.RETAINING}
+    by_hand = experiments.retaining_environment({"LD_PRELOAD": "libjemalloc.so.2"}, lambda: library)
+    assert by_hand == {"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": experiments.RETAINING}
+    assert experiments.retaining_environment({"LD_PRELOAD": "libjemalloc.so.2", "MALLOC_CONF": "x"}, None) is None
+    assert experiments.retaining_environment({}, lambda: None) is None  # Not installed: the command runs as it is.
