@@ -60,6 +60,8 @@ def test_activation_maps_are_the_layer_outputs_computed_directly(seed):
             np.testing.assert_allclose(maps[name], expected, rtol=1e-4, atol=1e-4, err_msg=name)
     assert list(maps) == ["ConvBlock_0/Conv_0", "ConvBlock_0/BatchNorm_0", "ConvBlock_0",
                           "ConvBlock_1/Conv_0", "ConvBlock_1/BatchNorm_0", "ConvBlock_1"]
+    held = jax.tree.map(np.asarray, seed.variables)  # NumPy arrays, as the training loop's --log_images gives them.
+    assert list(taps.layers(seed.model, held, seed.dataset.image_shape)) == list(maps)
 
 
 @pytest.mark.slow  # Compiles two zoo models.

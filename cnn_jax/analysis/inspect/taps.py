@@ -72,8 +72,6 @@ class _Recorder:
         self.edited = False
 
     def _record(self, name: str, kind: tuple[str, bool], out):
-        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], jax.Array):
-            out = out[0] + out[1]  # ConvWithoutBias: (convolution, bias).
         if not (isinstance(out, jax.Array) and out.ndim == self.rank):
             return
         for earlier, array in list(self.outputs.items()):
@@ -103,7 +101,10 @@ class _Recorder:
         if editable and self.edit is not None and self.edit[0] == name:
             out = self.edit[1](out)
             self.edited = True
-        self._record(name, ("Conv" if not editable else type(context.module).__name__, editable), out)
+        if editable:
+            self._record(name, (type(context.module).__name__, True), out)
+        else:
+            self._record(name, ("Conv", False), out[0] + out[1])  # ConvWithoutBias: (convolution, bias).
         return out
 
 
