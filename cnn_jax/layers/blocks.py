@@ -42,9 +42,11 @@ class Conv(nn.Conv):
     """`flax.linen.Conv` (same variables and arguments) on `dispatch.conv_general_dilated`, adding its bias as
     `add_bias` does: the convolution every cnn_jax model uses.
 
-    The output is in flax's dtype (the compute dtype), the values flax's; only
-    the bias's gradient differs, summed in float32 where flax sums it in
-    bfloat16 under mixed precision (`cnn_jax.models.precision`).
+    The output is in flax's dtype (the compute dtype), the values flax's (op
+    by op; under jit XLA may leave out a rounding to bfloat16 in either, its
+    "excess precision"); only the bias's gradient differs, summed in float32
+    where flax sums it in bfloat16 under mixed precision
+    (`cnn_jax.models.precision`).
     """
 
     promote_dtype: Callable = _promote_keeping_bias_wide
