@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import example_model
+from conftest import SAME_BLOCKS, example_model
 
 from cnn_jax import models
 from cnn_jax.analysis import arithmetic, summary
@@ -198,7 +198,8 @@ def test_every_pooling_of_the_pooling_module_is_a_row():
     assert layers[-1]["receptive_field"] == layers[-2]["receptive_field"] > layers[-3]["receptive_field"]
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SAME_BLOCKS else name
+                                  for name in sorted(models.MODELS)])  # The deeper ones repeat their blocks.
 def test_every_zoo_model_sums_to_count_params(name):
     model, shape = example_model(name)
     variables = jax.eval_shape(model.init, jax.random.key(0), models.input_spec(model, shape))
