@@ -94,6 +94,15 @@ def test_an_edit_changes_what_follows_and_a_pooling_is_edited_through_its_module
         taps.forward(seed.model, seed.variables, x, edit=("nope", jnp.zeros_like))
 
 
+def test_a_layers_conv_is_one_layer_edited_once():
+    model = models.lookup("lenet5")(num_classes=10)  # Its C1 is a layers.Conv, which calls flax's Conv inside.
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    forward = jax.jit(lambda v, x, edit: taps.forward(model, v, x, edit)[1], static_argnums=2)
+    edited = forward(variables, jnp.ones((2, 32, 32, 1)), ("C1", lambda a: a + 1))
+    plain = forward(variables, jnp.ones((2, 32, 32, 1)), None)
+    assert list(taps.layers(model, variables, (32, 32, 1))).count("C1") == 1
+    np.testing.assert_allclose(edited["C1"], plain["C1"] + 1, rtol=1e-6)  # Once, not twice.
+
 def test_layer_statistics_count_zeros_and_means_over_all_images(seed):
     images = seed.dataset.test_images  # 200: two batches of 128, the second padded.
     stats = activations.layer_statistics(seed.model, seed.variables, images, batch_size=128)

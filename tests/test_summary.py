@@ -209,6 +209,12 @@ def test_every_zoo_model_sums_to_count_params(name):
     assert result["output_shape"] == [1, 10]
 
 
+def test_a_layers_conv_is_one_row_with_its_output_in_the_run_dtype():
+    layers = summary.summarize(models.lookup("lenet5")(num_classes=10), (32, 32, 1), "bfloat16")["layers"]
+    rows = [row for row in layers if row["name"] == "C1"]  # layers.Conv's super().__call__ (flax's) is no row.
+    assert len(rows) == 1 and rows[0]["type"] == "conv" and rows[0]["output_shape"] == [1, 28, 28, 6]
+    assert rows[0]["memory"] == 28 * 28 * 6 * 2  # bfloat16, not the float32 sum flax's call returns inside.
+
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "experiments.summary", *args], capture_output=True, text=True)
 
